@@ -1,0 +1,32 @@
+# The two commands of the README: `make report` and `make test`.
+# libtorch comes from PyPI's torch==2.13.0, installed by scripts/setup-torch into a venv
+# cached outside the clone ($BACKPROP_PARITY_TORCH_VENV overrides where).
+
+SHELL := /bin/bash
+VENV ?= $(or $(BACKPROP_PARITY_TORCH_VENV),$(HOME)/.cache/backprop-parity/torch-2.13.0)
+export BACKPROP_PARITY_TORCH_VENV := $(VENV)
+# torch-sys asks this venv's python where libtorch is (LIBTORCH_USE_PYTORCH=1).
+TORCH_ENV := VIRTUAL_ENV=$(VENV) PATH="$(VENV)/bin:$$PATH" LIBTORCH_USE_PYTORCH=1
+CARGO ?= cargo
+
+.PHONY: report test test-default test-torch setup-torch golden check clean-reports
+
+## The default report on every backend (engine, candle, libtorch) into reports/.
+report: setup-torch
+	$(TORCH_ENV) $(CARGO) run --release --features torch --bin parity-report --
+
+## The whole suite: default features (no libtorch), then with libtorch.
+test: setup-torch test-default test-torch
+
+test-default:
+	$(CARGO) test
+
+test-torch: setup-torch
+	$(TORCH_ENV) $(CARGO) test --features torch
+
+setup-torch:
+	@bash scripts/setup-torch >/dev/null
+
+## Regenerates reference/*.json with real PyTorch (commit the result).
+golden: setup-torch
+	$(VENV)/bin/python reference/make_golden.py

@@ -1,0 +1,157 @@
+//! One `Backend` trait and one adapter per framework. An adapter interprets a shared
+//! definition (`models::Program`) with its framework's own autograd; it never carries a
+//! model of its own.
+
+mod candle;
+mod engine;
+#[cfg(feature = "torch")]
+mod torch;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::host::HostTensor;
+use crate::models::Program;
+
+pub use self::candle::CandleBackend;
+pub use self::engine::EngineBackend;
+#[cfg(feature = "torch")]
+pub use self::torch::TorchBackend;
+
+/// What one backend computed over a training run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Trajectory {
+    /// The loss before each update.
+    pub loss: Vec<f64>,
+    /// Per step, the gradient of each trainable input (in program order).
+    pub grads: Vec<Vec<HostTensor>>,
+    /// The trainable inputs after the last update.
+    pub final_params: Vec<HostTensor>,
+}
+
+/// The scalar output of a program and the gradient of each trainable input.
+#[derive(Clone, Debug, Serialize)]
+pub struct Evaluation {
+    pub output: f64,
+    pub grads: Vec<HostTensor>,
+}
+
+pub trait Backend {
+    fn kind(&self) -> BackendKind;
+
+    /// Trains the program's trainable inputs with `p = p - lr * g` for `steps` steps,
+    /// computing natively in `dtype` and keeping the parameters inside the framework.
+    fn train_sgd(&self, program: &Program, inputs: &[HostTensor], lr: f64, steps: usize, dtype: DType) -> Result<Trajectory>;
+
+    /// Output and gradients at `inputs`: the first step of a run, without its update.
+    fn evaluate(&self, program: &Program, inputs: &[HostTensor], dtype: DType) -> Result<Evaluation> {
+        let mut t = self.train_sgd(program, inputs, 0.0, 1, dtype)?;
+        Ok(Evaluation { output: t.loss[0], grads: t.grads.swap_remove(0) })
+    }
+}
+
+/// The backends this crate knows; `torch` exists only in builds with `--features torch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Engine,
+    Candle,
+    Torch,
+}
+
+pub const TORCH_BUILD_HINT: &str = "rebuild with `--features torch` after `scripts/setup-torch` \
+    (`make report` and `make test` do both), e.g. \
+    `LIBTORCH_USE_PYTORCH=1 VIRTUAL_ENV=$(scripts/setup-torch) PATH=$VIRTUAL_ENV/bin:$PATH cargo run --release --features torch -- ...`";
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 3] = [BackendKind::Engine, BackendKind::Candle, BackendKind::Torch];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Engine => "engine",
+            BackendKind::Candle => "candle",
+            BackendKind::Torch => "torch",
+        }
+    }
+
+    pub fn is_built(self) -> bool {
+        self != BackendKind::Torch || cfg!(feature = "torch")
+    }
+
+    /// Every backend compiled into this build, engine first.
+    pub fn built() -> Vec<BackendKind> {
+        Self::ALL.into_iter().filter(|k| k.is_built()).collect()
+    }
+
+    /// The autograd that judges the others: libtorch when built, else candle.
+    pub fn reference_among(kinds: &[BackendKind]) -> Option<BackendKind> {
+        [BackendKind::Torch, BackendKind::Candle, BackendKind::Engine].into_iter().find(|k| kinds.contains(k))
+    }
+
+    pub fn create(self) -> Result<Box<dyn Backend>> {
+        match self {
+            BackendKind::Engine => Ok(Box::new(EngineBackend)),
+            BackendKind::Candle => Ok(Box::new(CandleBackend)),
+            #[cfg(feature = "torch")]
+            BackendKind::Torch => Ok(Box::new(TorchBackend::new())),
+            #[cfg(not(feature = "torch"))]
+            BackendKind::Torch => Err(Error::Unavailable("torch".into(), TORCH_BUILD_HINT.into())),
+        }
+    }
+
+    /// Parses `engine,candle,torch`; rejects unknown, repeated and unbuilt backends.
+    pub fn parse_list(s: &str) -> Result<Vec<BackendKind>> {
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim) {
+            let kind: BackendKind = part.parse().map_err(Error::Invalid)?;
+            if out.contains(&kind) {
+                return Err(Error::Invalid(format!("--backends names '{part}' twice")));
+            }
+            if !kind.is_built() {
+                return Err(Error::Unavailable(part.into(), TORCH_BUILD_HINT.into()));
+            }
+            out.push(kind);
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("--backends: unknown backend '{s}': expected engine, candle or torch"))
+    }
+}
+
+/// Checks that inputs match the program before a backend sees them.
+pub(crate) fn check_inputs(program: &Program, inputs: &[HostTensor]) -> Result<()> {
+    if program.inputs.len() != inputs.len() {
+        return Err(Error::Invalid(format!(
+            "the program takes {} inputs, {} were given",
+            program.inputs.len(),
+            inputs.len()
+        )));
+    }
+    for (decl, t) in program.inputs.iter().zip(inputs) {
+        if t.data.len() != t.shape.iter().product::<usize>() {
+            return Err(Error::Shape(format!("input {}: shape {:?} does not hold {} values", decl.name, t.shape, t.data.len())));
+        }
+        if !t.all_finite() {
+            return Err(Error::Invalid(format!("input {} holds NaN or infinity", decl.name)));
+        }
+    }
+    Ok(())
+}

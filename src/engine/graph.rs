@@ -1,0 +1,191 @@
+//! The tape: every op appends a node that owns its value and names its inputs. Backward
+//! sorts the nodes reachable from the loss topologically and walks them once in reverse,
+//! so a node passes its gradient on only after every consumer has added to it.
+
+use ndarray::ArrayD;
+
+use super::ops::{elementwise, matmul, reduce};
+use super::{Float, Tensor};
+use crate::error::{Error, Result};
+
+/// A handle to a node of one `Graph`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Var(pub(crate) usize);
+
+impl Var {
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// How a node was computed. Variants own their inputs, so the graph is plain data.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Op {
+    Leaf,
+    MatMul(Var, Var),
+    Binary(elementwise::BinaryOp, Var, Var),
+    Unary(elementwise::UnaryOp, Var),
+    Sum(Var),
+    Mean(Var),
+}
+
+impl Op {
+    pub fn inputs(&self) -> Vec<Var> {
+        match *self {
+            Op::Leaf => vec![],
+            Op::MatMul(a, b) | Op::Binary(_, a, b) => vec![a, b],
+            Op::Unary(_, a) | Op::Sum(a) | Op::Mean(a) => vec![a],
+        }
+    }
+}
+
+struct Node<F> {
+    value: Tensor<F>,
+    op: Op,
+    requires_grad: bool,
+}
+
+/// A recorded computation over `F` (`f32` or `f64`).
+pub struct Graph<F> {
+    nodes: Vec<Node<F>>,
+}
+
+impl<F: Float> Default for Graph<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<F: Float> Graph<F> {
+    pub fn new() -> Self {
+        Graph { nodes: Vec::new() }
+    }
+
+    /// A trainable leaf: backward computes its gradient.
+    pub fn param(&mut self, value: Tensor<F>) -> Var {
+        self.leaf(value, true)
+    }
+
+    /// A leaf that receives no gradient.
+    pub fn constant(&mut self, value: Tensor<F>) -> Var {
+        self.leaf(value, false)
+    }
+
+    pub fn leaf(&mut self, value: Tensor<F>, requires_grad: bool) -> Var {
+        self.nodes.push(Node { value, op: Op::Leaf, requires_grad });
+        Var(self.nodes.len() - 1)
+    }
+
+    pub fn value(&self, v: Var) -> &Tensor<F> {
+        &self.nodes[v.0].value
+    }
+
+    pub fn op(&self, v: Var) -> Op {
+        self.nodes[v.0].op
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Records a computed node. It needs a gradient if any input does.
+    pub(crate) fn push(&mut self, value: Tensor<F>, op: Op) -> Var {
+        let requires_grad = op.inputs().iter().any(|i| self.nodes[i.0].requires_grad);
+        self.nodes.push(Node { value, op, requires_grad });
+        Var(self.nodes.len() - 1)
+    }
+
+    /// Nodes reachable from `root`, each after all of its inputs (post-order DFS with an
+    /// explicit stack, so deep graphs cannot overflow the call stack).
+    pub fn topological_order(&self, root: Var) -> Vec<Var> {
+        let mut order = Vec::new();
+        let mut visited = vec![false; self.nodes.len()];
+        let mut stack = vec![(root, false)];
+        while let Some((v, inputs_done)) = stack.pop() {
+            if inputs_done {
+                order.push(v);
+                continue;
+            }
+            if visited[v.0] {
+                continue;
+            }
+            visited[v.0] = true;
+            stack.push((v, true));
+            for input in self.nodes[v.0].op.inputs().into_iter().rev() {
+                if !visited[input.0] {
+                    stack.push((input, false));
+                }
+            }
+        }
+        order
+    }
+
+    /// Gradients of the scalar `root` with respect to every node that requires one.
+    pub fn backward(&self, root: Var) -> Result<Gradients<F>> {
+        let root_value = self.value(root);
+        if root_value.len() != 1 {
+            return Err(Error::Shape(format!(
+                "backward needs a scalar root, got shape {:?}",
+                root_value.shape()
+            )));
+        }
+        let mut grads: Vec<Option<Tensor<F>>> = vec![None; self.nodes.len()];
+        grads[root.0] = Some(ArrayD::from_elem(root_value.raw_dim(), F::one()));
+
+        for v in self.topological_order(root).into_iter().rev() {
+            let node = &self.nodes[v.0];
+            if !node.requires_grad {
+                continue;
+            }
+            let Some(g) = grads[v.0].as_ref() else { continue };
+            let needs = |x: Var| self.nodes[x.0].requires_grad;
+            let contributions: Vec<(Var, Tensor<F>)> = match node.op {
+                Op::Leaf => continue,
+                Op::MatMul(a, b) => {
+                    let (ga, gb) = matmul::backward(self.value(a), self.value(b), g, needs(a), needs(b));
+                    [(a, ga), (b, gb)].into_iter().filter_map(|(x, gx)| gx.map(|t| (x, t))).collect()
+                }
+                Op::Binary(kind, a, b) => {
+                    let (ga, gb) = elementwise::binary_backward(kind, self.value(a), self.value(b), g);
+                    vec![(a, ga), (b, gb)].into_iter().filter(|(x, _)| needs(*x)).collect()
+                }
+                Op::Unary(kind, a) => vec![(a, elementwise::unary_backward(kind, self.value(a), &node.value, g))],
+                Op::Sum(a) => vec![(a, reduce::sum_backward(self.value(a), g))],
+                Op::Mean(a) => vec![(a, reduce::mean_backward(self.value(a), g))],
+            };
+            for (x, gx) in contributions {
+                accumulate(&mut grads[x.0], gx);
+            }
+        }
+        Ok(Gradients { grads })
+    }
+}
+
+/// Fan-out is why gradients add: a value used twice receives both contributions.
+fn accumulate<F: Float>(slot: &mut Option<Tensor<F>>, g: Tensor<F>) {
+    match slot {
+        Some(acc) => *acc += &g,
+        None => *slot = Some(g),
+    }
+}
+
+/// The result of `Graph::backward`.
+pub struct Gradients<F> {
+    grads: Vec<Option<Tensor<F>>>,
+}
+
+impl<F: Float> Gradients<F> {
+    /// The gradient of `v`, or `None` when `v` does not influence the root.
+    pub fn get(&self, v: Var) -> Option<&Tensor<F>> {
+        self.grads.get(v.0).and_then(Option::as_ref)
+    }
+
+    /// The gradient of `v`, with zeros when `v` does not influence the root.
+    pub fn get_or_zeros(&self, v: Var, like: &Tensor<F>) -> Tensor<F> {
+        self.get(v).cloned().unwrap_or_else(|| Tensor::zeros(like.raw_dim()))
+    }
+}

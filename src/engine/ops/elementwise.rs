@@ -1,0 +1,168 @@
+//! Element-wise ops. Binary ops broadcast like NumPy and PyTorch; their backward sums the
+//! gradient back over the broadcast axes. A unary op is a forward `f` and a backward
+//! written in the same arithmetic order PyTorch's autograd uses, so rounding matches.
+
+use ndarray::{Axis, IxDyn};
+
+use crate::engine::{Float, Graph, Op, Tensor, Var};
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Neg,
+    Sigmoid,
+    Square,
+    Relu,
+    Tanh,
+    Exp,
+    Log,
+}
+
+impl<F: Float> Graph<F> {
+    pub fn add(&mut self, a: Var, b: Var) -> Result<Var> {
+        self.binary(BinaryOp::Add, a, b)
+    }
+    pub fn sub(&mut self, a: Var, b: Var) -> Result<Var> {
+        self.binary(BinaryOp::Sub, a, b)
+    }
+    pub fn mul(&mut self, a: Var, b: Var) -> Result<Var> {
+        self.binary(BinaryOp::Mul, a, b)
+    }
+
+    pub fn binary(&mut self, kind: BinaryOp, a: Var, b: Var) -> Result<Var> {
+        let value = binary_forward(kind, self.value(a), self.value(b))?;
+        Ok(self.push(value, Op::Binary(kind, a, b)))
+    }
+
+    pub fn neg(&mut self, a: Var) -> Var {
+        self.unary(UnaryOp::Neg, a)
+    }
+    pub fn sigmoid(&mut self, a: Var) -> Var {
+        self.unary(UnaryOp::Sigmoid, a)
+    }
+    pub fn square(&mut self, a: Var) -> Var {
+        self.unary(UnaryOp::Square, a)
+    }
+    pub fn relu(&mut self, a: Var) -> Var {
+        self.unary(UnaryOp::Relu, a)
+    }
+    pub fn tanh(&mut self, a: Var) -> Var {
+        self.unary(UnaryOp::Tanh, a)
+    }
+    pub fn exp(&mut self, a: Var) -> Var {
+        self.unary(UnaryOp::Exp, a)
+    }
+    pub fn log(&mut self, a: Var) -> Var {
+        self.unary(UnaryOp::Log, a)
+    }
+
+    pub fn unary(&mut self, kind: UnaryOp, a: Var) -> Var {
+        let value = self.value(a).mapv(|x| kind.forward(x));
+        self.push(value, Op::Unary(kind, a))
+    }
+}
+
+impl UnaryOp {
+    pub fn forward<F: Float>(self, x: F) -> F {
+        let one = F::one();
+        match self {
+            UnaryOp::Neg => -x,
+            UnaryOp::Sigmoid => one / (one + (-x).exp()),
+            UnaryOp::Square => x * x,
+            UnaryOp::Relu => {
+                if x > F::zero() {
+                    x
+                } else {
+                    F::zero()
+                }
+            }
+            UnaryOp::Tanh => x.tanh(),
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.ln(),
+        }
+    }
+
+    /// Upstream gradient `g` times the local derivative at input `x`, output `y`.
+    pub fn backward<F: Float>(self, g: F, x: F, y: F) -> F {
+        let one = F::one();
+        match self {
+            UnaryOp::Neg => -g,
+            UnaryOp::Sigmoid => g * (one - y) * y,
+            UnaryOp::Square => g * (F::of(2.0) * x),
+            // PyTorch's threshold_backward: the gradient passes where the output is > 0.
+            UnaryOp::Relu => {
+                if y > F::zero() {
+                    g
+                } else {
+                    F::zero()
+                }
+            }
+            UnaryOp::Tanh => g * (one - y * y),
+            UnaryOp::Exp => g * y,
+            UnaryOp::Log => g / x,
+        }
+    }
+}
+
+pub fn unary_backward<F: Float>(kind: UnaryOp, x: &Tensor<F>, y: &Tensor<F>, g: &Tensor<F>) -> Tensor<F> {
+    let mut out = g.clone();
+    ndarray::Zip::from(&mut out).and(x).and(y).for_each(|o, &x, &y| *o = kind.backward(*o, x, y));
+    out
+}
+
+pub fn binary_forward<F: Float>(kind: BinaryOp, a: &Tensor<F>, b: &Tensor<F>) -> Result<Tensor<F>> {
+    let shape = broadcast_shape(a.shape(), b.shape())?;
+    let (a, b) = (a.broadcast(shape.clone()).expect("checked"), b.broadcast(shape).expect("checked"));
+    Ok(match kind {
+        BinaryOp::Add => &a + &b,
+        BinaryOp::Sub => &a - &b,
+        BinaryOp::Mul => &a * &b,
+    })
+}
+
+/// Gradients of both operands (reduced back to their own shapes).
+pub fn binary_backward<F: Float>(kind: BinaryOp, a: &Tensor<F>, b: &Tensor<F>, g: &Tensor<F>) -> (Tensor<F>, Tensor<F>) {
+    let (ga, gb) = match kind {
+        BinaryOp::Add => (g.clone(), g.clone()),
+        BinaryOp::Sub => (g.clone(), g.mapv(|v| -v)),
+        BinaryOp::Mul => (g * b, g * a),
+    };
+    (unbroadcast(ga, a.shape()), unbroadcast(gb, b.shape()))
+}
+
+/// NumPy's broadcasting rule: align trailing axes; each pair is equal or one of them is 1.
+pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<IxDyn> {
+    let n = a.len().max(b.len());
+    let dim = |s: &[usize], i: usize| if i + s.len() < n { 1 } else { s[i + s.len() - n] };
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let (x, y) = (dim(a, i), dim(b, i));
+        out.push(match (x, y) {
+            _ if x == y => x,
+            (1, _) => y,
+            (_, 1) => x,
+            _ => return Err(Error::Shape(format!("cannot broadcast shapes {a:?} and {b:?}"))),
+        });
+    }
+    Ok(IxDyn(&out))
+}
+
+/// Sums `g` over the axes that broadcasting added or stretched, giving `shape`.
+pub fn unbroadcast<F: Float>(mut g: Tensor<F>, shape: &[usize]) -> Tensor<F> {
+    while g.ndim() > shape.len() {
+        g = g.sum_axis(Axis(0));
+    }
+    for (axis, &n) in shape.iter().enumerate() {
+        if n == 1 && g.shape()[axis] != 1 {
+            g = g.sum_axis(Axis(axis)).insert_axis(Axis(axis));
+        }
+    }
+    g
+}

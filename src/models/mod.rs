@@ -1,0 +1,8 @@
+//! What is computed, as data: every backend executes these definitions and none of them
+//! is written again inside a backend.
+
+pub mod abc;
+pub mod program;
+pub mod rng;
+
+pub use program::{Prim, Program, ValueId};

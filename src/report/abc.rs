@@ -1,0 +1,129 @@
+//! The A/B/C report: `abc.md`, `abc.json`, `abc_loss.svg`.
+
+use super::fmt::{full, sci, table};
+use super::plot::{stacked_svg, Panel, Series};
+use super::{to_json, Output};
+use crate::error::Result;
+use crate::study::abc::AbcStudy;
+
+/// Relative differences of exactly zero are drawn at this floor on the log plot.
+pub const ZERO_FLOOR: f64 = 1e-18;
+
+pub fn outputs(study: &AbcStudy, stem: &str) -> Result<Vec<Output>> {
+    let svg_name = format!("{stem}_loss.svg");
+    Ok(vec![
+        Output { file_name: format!("{stem}.json"), contents: to_json(study)? },
+        Output { file_name: svg_name.clone(), contents: loss_svg(study)? },
+        Output { file_name: format!("{stem}.md"), contents: markdown(study, &svg_name) },
+    ])
+}
+
+pub fn loss_svg(study: &AbcStudy) -> Result<String> {
+    let s = &study.settings;
+    let loss = Panel {
+        title: format!("A/B/C loss per step ({}, init {}, K={}, lr {})", s.dtype, s.init, s.k, s.lr),
+        x_label: "step".into(),
+        y_label: "loss (log)".into(),
+        log_y: true,
+        series: study
+            .backends
+            .iter()
+            .map(|(k, run)| Series { label: k.to_string(), points: run.loss.iter().enumerate().map(|(i, &l)| (i as f64, l)).collect() })
+            .collect(),
+        hlines: vec![],
+    };
+    let reference = study.reference;
+    let diff = Panel {
+        title: format!("relative loss difference to {reference} (exact agreement drawn at {ZERO_FLOOR:.0e})"),
+        x_label: "step".into(),
+        y_label: "|loss - ref| / |ref| (log)".into(),
+        log_y: true,
+        series: study
+            .parity
+            .values()
+            .filter(|p| p.b == reference)
+            .map(|p| Series {
+                label: format!("{} vs {}", p.a, p.b),
+                points: p.loss.rel.iter().enumerate().map(|(i, &r)| (i as f64, if r == 0.0 { ZERO_FLOOR } else { r })).collect(),
+            })
+            .collect(),
+        hlines: vec![(study.tolerance.rtol, format!("rtol {}", study.tolerance.rtol))],
+    };
+    stacked_svg(&[loss, diff], 900, 380)
+}
+
+pub fn markdown(study: &AbcStudy, svg_name: &str) -> String {
+    let s = &study.settings;
+    let mut md = format!(
+        "# A/B/C parity report\n\n\
+         `y = x·A, u = sigmoid(y), v = x·B, z = u + v, w = z·C, loss = Σ w²`, trained with \
+         `P = P - lr·dL/dP` for A, B, C.\n\n\
+         Settings: K = {}, lr = {}, {} steps, init `{}`, dtype {}; backends {}. \
+         Reference for the plot: **{}**. Tolerance `|a - b| <= {} + {}·|b|` \
+         (PyTorch's `assert_close` defaults for {} unless overridden).\n\n\
+         Verdict: **{}**.\n\n![loss per step]({svg_name})\n\n",
+        s.k,
+        s.lr,
+        s.steps,
+        s.init,
+        s.dtype,
+        study.backends.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
+        study.reference,
+        study.tolerance.atol,
+        study.tolerance.rtol,
+        s.dtype,
+        if study.agree { "every backend agrees with every other within tolerance" } else { "backends disagree (see below)" },
+    );
+    md += "## Agreement per backend pair\n\n";
+    let rows: Vec<Vec<String>> = study
+        .parity
+        .iter()
+        .map(|(name, p)| {
+            let worst_grad = p.grads.values().map(|d| d.scaled).fold(0.0f64, f64::max);
+            let worst_ulps = p.grads.values().map(|d| d.max_ulps).max().unwrap_or(0);
+            let worst_final = p.final_params.values().map(|d| d.max_rel).fold(0.0f64, f64::max);
+            vec![
+                format!("`{name}`"),
+                sci(p.loss.max_rel),
+                p.loss.first_divergence.map_or("none".into(), |s| s.to_string()),
+                p.loss.decades_per_step.map_or("-".into(), |d| format!("{d:+.2}")),
+                sci(worst_grad),
+                worst_ulps.to_string(),
+                p.grads_first_divergence.map_or("none".into(), |s| s.to_string()),
+                sci(worst_final),
+                if p.agree { "agree".into() } else { "**disagree**".into() },
+            ]
+        })
+        .collect();
+    md += &table(
+        &[
+            "pair",
+            "max rel. loss diff",
+            "first loss step beyond tol.",
+            "drift (decades/step)",
+            "max grad diff / scale",
+            "max grad ULPs",
+            "first grad step beyond tol.",
+            "max rel. final param diff",
+            "verdict",
+        ],
+        &rows,
+    );
+    md += "\n## Loss per step\n\n";
+    let kinds: Vec<_> = study.backends.keys().collect();
+    let mut header = vec!["step".to_string()];
+    header.extend(kinds.iter().map(|k| k.to_string()));
+    let steps = s.steps;
+    let shown: Vec<usize> = (0..steps).filter(|&i| i < 5 || i + 1 == steps || i % 10 == 9).collect();
+    let rows: Vec<Vec<String>> = shown
+        .iter()
+        .map(|&i| {
+            let mut r = vec![i.to_string()];
+            r.extend(kinds.iter().map(|k| full(study.backends[k].loss[i])));
+            r
+        })
+        .collect();
+    md += &table(&header.iter().map(String::as_str).collect::<Vec<_>>(), &rows);
+    md += "\nEvery step, every gradient and the final matrices are in the JSON file beside this one.\n";
+    md
+}
