@@ -59,7 +59,7 @@ fn train(program: &Program, inputs: &[HostTensor], lr: f64, steps: usize, dtype:
             // The seed's update, `P -= lr * P.grad`, outside autograd.
             tch::no_grad(|| -> Result<(), TchError> {
                 let step = g.f_mul_scalar(lr)?;
-                p.f_sub_(&step)?;
+                let _ = p.f_sub_(&step)?;
                 Ok(())
             })?;
             p.zero_grad();
@@ -94,13 +94,6 @@ pub fn run_program(program: &Program, mut values: Vec<Tensor>) -> Result<Tensor,
         values.push(v);
     }
     Ok(values.pop().expect("a program has instructions"))
-}
-
-pub fn kind(dtype: DType) -> Kind {
-    match dtype {
-        DType::F32 => Kind::Float,
-        DType::F64 => Kind::Double,
-    }
 }
 
 pub fn to_torch(t: &HostTensor, dtype: DType) -> Result<Tensor, TchError> {

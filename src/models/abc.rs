@@ -113,7 +113,12 @@ impl AbcInit {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let init: AbcInit = serde_json::from_str(&text).map_err(|e| {
-            Error::file(path, format!("not a valid init file ({e}); expected {{\"x\": [..K numbers], \"A\": [[..]], \"B\": [[..]], \"C\": [[..]]}} with K×K matrices"))
+            let lower = text.to_ascii_lowercase();
+            if ["nan", "inf"].iter().any(|w| lower.contains(w)) || e.to_string().contains("out of range") {
+                Error::file(path, format!("holds NaN, infinity or an out-of-range number ({e}): every value must be a finite number"))
+            } else {
+                Error::file(path, format!("not a valid init file ({e}); expected {{\"x\": [..K numbers], \"A\": [[..]], \"B\": [[..]], \"C\": [[..]]}} with K×K matrices"))
+            }
         })?;
         init.validate().map_err(|m| Error::file(path, m))?;
         Ok(init)

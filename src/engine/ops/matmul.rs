@@ -7,6 +7,7 @@
 
 use ndarray::{Array2, ArrayView1, ArrayView2, Ix1, Ix2};
 
+use super::gemm::gemm;
 use crate::engine::{Float, Graph, Op, Tensor, Var};
 use crate::error::{Error, Result};
 
@@ -23,10 +24,10 @@ pub fn forward<F: Float>(a: &Tensor<F>, b: &Tensor<F>) -> Result<Tensor<F>> {
         return Err(Error::Shape(format!("matmul: {:?} · {:?}: inner dimensions differ", a.shape(), b.shape())));
     }
     Ok(match (a.ndim(), b.ndim()) {
-        (2, 2) => as2(a).dot(&as2(b)).into_dyn(),
-        (1, 2) => as1(a).dot(&as2(b)).into_dyn(),
-        (2, 1) => as2(a).dot(&as1(b)).into_dyn(),
-        _ => ndarray::arr0(as1(a).dot(&as1(b))).into_dyn(),
+        (2, 2) => gemm(as2(a), as2(b)).into_dyn(),
+        (1, 2) => gemm(row(a), as2(b)).into_shape_with_order(b.shape()[1]).expect("1×n").into_dyn(),
+        (2, 1) => gemm(as2(a), col(b)).into_shape_with_order(a.shape()[0]).expect("m×1").into_dyn(),
+        _ => gemm(row(a), col(b)).into_shape_with_order(()).expect("1×1").into_dyn(),
     })
 }
 
@@ -42,21 +43,18 @@ pub fn backward<F: Float>(
         // Y = A·B: dA = G·Bᵀ, dB = Aᵀ·G
         (2, 2) => {
             let g = as2(g);
-            (
-                need_a.then(|| g.dot(&as2(b).t()).into_dyn()),
-                need_b.then(|| as2(a).t().dot(&g).into_dyn()),
-            )
+            (need_a.then(|| gemm(g, as2(b).t()).into_dyn()), need_b.then(|| gemm(as2(a).t(), g).into_dyn()))
         }
         // y = x·B: dx = B·g, dB = outer(x, g)
-        (1, 2) => {
-            let g = as1(g);
-            (need_a.then(|| as2(b).dot(&g).into_dyn()), need_b.then(|| outer(as1(a), g).into_dyn()))
-        }
+        (1, 2) => (
+            need_a.then(|| gemm(as2(b), col(g)).into_shape_with_order(a.len()).expect("k×1").into_dyn()),
+            need_b.then(|| outer(as1(a), as1(g)).into_dyn()),
+        ),
         // y = A·v: dA = outer(g, v), dv = Aᵀ·g
-        (2, 1) => {
-            let g = as1(g);
-            (need_a.then(|| outer(g, as1(b)).into_dyn()), need_b.then(|| as2(a).t().dot(&g).into_dyn()))
-        }
+        (2, 1) => (
+            need_a.then(|| outer(as1(g), as1(b)).into_dyn()),
+            need_b.then(|| gemm(as2(a).t(), col(g)).into_shape_with_order(b.len()).expect("k×1").into_dyn()),
+        ),
         // s = a·b: da = s̄·b, db = s̄·a
         _ => {
             let s = g.iter().next().copied().unwrap_or_else(F::zero);
@@ -76,6 +74,16 @@ fn inner_dim<F>(t: &Tensor<F>, left: bool) -> Result<usize> {
         (2, false) => Ok(t.shape()[0]),
         _ => Err(Error::Shape(format!("matmul takes 1-D or 2-D operands, got shape {:?}", t.shape()))),
     }
+}
+
+/// A vector as a one-row matrix.
+fn row<F: Float>(t: &Tensor<F>) -> ArrayView2<'_, F> {
+    as1(t).insert_axis(ndarray::Axis(0))
+}
+
+/// A vector as a one-column matrix.
+fn col<F: Float>(t: &Tensor<F>) -> ArrayView2<'_, F> {
+    as1(t).insert_axis(ndarray::Axis(1))
 }
 
 fn as1<F: Float>(t: &Tensor<F>) -> ArrayView1<'_, F> {

@@ -2,5 +2,6 @@
 //! the handwritten backward rules that `Graph::backward` dispatches to.
 
 pub mod elementwise;
+pub mod gemm;
 pub mod matmul;
 pub mod reduce;

@@ -1,0 +1,190 @@
+//! Every engine op, checked two ways on random shapes and values (256 cases each):
+//! its handwritten gradient against central finite differences in f64, and its forward
+//! and backward against candle (and libtorch with `--features torch`) in f32 and f64.
+//! Adding an op means adding one line to `op_tests!` below.
+
+use backprop_parity::backends::{Backend, BackendKind};
+use backprop_parity::host::HostTensor;
+use backprop_parity::models::{Prim, Program};
+use backprop_parity::parity::{compare, numeric_gradient, Tolerance};
+use backprop_parity::DType;
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+
+/// Where an op's inputs are drawn from: away from kinks and outside domains.
+#[derive(Clone, Copy, Debug)]
+enum Domain {
+    Any,
+    Positive,
+    AwayFromZero,
+}
+
+fn values(n: usize, domain: Domain) -> BoxedStrategy<Vec<f64>> {
+    let v = match domain {
+        Domain::Any => (-2.0..2.0f64).boxed(),
+        Domain::Positive => (0.2..3.0f64).boxed(),
+        // A kink at 0 (ReLU) has no derivative; finite differences need |x| > h.
+        Domain::AwayFromZero => (0.01..2.0f64).prop_flat_map(|m| prop_oneof![Just(m), Just(-m)]).boxed(),
+    };
+    proptest::collection::vec(v, n).boxed()
+}
+
+fn tensor(shape: Vec<usize>, domain: Domain) -> BoxedStrategy<HostTensor> {
+    let n = shape.iter().product();
+    values(n, domain).prop_map(move |data| HostTensor { shape: shape.clone(), data }).boxed()
+}
+
+fn shape() -> BoxedStrategy<Vec<usize>> {
+    proptest::collection::vec(1usize..5, 0..4).boxed()
+}
+
+/// A shape that broadcasts against `s`: leading axes dropped, some axes set to 1.
+fn broadcastable(s: Vec<usize>) -> BoxedStrategy<Vec<usize>> {
+    let rank = s.len();
+    (0..=rank, proptest::collection::vec(any::<bool>(), rank))
+        .prop_map(move |(drop, ones)| s[drop..].iter().zip(&ones[drop..]).map(|(&d, &one)| if one { 1 } else { d }).collect())
+        .boxed()
+}
+
+fn matmul_shapes() -> BoxedStrategy<(Vec<usize>, Vec<usize>)> {
+    (1usize..6, 1usize..6, 1usize..6, 0..4usize)
+        .prop_map(|(m, k, n, case)| match case {
+            0 => (vec![m, k], vec![k, n]),
+            1 => (vec![k], vec![k, n]),
+            2 => (vec![m, k], vec![k]),
+            _ => (vec![k], vec![k]),
+        })
+        .boxed()
+}
+
+fn inputs_for(prim: Prim, domain: Domain) -> BoxedStrategy<Vec<HostTensor>> {
+    match prim {
+        Prim::MatMul => matmul_shapes()
+            .prop_flat_map(move |(a, b)| (tensor(a, domain), tensor(b, domain)).prop_map(|(a, b)| vec![a, b]))
+            .boxed(),
+        p if p.arity() == 2 => shape()
+            .prop_flat_map(|s| (Just(s.clone()), broadcastable(s), any::<bool>()))
+            .prop_flat_map(move |(a, b, swap)| {
+                let (a, b) = if swap { (b, a) } else { (a, b) };
+                (tensor(a, domain), tensor(b, domain)).prop_map(|(a, b)| vec![a, b])
+            })
+            .boxed(),
+        _ => shape().prop_flat_map(move |s| tensor(s, domain).prop_map(|t| vec![t])).boxed(),
+    }
+}
+
+fn describe(inputs: &[HostTensor]) -> String {
+    inputs.iter().map(|t| format!("shape {:?} values {:?}", t.shape, t.data)).collect::<Vec<_>>().join("; ")
+}
+
+/// The engine's gradient of `sum(prim(inputs))` against central differences in f64.
+fn check_finite_differences(prim: Prim, inputs: &[HostTensor]) -> Result<(), TestCaseError> {
+    let program = Program::single(prim);
+    let engine = BackendKind::Engine.create().unwrap();
+    let analytic = engine.evaluate(&program, inputs, DType::F64).unwrap();
+    let f = |xs: &[HostTensor]| engine.evaluate(&program, xs, DType::F64).unwrap().output;
+    for (i, ana) in analytic.grads.iter().enumerate() {
+        let num = numeric_gradient(&f, inputs, i, 1e-6);
+        for (j, (a, n)) in ana.data.iter().zip(&num.data).enumerate() {
+            prop_assert!(
+                (a - n).abs() <= 1e-6 + 1e-6 * n.abs(),
+                "{}: d/d input {i} [{j}]: handwritten {a} vs finite difference {n}; inputs: {}",
+                prim.name(),
+                describe(inputs)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Output and every gradient of the engine against another backend.
+fn check_against(prim: Prim, other: BackendKind, inputs: &[HostTensor]) -> Result<(), TestCaseError> {
+    let program = Program::single(prim);
+    for dtype in DType::ALL {
+        let inputs: Vec<HostTensor> = inputs.iter().map(|t| t.rounded(dtype)).collect();
+        let ours = BackendKind::Engine.create().unwrap().evaluate(&program, &inputs, dtype).unwrap();
+        let theirs = other.create().unwrap().evaluate(&program, &inputs, dtype).unwrap();
+        let tol = match dtype {
+            DType::F64 => Tolerance { rtol: 1e-12, atol: 1e-12 },
+            DType::F32 => Tolerance::torch_default(DType::F32),
+        };
+        prop_assert!(
+            tol.holds(ours.output, theirs.output),
+            "{} {dtype}: output engine {} vs {other} {}; inputs: {}",
+            prim.name(),
+            ours.output,
+            theirs.output,
+            describe(&inputs)
+        );
+        for (i, (a, b)) in ours.grads.iter().zip(&theirs.grads).enumerate() {
+            let d = compare(a, b, dtype, tol).unwrap();
+            prop_assert!(
+                d.within_tolerance,
+                "{} {dtype}: gradient of input {i}: engine vs {other} max abs {:e} at {}; engine {:?} {other} {:?}; inputs: {}",
+                prim.name(),
+                d.max_abs,
+                d.worst_index,
+                a.data,
+                b.data,
+                describe(&inputs)
+            );
+        }
+    }
+    Ok(())
+}
+
+macro_rules! op_tests {
+    ($($name:ident: $prim:expr, $domain:expr;)*) => {
+        const TESTED: &[Prim] = &[$($prim),*];
+        $(
+            mod $name {
+                use super::*;
+                proptest! {
+                    #![proptest_config(ProptestConfig::with_cases(256))]
+                    #[test]
+                    fn gradient_matches_finite_differences(inputs in inputs_for($prim, $domain)) {
+                        check_finite_differences($prim, &inputs)?;
+                    }
+                    #[test]
+                    fn engine_matches_candle(inputs in inputs_for($prim, $domain)) {
+                        check_against($prim, BackendKind::Candle, &inputs)?;
+                    }
+                }
+                #[cfg(feature = "torch")]
+                proptest! {
+                    #![proptest_config(ProptestConfig::with_cases(256))]
+                    #[test]
+                    fn engine_matches_libtorch(inputs in inputs_for($prim, $domain)) {
+                        check_against($prim, BackendKind::Torch, &inputs)?;
+                    }
+                }
+            }
+        )*
+    };
+}
+
+op_tests! {
+    matmul: Prim::MatMul, Domain::Any;
+    add: Prim::Add, Domain::Any;
+    sub: Prim::Sub, Domain::Any;
+    mul: Prim::Mul, Domain::Any;
+    neg: Prim::Neg, Domain::Any;
+    sigmoid: Prim::Sigmoid, Domain::Any;
+    square: Prim::Square, Domain::Any;
+    relu: Prim::Relu, Domain::AwayFromZero;
+    tanh: Prim::Tanh, Domain::Any;
+    exp: Prim::Exp, Domain::Any;
+    log: Prim::Log, Domain::Positive;
+    sum: Prim::Sum, Domain::Any;
+    mean: Prim::Mean, Domain::Any;
+}
+
+#[test]
+fn every_primitive_has_its_op_tests() {
+    for prim in Prim::ALL {
+        assert!(TESTED.contains(&prim), "{} has no line in op_tests!", prim.name());
+    }
+}
+
+#[allow(dead_code)]
+fn assert_backend_object_safe(_: &dyn Backend) {}
