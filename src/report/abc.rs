@@ -47,7 +47,7 @@ pub fn loss_svg(study: &AbcStudy) -> Result<String> {
                 points: p.loss.rel.iter().enumerate().map(|(i, &r)| (i as f64, if r == 0.0 { ZERO_FLOOR } else { r })).collect(),
             })
             .collect(),
-        hlines: vec![(study.tolerance.rtol, format!("rtol {}", study.tolerance.rtol))],
+        hlines: vec![(study.tolerance.rtol, format!("rtol {:.1e}", study.tolerance.rtol))],
     };
     stacked_svg(&[loss, diff], 900, 380)
 }

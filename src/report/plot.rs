@@ -80,15 +80,30 @@ where
     if p.log_y {
         let (lo, hi) = (y0 / 2.0, y1 * 2.0);
         let mut c = chart.build_cartesian_2d(x0..x1, (lo..hi).log_scale()).map_err(plot_err)?;
-        c.configure_mesh().x_desc(&p.x_label).y_desc(&p.y_label).y_label_formatter(&|v| format!("{v:.0e}")).draw().map_err(plot_err)?;
+        c.configure_mesh()
+            .x_desc(&p.x_label)
+            .y_desc(&p.y_label)
+            .x_label_formatter(&x_label)
+            .y_label_formatter(&|v| format!("{v:.0e}"))
+            .draw()
+            .map_err(plot_err)?;
         draw_series(&mut c, p, x0, x1)?;
     } else {
         let pad = ((y1 - y0) * 0.05).max(1e-12);
         let mut c = chart.build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad)).map_err(plot_err)?;
-        c.configure_mesh().x_desc(&p.x_label).y_desc(&p.y_label).draw().map_err(plot_err)?;
+        c.configure_mesh().x_desc(&p.x_label).y_desc(&p.y_label).x_label_formatter(&x_label).draw().map_err(plot_err)?;
         draw_series(&mut c, p, x0, x1)?;
     }
     Ok(())
+}
+
+/// Whole numbers (steps, epochs) without a decimal point.
+fn x_label(v: &f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
 }
 
 fn draw_series<'a, DB: DrawingBackend + 'a, X, Y>(c: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>, p: &Panel, x0: f64, x1: f64) -> Result<()>
