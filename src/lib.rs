@@ -3,6 +3,7 @@
 //!
 //! - [`engine`]: the from-scratch engine (tensors on `ndarray`, a recorded graph,
 //!   handwritten backward rules).
+//! - [`data`]: MNIST / Fashion-MNIST loading, normalisation, seeded batches and dropout masks.
 //! - [`models`]: what is computed, defined once as data.
 //! - [`backends`]: one `Backend` trait; the engine, candle and libtorch adapters.
 //! - [`parity`]: comparison metrics, tolerances, trace diffs, verdicts.
@@ -10,6 +11,7 @@
 //! - [`study`]: the studies that tie them together (what `parity-report` runs).
 
 pub mod backends;
+pub mod data;
 pub mod dtype;
 pub mod engine;
 pub mod error;
