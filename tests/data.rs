@@ -342,3 +342,14 @@ fn dropout_masks_have_the_right_density() {
     assert!((density - (1.0 - p)).abs() < 0.01, "kept fraction {density}, expected ~{}", 1.0 - p);
     assert_eq!(data::dropout_mask(64, p, 9, 0, 0), data::dropout_mask(64, p, 9, 0, 0));
 }
+
+#[test]
+fn streams_match_the_documented_rule() {
+    // Computed by an independent Python implementation of the rule in `data::seed`
+    // (SplitMix64 chained over (domain, seed, ...), multiply-shift Fisher–Yates, u >= p):
+    // if these change, every recorded run's batches and masks change with them.
+    assert_eq!(data::epoch_order(10, 42, 0), vec![4, 7, 1, 5, 2, 6, 8, 0, 3, 9]);
+    assert_eq!(data::epoch_order(10, 42, 1), vec![9, 6, 0, 5, 7, 3, 2, 8, 1, 4]);
+    let mask = data::dropout_mask(12, 0.5, 7, 3, 1);
+    assert_eq!(mask, vec![1., 1., 0., 1., 1., 0., 0., 0., 1., 1., 0., 1.]);
+}
