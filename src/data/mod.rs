@@ -6,13 +6,15 @@
 //! - [`normalize`]: the f32 `ToTensor` + `Normalize` pipeline of the seed study.
 //! - [`batches`]: seeded epoch shuffles and batching.
 //! - [`masks`]: dropout masks, drawn once by the harness and shared by every backend.
+//! - [`seed`]: how (seed, epoch, step, site) become SplitMix64 streams (the rule a
+//!   Python reference must reproduce).
 
 pub mod batches;
 pub mod idx;
 pub mod masks;
 pub mod mnist;
 pub mod normalize;
-mod seed;
+pub mod seed;
 pub mod sums;
 
 pub use batches::{batch_count, batches, epoch_order, file_order};
