@@ -15,9 +15,10 @@ use serde::Serialize;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
+use crate::models::mnist::{ModelSpec, ParamSet};
 use crate::models::Program;
 
-pub use self::candle::CandleBackend;
+pub use self::candle::{CandleBackend, MaxPoolMode};
 pub use self::engine::EngineBackend;
 #[cfg(feature = "torch")]
 pub use self::torch::TorchBackend;
@@ -40,8 +41,65 @@ pub struct Evaluation {
     pub grads: Vec<HostTensor>,
 }
 
+/// One mini-batch: images `[n, 1, 28, 28]` (normalised) and their class labels.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub images: HostTensor,
+    pub labels: Vec<usize>,
+}
+
+/// What a training forward and backward pass produced.
+#[derive(Clone, Debug)]
+pub struct StepOutput {
+    /// Mean cross-entropy over the batch.
+    pub loss: f64,
+    /// Gradients of the trainable parameters (spec order), when asked for.
+    pub grads: Option<ParamSet>,
+}
+
+/// An evaluation batch: no dropout, batch norm on running statistics.
+#[derive(Clone, Copy, Debug)]
+pub struct EvalOutput {
+    /// Mean cross-entropy over the batch.
+    pub loss: f64,
+    /// Images whose largest output is their label.
+    pub correct: usize,
+}
+
+/// A model instantiated in one backend, holding its parameters, batch-norm buffers and
+/// optimiser state inside the framework.
+pub trait ModelRunner {
+    /// Forward and backward in training mode: batch statistics (and running-statistics
+    /// updates) in batch norm, and `masks[site]` (0/1, one per dropout site) in dropout.
+    fn forward_backward(&mut self, batch: &Batch, masks: &[HostTensor], want_grads: bool) -> Result<StepOutput>;
+    /// PyTorch's SGD with momentum (`v = m·v + g; p -= lr·v`), using the gradients of the
+    /// last `forward_backward`.
+    fn sgd_step(&mut self, lr: f64, momentum: f64) -> Result<()>;
+    fn evaluate(&mut self, batch: &Batch) -> Result<EvalOutput>;
+    /// Parameters and buffers, in spec order.
+    fn params(&self) -> Result<ParamSet>;
+    /// Overwrites parameters and buffers (optimiser state is kept).
+    fn load_params(&mut self, params: &ParamSet) -> Result<()>;
+}
+
+/// Counts the rows of `logits` (`[n, classes]`, row-major) whose first largest entry is
+/// the label.
+pub fn count_correct(logits: &[f64], classes: usize, labels: &[usize]) -> usize {
+    logits
+        .chunks(classes)
+        .zip(labels)
+        .filter(|(row, &label)| {
+            let best = row.iter().enumerate().fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
+            best == label
+        })
+        .count()
+}
+
 pub trait Backend {
     fn kind(&self) -> BackendKind;
+
+    /// Instantiates `spec` with `params` (rounded to `dtype` by the caller).
+    fn model(&self, spec: &ModelSpec, params: &ParamSet, dtype: DType) -> Result<Box<dyn ModelRunner>>;
 
     /// Trains the program's trainable inputs with `p = p - lr * g` for `steps` steps,
     /// computing natively in `dtype` and keeping the parameters inside the framework.
@@ -95,7 +153,7 @@ impl BackendKind {
     pub fn create(self) -> Result<Box<dyn Backend>> {
         match self {
             BackendKind::Engine => Ok(Box::new(EngineBackend)),
-            BackendKind::Candle => Ok(Box::new(CandleBackend)),
+            BackendKind::Candle => Ok(Box::new(CandleBackend::default())),
             #[cfg(feature = "torch")]
             BackendKind::Torch => Ok(Box::new(TorchBackend::new())),
             #[cfg(not(feature = "torch"))]

@@ -4,39 +4,59 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use backprop_parity::backends::BackendKind;
+use backprop_parity::backends::{BackendKind, MaxPoolMode};
+use backprop_parity::data::{self, Dataset, DatasetKind};
 use backprop_parity::models::abc::{AbcSpec, InitSource, SEED_LR, SEED_STEPS};
+use backprop_parity::models::mnist::{ModelSpec, ParamSet, SEED_MODELS};
+use backprop_parity::models::safetensors_io;
 use backprop_parity::parity::Tolerance;
-use backprop_parity::report;
-use backprop_parity::study;
+use backprop_parity::report::{self, Output};
+use backprop_parity::study::{self, grads::GradsOptions, lockstep::BackendOptions, mnist::MnistOptions};
 use backprop_parity::DType;
 
 #[derive(Parser)]
-#[command(name = "parity-report", version, about = "Does a handwritten backprop engine compute what real autograd computes? Measures it against candle and libtorch.")]
+#[command(
+    name = "parity-report",
+    version,
+    about = "Does a handwritten backprop engine compute what real autograd computes? Measures it against candle and libtorch.",
+    after_help = "Without a subcommand: the A/B/C study, step-0 gradients of the nine models, and a quick MNIST profile on every built backend (--full: the seed's whole study)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Without a subcommand: run the seed's full MNIST study (25 epochs, all data) instead of the quick profile.
+    #[arg(long)]
+    full: bool,
+    /// Without a subcommand: the output directory.
+    #[arg(long, default_value = "reports", value_name = "DIR")]
+    out: PathBuf,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// The seed's A/B/C problem trained on every backend from the same start.
     Abc(AbcArgs),
+    /// Gradients of every parameter of each model at one step, every backend pair compared.
+    Grads(GradsArgs),
+    /// The nine models trained in lockstep on every backend, evaluated after each epoch.
+    Mnist(MnistArgs),
 }
 
 /// Options every study shares.
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Default)]
 struct Common {
     /// Comma-separated backends to run: engine, candle, torch. Default: every backend built.
     #[arg(long, value_name = "LIST")]
     backends: Option<String>,
-    /// Element type of every backend's computation.
-    #[arg(long, default_value = "f64", value_name = "f32|f64")]
-    dtype: DType,
+    /// Element type of every backend's computation (default: f64 for abc and grads, f32 for mnist).
+    #[arg(long, value_name = "f32|f64")]
+    dtype: Option<DType>,
     /// Also write the JSON result to PATH ('-' for stdout).
     #[arg(long, value_name = "PATH")]
     json: Option<String>,
@@ -52,6 +72,10 @@ struct Common {
 }
 
 impl Common {
+    fn with_out(out: &Path) -> Self {
+        Common { out: out.to_path_buf(), ..Default::default() }
+    }
+
     fn backends(&self) -> Result<Vec<BackendKind>> {
         Ok(match &self.backends {
             Some(list) => BackendKind::parse_list(list)?,
@@ -59,8 +83,12 @@ impl Common {
         })
     }
 
-    fn tolerance(&self) -> Result<Tolerance> {
-        let mut tol = Tolerance::torch_default(self.dtype);
+    fn dtype(&self, default: DType) -> DType {
+        self.dtype.unwrap_or(default)
+    }
+
+    fn tolerance(&self, dtype: DType) -> Result<Tolerance> {
+        let mut tol = Tolerance::torch_default(dtype);
         for (flag, given, slot) in [("--rtol", self.rtol, &mut tol.rtol), ("--atol", self.atol, &mut tol.atol)] {
             if let Some(v) = given {
                 anyhow::ensure!(v.is_finite() && v >= 0.0, "{flag} {v}: expected a finite number >= 0");
@@ -87,26 +115,71 @@ struct AbcArgs {
     common: Common,
 }
 
-impl Default for AbcArgs {
-    fn default() -> Self {
-        AbcArgs {
-            k: None,
-            lr: SEED_LR,
-            steps: SEED_STEPS,
-            init: InitSource::Ones,
-            common: Common { backends: None, dtype: DType::F64, json: None, out: "reports".into(), rtol: None, atol: None },
-        }
-    }
+/// Options of the MNIST studies.
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Comma-separated seed model names (default: all nine).
+    #[arg(long, value_name = "LIST")]
+    models: Option<String>,
+    /// Seed of the parameter init, the batch order and the dropout masks.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Start from a PyTorch state_dict saved as safetensors (f32 or f64) instead of the seeded init.
+    #[arg(long, value_name = "FILE")]
+    params: Option<PathBuf>,
+    #[arg(long, default_value = "mnist", value_name = "mnist|fashion")]
+    dataset: DatasetKind,
+    /// Folder holding the four IDX files (default: data/mnist, or /usr/share/datasets/fashion-mnist).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// candle's max-pool backward: `builtin` (candle-core as released) or `exact` (PyTorch's rule).
+    #[arg(long, default_value = "builtin", value_name = "builtin|exact")]
+    candle_maxpool: MaxPoolMode,
+}
+
+#[derive(Args, Clone)]
+struct GradsArgs {
+    /// Gradients on the first N training images, in file order.
+    #[arg(long, default_value_t = 25)]
+    batch: usize,
+    /// Write each backend's gradients as DIR/<model>-<backend>.safetensors.
+    #[arg(long, value_name = "DIR")]
+    save_grads: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Clone)]
+struct MnistArgs {
+    #[arg(long, default_value_t = 25)]
+    epochs: usize,
+    /// Train on the first N training images only.
+    #[arg(long, value_name = "N")]
+    train_limit: Option<usize>,
+    /// Evaluate on the first N test images only.
+    #[arg(long, value_name = "N")]
+    test_limit: Option<usize>,
+    /// Steps of the re-synchronised phase (every backend reset to the reference before each step).
+    #[arg(long, default_value_t = 20)]
+    resync_steps: usize,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    common: Common,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Abc(args)) => run_abc(&args),
-        None => run_abc(&AbcArgs::default()),
+        Some(Command::Grads(args)) => run_grads(&args),
+        Some(Command::Mnist(args)) => run_mnist(&args),
+        None => run_default(cli.full, &cli.out),
     };
     match result {
-        Ok(code) => code,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -114,25 +187,154 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_abc(args: &AbcArgs) -> Result<ExitCode> {
+/// The A/B/C study, step-0 gradients, and a quick (or, with --full, the seed's) MNIST run.
+fn run_default(full: bool, out: &Path) -> Result<()> {
+    let start = Instant::now();
+    run_abc(&AbcArgs { k: None, lr: SEED_LR, steps: SEED_STEPS, init: InitSource::Ones, common: Common::with_out(out) })?;
+    let model = ModelArgs { models: None, seed: 0, params: None, dataset: DatasetKind::Mnist, data_dir: None, candle_maxpool: MaxPoolMode::Builtin };
+    run_grads(&GradsArgs { batch: 25, save_grads: None, model: model.clone(), common: Common::with_out(out) })?;
+    let (train_limit, test_limit, epochs) = if full { (None, None, 25) } else { (Some(QUICK_TRAIN), Some(QUICK_TEST), QUICK_EPOCHS) };
+    if !full {
+        eprintln!(
+            "quick profile: {QUICK_EPOCHS} epoch on the first {QUICK_TRAIN} of 60000 training images, tested on the first {QUICK_TEST} of 10000 \
+             (the seed trained 25 epochs on all of them: `parity-report --full`)"
+        );
+    }
+    run_mnist(&MnistArgs { epochs, train_limit, test_limit, resync_steps: 10, model, common: Common::with_out(out) })?;
+    eprintln!("done in {:.0} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The quick profile of the default run: small enough to finish in about a minute.
+const QUICK_TRAIN: usize = 1000;
+const QUICK_TEST: usize = 1000;
+const QUICK_EPOCHS: usize = 1;
+
+fn run_abc(args: &AbcArgs) -> Result<()> {
     let c = &args.common;
+    let dtype = c.dtype(DType::F64);
     let spec = AbcSpec::new(args.init.clone(), args.k, args.lr, args.steps)?;
     let kinds = c.backends()?;
-    let tol = c.tolerance()?;
-    let result = study::abc::run(&spec, c.dtype, &kinds, tol).context("the A/B/C study failed")?;
-    let outputs = report::abc::outputs(&result, "abc")?;
-    emit_json(c.json.as_deref(), &outputs[0].contents)?;
-    let written = report::write_all(&c.out, &outputs)?;
+    let tol = c.tolerance(dtype)?;
+    let result = study::abc::run(&spec, dtype, &kinds, tol).context("the A/B/C study failed")?;
     for (name, p) in &result.parity {
         eprintln!(
-            "{name:>14}: max rel. loss diff {:.2e}, first step beyond tolerance {}, {}",
+            "abc {name:>14}: max rel. loss diff {:.2e}, first step beyond tolerance {}, {}",
             p.loss.max_rel,
             p.loss.first_divergence.map_or("none".into(), |s| s.to_string()),
             if p.agree { "agree" } else { "DISAGREE" }
         );
     }
-    print_written(&written);
-    Ok(ExitCode::SUCCESS)
+    finish(c, report::abc::outputs(&result, "abc")?)
+}
+
+fn load_data(m: &ModelArgs) -> Result<Dataset> {
+    let dir = m.data_dir.clone().unwrap_or_else(|| data::default_dir(m.dataset));
+    Ok(data::load(m.dataset, &dir)?)
+}
+
+fn parse_models(m: &ModelArgs) -> Result<Vec<ModelSpec>> {
+    match &m.models {
+        None => Ok(ModelSpec::all_seed()),
+        Some(list) => {
+            let specs: Vec<ModelSpec> = list.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
+            anyhow::ensure!(!specs.is_empty(), "--models: expected one or more of {}", SEED_MODELS.join(", "));
+            Ok(specs)
+        }
+    }
+}
+
+fn load_params(m: &ModelArgs) -> Result<(Option<ParamSet>, Option<String>)> {
+    match &m.params {
+        None => Ok((None, None)),
+        Some(p) => Ok((Some(safetensors_io::read(p)?), Some(p.display().to_string()))),
+    }
+}
+
+fn run_grads(args: &GradsArgs) -> Result<()> {
+    let c = &args.common;
+    let (models, backends) = (parse_models(&args.model)?, c.backends()?);
+    let (params, params_origin) = load_params(&args.model)?;
+    let data = load_data(&args.model)?;
+    let opts = GradsOptions {
+        models,
+        dtype: c.dtype(DType::F64),
+        backends,
+        backend_options: BackendOptions { candle_maxpool: args.model.candle_maxpool },
+        batch: args.batch,
+        seed: args.model.seed,
+        params,
+        params_origin,
+        save_grads: args.save_grads.clone(),
+    };
+    let result = study::grads::run(&data, &opts, |m| eprintln!("grads: {m}"))?;
+    for (name, m) in &result.models {
+        let worst: Vec<String> = m.worst_scaled.iter().map(|(p, v)| format!("{p} {v:.1e}")).collect();
+        let why = m.diagnosis.as_ref().map_or(String::new(), |d| {
+            format!(
+                " — odd one out: {}, from {} down (suspects: {})",
+                d.odd_one_out.map_or("none".into(), |k| k.to_string()),
+                d.first_disagreeing_param,
+                d.suspects.join(", ")
+            )
+        });
+        eprintln!("grads {name:>17}: {} [{}]{why}", if m.agree { "agree" } else { "DISAGREE" }, worst.join(", "));
+    }
+    finish(c, report::grads::outputs(&result)?)
+}
+
+fn run_mnist(args: &MnistArgs) -> Result<()> {
+    let c = &args.common;
+    let (models, backends) = (parse_models(&args.model)?, c.backends()?);
+    let (params, params_origin) = load_params(&args.model)?;
+    let data = load_data(&args.model)?;
+    let opts = MnistOptions {
+        models,
+        dtype: c.dtype(DType::F32),
+        backends: backends.clone(),
+        backend_options: BackendOptions { candle_maxpool: args.model.candle_maxpool },
+        dataset: args.model.dataset,
+        epochs: args.epochs,
+        train_limit: args.train_limit,
+        test_limit: args.test_limit,
+        seed: args.model.seed,
+        params,
+        params_origin,
+        resync_steps: args.resync_steps,
+    };
+    let bars = MultiProgress::new();
+    let style = ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} {elapsed} ETA {eta}").expect("valid template").progress_chars("=> ");
+    let mut current: Vec<(String, BackendKind, ProgressBar)> = Vec::new();
+    let mut progress = |model: &str, kind: BackendKind, done: usize, total: usize| {
+        let bar = match current.iter().find(|(m, k, _)| m == model && *k == kind) {
+            Some((_, _, b)) => b.clone(),
+            None => {
+                let b = bars.add(ProgressBar::new(total as u64).with_style(style.clone()).with_prefix(format!("{model} {kind}")));
+                current.push((model.to_string(), kind, b.clone()));
+                b
+            }
+        };
+        bar.set_position(done as u64);
+        if done == total {
+            bar.finish();
+        }
+    };
+    let result = study::mnist::run(&data, &opts, &mut progress)?;
+    for (name, m) in &result.models {
+        let accs: Vec<String> = m.backends.iter().map(|(k, b)| format!("{k} {:.2}%", b.epochs.last().map_or(f64::NAN, |e| e.test_accuracy))).collect();
+        eprintln!("mnist {name:>17}: {}", accs.join(", "));
+    }
+    finish(c, report::mnist::outputs(&result)?)
+}
+
+/// Emits the JSON where asked, then writes the report files.
+fn finish(c: &Common, outputs: Vec<Output>) -> Result<()> {
+    let json = outputs.iter().find(|o| o.file_name.ends_with(".json")).expect("every report has JSON");
+    emit_json(c.json.as_deref(), &json.contents)?;
+    let written = report::write_all(&c.out, &outputs)?;
+    let list: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+    eprintln!("wrote {}", list.join(", "));
+    Ok(())
 }
 
 fn emit_json(target: Option<&str>, json: &str) -> Result<()> {
@@ -145,9 +347,4 @@ fn emit_json(target: Option<&str>, json: &str) -> Result<()> {
         Some(path) => report::write_atomic(Path::new(path), json).with_context(|| format!("--json {path}"))?,
     }
     Ok(())
-}
-
-fn print_written(paths: &[PathBuf]) {
-    let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-    eprintln!("wrote {}", list.join(", "));
 }

@@ -2,7 +2,9 @@
 //! is written again inside a backend.
 
 pub mod abc;
+pub mod mnist;
 pub mod program;
 pub mod rng;
+pub mod safetensors_io;
 
 pub use program::{Prim, Program, ValueId};

@@ -4,6 +4,8 @@
 
 pub mod abc;
 pub mod fmt;
+pub mod grads;
+pub mod mnist;
 pub mod plot;
 
 use std::path::{Path, PathBuf};

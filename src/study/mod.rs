@@ -2,6 +2,10 @@
 //! parity, and returns one serialisable result that the report module formats.
 
 pub mod abc;
+pub mod claims;
+pub mod grads;
+pub mod lockstep;
+pub mod mnist;
 
 use crate::backends::BackendKind;
 

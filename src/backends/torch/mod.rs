@@ -6,7 +6,10 @@ use super::{check_inputs, Backend, BackendKind, Trajectory};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
+use crate::models::mnist::{ModelSpec, ParamSet};
 use crate::models::{Prim, Program};
+
+mod model;
 
 pub struct TorchBackend;
 
@@ -22,7 +25,7 @@ impl Default for TorchBackend {
     }
 }
 
-fn err(e: TchError) -> Error {
+pub(crate) fn err(e: TchError) -> Error {
     Error::backend("torch", e)
 }
 
@@ -34,6 +37,10 @@ impl Backend for TorchBackend {
     fn train_sgd(&self, program: &Program, inputs: &[HostTensor], lr: f64, steps: usize, dtype: DType) -> Result<Trajectory> {
         check_inputs(program, inputs)?;
         train(program, inputs, lr, steps, dtype).map_err(err)
+    }
+
+    fn model(&self, spec: &ModelSpec, params: &ParamSet, dtype: DType) -> Result<Box<dyn super::ModelRunner>> {
+        Ok(Box::new(model::TorchModel::new(spec, params, dtype).map_err(err)?))
     }
 }
 

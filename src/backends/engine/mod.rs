@@ -2,11 +2,15 @@
 
 use ndarray::IxDyn;
 
-use super::{check_inputs, Backend, BackendKind, Trajectory};
+#[cfg(any())] // TEMP until the ops branch lands
+mod model;
+
+use super::{check_inputs, Backend, BackendKind, ModelRunner, Trajectory};
 use crate::dtype::DType;
 use crate::engine::{optim::Sgd, Float, Graph, Tensor, Var};
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
+use crate::models::mnist::{ModelSpec, ParamSet};
 use crate::models::{Prim, Program};
 
 pub struct EngineBackend;
@@ -22,6 +26,11 @@ impl Backend for EngineBackend {
             DType::F32 => train::<f32>(program, inputs, lr, steps),
             DType::F64 => train::<f64>(program, inputs, lr, steps),
         }
+    }
+
+    fn model(&self, spec: &ModelSpec, params: &ParamSet, dtype: DType) -> Result<Box<dyn ModelRunner>> {
+        let _ = (spec, params, dtype); // TEMP
+        Err(Error::Invalid("TEMP".into()))
     }
 }
 

@@ -6,11 +6,40 @@ use super::{check_inputs, Backend, BackendKind, Trajectory};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
+use crate::models::mnist::{ModelSpec, ParamSet};
 use crate::models::{Prim, Program};
 
-pub struct CandleBackend;
+mod maxpool;
+mod model;
 
-fn err(e: candle_core::Error) -> Error {
+/// Which max-pool backward the candle adapter uses (`--candle-maxpool`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaxPoolMode {
+    /// candle-core's own `max_pool2d`, as released.
+    #[default]
+    Builtin,
+    /// A custom op with PyTorch's backward (the whole gradient to the first maximum).
+    Exact,
+}
+
+impl std::str::FromStr for MaxPoolMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "builtin" => Ok(MaxPoolMode::Builtin),
+            "exact" => Ok(MaxPoolMode::Exact),
+            _ => Err(format!("unknown max-pool mode '{s}': expected builtin or exact")),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CandleBackend {
+    pub maxpool: MaxPoolMode,
+}
+
+pub(crate) fn err(e: candle_core::Error) -> Error {
     Error::backend("candle", e)
 }
 
@@ -22,6 +51,10 @@ impl Backend for CandleBackend {
     fn train_sgd(&self, program: &Program, inputs: &[HostTensor], lr: f64, steps: usize, dtype: DType) -> Result<Trajectory> {
         check_inputs(program, inputs)?;
         train(program, inputs, lr, steps, dtype).map_err(err)
+    }
+
+    fn model(&self, spec: &ModelSpec, params: &ParamSet, dtype: DType) -> Result<Box<dyn super::ModelRunner>> {
+        Ok(Box::new(model::CandleModel::new(spec, params, dtype, self.maxpool).map_err(err)?))
     }
 }
 

@@ -1,0 +1,105 @@
+//! The step-0 gradient report: `grads.md`, `grads.json`, `grads_layers.svg`.
+
+use super::fmt::{sci, table};
+use super::plot::{stacked_svg, Panel, Series};
+use super::{to_json, Output};
+use crate::error::Result;
+use crate::study::grads::GradsStudy;
+
+/// Exact agreement is drawn at this floor on the log plot.
+const FLOOR: f64 = 1e-18;
+
+pub fn outputs(study: &GradsStudy) -> Result<Vec<Output>> {
+    Ok(vec![
+        Output { file_name: "grads.json".into(), contents: to_json(study)? },
+        Output { file_name: "grads_layers.svg".into(), contents: layers_svg(study)? },
+        Output { file_name: "grads.md".into(), contents: markdown(study) },
+    ])
+}
+
+/// Per model, the scaled gradient difference of every parameter (forward order) for
+/// each backend pair: where along the network two backends part ways.
+fn layers_svg(study: &GradsStudy) -> Result<String> {
+    let panels: Vec<Panel> = study
+        .models
+        .iter()
+        .map(|(name, m)| Panel {
+            title: format!("{name}: gradient difference per parameter (x: parameter # in forward order)"),
+            x_label: format!("parameter: {}", m.order.iter().enumerate().map(|(i, p)| format!("{i}={p}")).collect::<Vec<_>>().join(" ")),
+            y_label: "max|a-b| / max|b|".into(),
+            log_y: true,
+            series: m
+                .worst_scaled
+                .keys()
+                .map(|pair| Series {
+                    label: pair.clone(),
+                    points: m.order.iter().enumerate().map(|(i, p)| (i as f64, m.params[p][pair].scaled.max(FLOOR))).collect(),
+                })
+                .collect(),
+            hlines: vec![(study.settings.scaled_tolerance, format!("tolerance {:.0e}", study.settings.scaled_tolerance))],
+        })
+        .collect();
+    stacked_svg(&panels, 1100, 300)
+}
+
+fn markdown(study: &GradsStudy) -> String {
+    let s = &study.settings;
+    let mut md = format!(
+        "# Gradients at one step\n\n\
+         Every backend computes the gradient of the mean cross-entropy on the first {} training images \
+         (file order) from the same parameters ({}) and the same dropout masks, in {}. A parameter agrees \
+         when `max|a - b| <= {:.0e} · max|b|` (b: the more trusted backend of the pair). candle's max-pool: `{}`.\n\n\
+         Verdict: **{}**.\n\n![gradient difference per parameter](grads_layers.svg)\n\n",
+        s.batch,
+        s.params,
+        s.dtype,
+        s.scaled_tolerance,
+        serde_json::to_value(s.backend_options.candle_maxpool).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        if study.agree { "every backend agrees on every parameter of every model" } else { "some backends disagree (see the diagnosis column)" }
+    );
+    let pairs: Vec<String> = study.models.values().next().map(|m| m.worst_scaled.keys().cloned().collect()).unwrap_or_default();
+    let mut header = vec!["model".to_string()];
+    header.extend(pairs.iter().map(|p| format!("worst `{p}`")));
+    header.extend(["verdict".to_string(), "diagnosis".to_string()]);
+    let rows: Vec<Vec<String>> = study
+        .models
+        .iter()
+        .map(|(name, m)| {
+            let mut r = vec![name.clone()];
+            r.extend(pairs.iter().map(|p| sci(m.worst_scaled[p])));
+            r.push(if m.agree { "agree".into() } else { "**disagree**".into() });
+            r.push(m.diagnosis.as_ref().map_or("".into(), |d| {
+                format!(
+                    "{}first disagreeing parameter from the loss backwards: `{}`{}; suspects: {}",
+                    d.odd_one_out.map_or("no single odd one out; ".into(), |k| format!("odd one out: **{k}**; ")),
+                    d.first_disagreeing_param,
+                    d.last_agreeing_layer.as_ref().map_or(String::new(), |l| format!(" (`{l}` and everything after it agree)")),
+                    d.suspects.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+                )
+            }));
+            r
+        })
+        .collect();
+    md += &table(&header.iter().map(String::as_str).collect::<Vec<_>>(), &rows);
+    md += "\n## Per parameter\n\n";
+    for (name, m) in &study.models {
+        md += &format!("### {name}\n\nLoss: {}\n\n", m.loss.iter().map(|(k, l)| format!("{k} {l:.17e}")).collect::<Vec<_>>().join(", "));
+        let mut header = vec!["parameter".to_string()];
+        header.extend(pairs.iter().map(|p| format!("`{p}` max abs / scaled / ULPs")));
+        let rows: Vec<Vec<String>> = m
+            .order
+            .iter()
+            .map(|p| {
+                let mut r = vec![format!("`{p}`")];
+                r.extend(pairs.iter().map(|pair| {
+                    let d = &m.params[p][pair];
+                    format!("{} / {} / {}", sci(d.max_abs), sci(d.scaled), if d.max_ulps == u64::MAX { "-".into() } else { d.max_ulps.to_string() })
+                }));
+                r
+            })
+            .collect();
+        md += &table(&header.iter().map(String::as_str).collect::<Vec<_>>(), &rows);
+        md += "\n";
+    }
+    md
+}

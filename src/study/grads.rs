@@ -1,0 +1,221 @@
+//! Gradients at one step: every backend, the same parameters, batch and masks; per
+//! parameter tensor and backend pair, how far apart the gradients are. Disagreements are
+//! localised: which backend is the odd one out, and between which layers its gradients
+//! start to differ when read from the loss backwards.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::lockstep::{instantiate, make_batch, step_masks, BackendOptions};
+use super::{backend_pairs, pair_name, TOOL_VERSION};
+use crate::backends::BackendKind;
+use crate::data::Dataset;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::models::mnist::{Layer, ModelSpec, ParamSet};
+use crate::models::safetensors_io;
+use crate::parity::{compare, TensorDiff, Tolerance};
+
+/// The largest gradient difference, relative to the reference tensor's largest
+/// magnitude, that still counts as agreement.
+pub fn grad_tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => 1e-10,
+        DType::F32 => 1e-4,
+    }
+}
+
+pub struct GradsOptions {
+    pub models: Vec<ModelSpec>,
+    pub dtype: DType,
+    pub backends: Vec<BackendKind>,
+    pub backend_options: BackendOptions,
+    pub batch: usize,
+    pub seed: u64,
+    /// A state_dict to start from instead of the seeded init.
+    pub params: Option<ParamSet>,
+    pub params_origin: Option<String>,
+    pub save_grads: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GradsSettings {
+    pub dtype: DType,
+    pub batch: usize,
+    pub seed: u64,
+    pub params: String,
+    pub backends: Vec<BackendKind>,
+    pub backend_options: BackendOptions,
+    /// Agreement: max |a - b| <= this × max |b| for every parameter tensor.
+    pub scaled_tolerance: f64,
+}
+
+/// Why a model's backends disagree, as far as three backends can tell.
+#[derive(Clone, Debug, Serialize)]
+pub struct Diagnosis {
+    /// The backend that disagrees with both others while they agree.
+    pub odd_one_out: Option<BackendKind>,
+    /// Pairs with at least one parameter beyond tolerance.
+    pub failing_pairs: Vec<String>,
+    /// Reading from the loss backwards, the first parameter that disagrees.
+    pub first_disagreeing_param: String,
+    /// The last parameterised layer (towards the loss) that still agrees, if any.
+    pub last_agreeing_layer: Option<String>,
+    /// Layers whose backward can explain it: the disagreeing layer and every layer
+    /// between it and the last agreeing one.
+    pub suspects: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelGrads {
+    pub loss: BTreeMap<BackendKind, f64>,
+    /// param -> pair -> difference.
+    pub params: BTreeMap<String, BTreeMap<String, TensorDiff>>,
+    /// Per pair, the worst scaled difference over all parameters.
+    pub worst_scaled: BTreeMap<String, f64>,
+    pub agree: bool,
+    pub diagnosis: Option<Diagnosis>,
+    /// Parameter names in forward order (the JSON maps are sorted by name).
+    pub order: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GradsStudy {
+    pub study: &'static str,
+    pub tool_version: &'static str,
+    pub settings: GradsSettings,
+    pub models: BTreeMap<String, ModelGrads>,
+    pub agree: bool,
+}
+
+pub fn run(data: &Dataset, opts: &GradsOptions, mut progress: impl FnMut(&str)) -> Result<GradsStudy> {
+    if opts.batch == 0 || opts.batch > data.train.n {
+        return Err(Error::Invalid(format!("--batch {}: expected 1 to {}", opts.batch, data.train.n)));
+    }
+    let indices: Vec<usize> = (0..opts.batch).collect();
+    let batch = make_batch(&data.train, &indices);
+    let tol = grad_tolerance(opts.dtype);
+    let mut models = BTreeMap::new();
+    for spec in &opts.models {
+        progress(&spec.name);
+        let params = match &opts.params {
+            Some(p) => p.ordered(spec).map_err(|e| Error::Invalid(format!("--params {}: {e}", opts.params_origin.as_deref().unwrap_or(""))))?,
+            None => ParamSet::init(spec, opts.seed),
+        };
+        let masks = step_masks(spec, opts.batch, opts.seed, 0);
+        let mut grads = BTreeMap::new();
+        let mut loss = BTreeMap::new();
+        for &kind in &opts.backends {
+            let mut runner = instantiate(kind, opts.backend_options, spec, &params, opts.dtype)?;
+            let out = runner.forward_backward(&batch, &masks, true)?;
+            let g = out.grads.expect("asked for gradients");
+            if let Some(dir) = &opts.save_grads {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                safetensors_io::write(&dir.join(format!("{}-{kind}.safetensors", spec.name)), &g, opts.dtype)?;
+            }
+            loss.insert(kind, out.loss);
+            grads.insert(kind, g);
+        }
+        models.insert(spec.name.clone(), compare_model(spec, &grads, loss, opts.dtype, tol)?);
+    }
+    Ok(GradsStudy {
+        study: "grads",
+        tool_version: TOOL_VERSION,
+        settings: GradsSettings {
+            dtype: opts.dtype,
+            batch: opts.batch,
+            seed: opts.seed,
+            params: opts.params_origin.clone().unwrap_or_else(|| format!("seeded PyTorch-default init, seed {}", opts.seed)),
+            backends: opts.backends.clone(),
+            backend_options: opts.backend_options,
+            scaled_tolerance: tol,
+        },
+        agree: models.values().all(|m| m.agree),
+        models,
+    })
+}
+
+/// Compares every pair of backends' gradients for one model and localises disagreement.
+pub fn compare_model(spec: &ModelSpec, grads: &BTreeMap<BackendKind, ParamSet>, loss: BTreeMap<BackendKind, f64>, dtype: DType, tol: f64) -> Result<ModelGrads> {
+    let kinds: Vec<BackendKind> = grads.keys().copied().collect();
+    let order = spec.trainable_names();
+    let pairs = backend_pairs(&kinds);
+    let mut params: BTreeMap<String, BTreeMap<String, TensorDiff>> = BTreeMap::new();
+    let mut worst_scaled: BTreeMap<String, f64> = BTreeMap::new();
+    // The assert_close verdict inside TensorDiff uses PyTorch's defaults; the study's own
+    // verdict is the scaled rule, which suits tensors of very different magnitudes.
+    let close = Tolerance::torch_default(dtype);
+    for name in &order {
+        let mut per_pair = BTreeMap::new();
+        for &(a, b) in &pairs {
+            let ta = grads[&a].get(name).ok_or_else(|| Error::backend(a.name(), format!("no gradient for {name}")))?;
+            let tb = grads[&b].get(name).ok_or_else(|| Error::backend(b.name(), format!("no gradient for {name}")))?;
+            let d = compare(ta, tb, dtype, close)?;
+            let w = worst_scaled.entry(pair_name(a, b)).or_insert(0.0);
+            *w = if d.scaled.is_nan() || w.is_nan() { f64::NAN } else { w.max(d.scaled) };
+            per_pair.insert(pair_name(a, b), d);
+        }
+        params.insert(name.clone(), per_pair);
+    }
+    let ok = |d: &TensorDiff| !d.non_finite && d.scaled <= tol;
+    let agree = params.values().all(|pp| pp.values().all(ok)) && loss.values().all(|l| l.is_finite());
+    let diagnosis = (!agree).then(|| diagnose(spec, &order, &params, &kinds, tol));
+    Ok(ModelGrads { loss, params, worst_scaled, agree, diagnosis, order })
+}
+
+fn diagnose(spec: &ModelSpec, order: &[String], params: &BTreeMap<String, BTreeMap<String, TensorDiff>>, kinds: &[BackendKind], tol: f64) -> Diagnosis {
+    let ok = |d: &TensorDiff| !d.non_finite && d.scaled <= tol;
+    let pair_fails = |pair: &str| params.values().any(|pp| pp.get(pair).is_some_and(|d| !ok(d)));
+    let pairs = backend_pairs(kinds);
+    let failing_pairs: Vec<String> = pairs.iter().map(|&(a, b)| pair_name(a, b)).filter(|p| pair_fails(p)).collect();
+    // The odd one out: every pair it is in fails, every pair without it holds.
+    let odd_one_out = if kinds.len() >= 3 {
+        kinds.iter().copied().find(|&k| {
+            pairs.iter().all(|&(a, b)| {
+                let involved = a == k || b == k;
+                pair_fails(&pair_name(a, b)) == involved
+            })
+        })
+    } else {
+        None
+    };
+    let param_fails = |name: &str| {
+        params[name].iter().any(|(pair, d)| {
+            let relevant = match odd_one_out {
+                Some(k) => pair.split('-').any(|b| b == k.name()),
+                None => true,
+            };
+            relevant && !ok(d)
+        })
+    };
+    let layer_of = |param: &str| param.rsplit_once('.').map_or(param, |(l, _)| l).to_string();
+    let first_bad = order.iter().rev().find(|p| param_fails(p)).cloned().unwrap_or_default();
+    let bad_layer = layer_of(&first_bad);
+    // Layers in forward order, with the name of the parameterised ones.
+    let names: Vec<String> = spec.layers.iter().map(layer_label).collect();
+    let bad_at = names.iter().position(|n| *n == bad_layer).unwrap_or(0);
+    let good_at = (bad_at + 1..names.len()).find(|&i| {
+        let n = &names[i];
+        order.iter().any(|p| layer_of(p) == *n) && !order.iter().filter(|p| layer_of(p) == *n).any(|p| param_fails(p))
+    });
+    let end = good_at.unwrap_or(names.len());
+    let mut suspects: Vec<String> = names[bad_at..end].to_vec();
+    if good_at.is_none() {
+        suspects.push("cross_entropy".into());
+    }
+    Diagnosis { odd_one_out, failing_pairs, first_disagreeing_param: first_bad, last_agreeing_layer: good_at.map(|i| names[i].clone()), suspects }
+}
+
+/// A readable name per layer: the module name for parameterised ones, the op otherwise.
+pub fn layer_label(l: &Layer) -> String {
+    match l {
+        Layer::Conv2d { name, .. } | Layer::BatchNorm { name, .. } | Layer::Linear { name, .. } => name.to_string(),
+        Layer::MaxPool2d { .. } => "max_pool2d".into(),
+        Layer::Relu => "relu".into(),
+        Layer::Flatten => "flatten".into(),
+        Layer::Dropout { .. } => "dropout".into(),
+        Layer::Softmax => "softmax".into(),
+    }
+}
