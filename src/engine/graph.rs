@@ -2,9 +2,11 @@
 //! sorts the nodes reachable from the loss topologically and walks them once in reverse,
 //! so a node passes its gradient on only after every consumer has added to it.
 
+use std::sync::Arc;
+
 use ndarray::ArrayD;
 
-use super::ops::{elementwise, matmul, reduce};
+use super::ops::{conv, dropout, elementwise, linear, matmul, norm, pool, reduce, shape, softmax};
 use super::{Float, Tensor};
 use crate::error::{Error, Result};
 
@@ -19,7 +21,9 @@ impl Var {
 }
 
 /// How a node was computed. Variants own their inputs, so the graph is plain data.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Per-op data that is not a graph value (targets, masks, saved statistics) is shared
+/// behind `Arc`; element data is kept as f64, which holds f32 and f64 values exactly.
+#[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     Leaf,
     MatMul(Var, Var),
@@ -27,6 +31,18 @@ pub enum Op {
     Unary(elementwise::UnaryOp, Var),
     Sum(Var),
     Mean(Var),
+    Conv2d { x: Var, w: Var, b: Option<Var>, stride: usize, padding: usize },
+    /// `argmax[i]` is the flat input index output element `i` was taken from.
+    MaxPool2d { x: Var, argmax: Arc<[usize]> },
+    Linear { x: Var, w: Var, b: Option<Var> },
+    /// `mean` and `invstd` per channel, as the backward kernel uses them.
+    BatchNorm { x: Var, gamma: Var, beta: Var, mean: Arc<[f64]>, invstd: Arc<[f64]>, training: bool },
+    /// `noise = mask / (1-p)`, the factor each element was multiplied by.
+    Dropout { x: Var, noise: Arc<[f64]> },
+    Softmax(Var),
+    LogSoftmax(Var),
+    NllLoss { input: Var, targets: Arc<[usize]> },
+    Reshape(Var),
 }
 
 impl Op {
@@ -34,7 +50,11 @@ impl Op {
         match *self {
             Op::Leaf => vec![],
             Op::MatMul(a, b) | Op::Binary(_, a, b) => vec![a, b],
-            Op::Unary(_, a) | Op::Sum(a) | Op::Mean(a) => vec![a],
+            Op::Unary(_, a) | Op::Sum(a) | Op::Mean(a) | Op::Softmax(a) | Op::LogSoftmax(a) | Op::Reshape(a) => vec![a],
+            Op::Conv2d { x, w, b, .. } | Op::Linear { x, w, b } => [Some(x), Some(w), b].into_iter().flatten().collect(),
+            Op::MaxPool2d { x, .. } | Op::Dropout { x, .. } => vec![x],
+            Op::BatchNorm { x, gamma, beta, .. } => vec![x, gamma, beta],
+            Op::NllLoss { input, .. } => vec![input],
         }
     }
 }
@@ -80,8 +100,8 @@ impl<F: Float> Graph<F> {
         &self.nodes[v.0].value
     }
 
-    pub fn op(&self, v: Var) -> Op {
-        self.nodes[v.0].op
+    pub fn op(&self, v: Var) -> &Op {
+        &self.nodes[v.0].op
     }
 
     pub fn len(&self) -> usize {
@@ -147,7 +167,7 @@ impl<F: Float> Graph<F> {
                 Op::Leaf => continue,
                 Op::MatMul(a, b) => {
                     let (ga, gb) = matmul::backward(self.value(a), self.value(b), g, needs(a), needs(b));
-                    [(a, ga), (b, gb)].into_iter().filter_map(|(x, gx)| gx.map(|t| (x, t))).collect()
+                    asked([(a, ga), (b, gb)])
                 }
                 Op::Binary(kind, a, b) => {
                     let (ga, gb) = elementwise::binary_backward(kind, self.value(a), self.value(b), g);
@@ -156,6 +176,41 @@ impl<F: Float> Graph<F> {
                 Op::Unary(kind, a) => vec![(a, elementwise::unary_backward(kind, self.value(a), &node.value, g))],
                 Op::Sum(a) => vec![(a, reduce::sum_backward(self.value(a), g))],
                 Op::Mean(a) => vec![(a, reduce::mean_backward(self.value(a), g))],
+                Op::Conv2d { x, w, b, stride, padding } => {
+                    let need_b = b.is_some_and(needs);
+                    let (xv, wv) = (self.value(x), self.value(w));
+                    let (gx, gw, gb) = conv::backward(xv, wv, g, stride, padding, needs(x), needs(w), need_b);
+                    let mut out = asked([(x, gx), (w, gw)]);
+                    out.extend(b.zip(gb));
+                    out
+                }
+                Op::MaxPool2d { x, ref argmax } => vec![(x, pool::backward(self.value(x), argmax, g))],
+                Op::Linear { x, w, b } => {
+                    let need_b = b.is_some_and(needs);
+                    let (gx, gw, gb) = linear::backward(self.value(x), self.value(w), g, needs(x), needs(w), need_b);
+                    let mut out = asked([(x, gx), (w, gw)]);
+                    out.extend(b.zip(gb));
+                    out
+                }
+                Op::BatchNorm { x, gamma, beta, ref mean, ref invstd, training } => {
+                    let (gx, gg, gb) = norm::backward(
+                        self.value(x),
+                        self.value(gamma),
+                        mean,
+                        invstd,
+                        training,
+                        g,
+                        needs(x),
+                        needs(gamma),
+                        needs(beta),
+                    );
+                    asked([(x, gx), (gamma, gg), (beta, gb)])
+                }
+                Op::Dropout { x, ref noise } => vec![(x, dropout::backward(noise, g))],
+                Op::Softmax(a) => vec![(a, softmax::softmax_backward(&node.value, g))],
+                Op::LogSoftmax(a) => vec![(a, softmax::log_softmax_backward(&node.value, g))],
+                Op::NllLoss { input, ref targets } => vec![(input, softmax::nll_backward(self.value(input), targets, g))],
+                Op::Reshape(a) => vec![(a, shape::reshape_backward(self.value(a), g))],
             };
             for (x, gx) in contributions {
                 accumulate(&mut grads[x.0], gx);
@@ -163,6 +218,11 @@ impl<F: Float> Graph<F> {
         }
         Ok(Gradients { grads })
     }
+}
+
+/// The gradients a backward rule computed; it skips the inputs that need none.
+fn asked<F, const K: usize>(pairs: [(Var, Option<Tensor<F>>); K]) -> Vec<(Var, Tensor<F>)> {
+    pairs.into_iter().filter_map(|(x, gx)| gx.map(|t| (x, t))).collect()
 }
 
 /// Fan-out is why gradients add: a value used twice receives both contributions.

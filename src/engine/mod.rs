@@ -25,6 +25,7 @@ pub mod optim;
 
 pub use float::Float;
 pub use graph::{Gradients, Graph, Op, Var};
+pub use ops::norm::RunningStats;
 
 /// The engine's tensor: a dynamic-rank `ndarray` array.
 pub type Tensor<F> = ndarray::ArrayD<F>;

@@ -1,7 +1,14 @@
 //! One file per op family. Each file adds its forward ops to `Graph` and, next to them,
 //! the handwritten backward rules that `Graph::backward` dispatches to.
 
+pub mod conv;
+pub mod dropout;
 pub mod elementwise;
 pub mod gemm;
+pub mod linear;
 pub mod matmul;
+pub mod norm;
+pub mod pool;
 pub mod reduce;
+pub mod shape;
+pub mod softmax;

@@ -29,3 +29,63 @@ pub fn mean_backward<F: Float>(a: &Tensor<F>, g: &Tensor<F>) -> Tensor<F> {
 fn scalar<F: Float>(g: &Tensor<F>) -> F {
     g.iter().next().copied().unwrap_or_else(F::zero)
 }
+
+/// ATen's `multi_row_sum` (SumKernel.cpp), the order in which `tensor.sum(dim)` adds up
+/// the entries along a non-contiguous axis, e.g. the rows of a `[N,out]` gradient:
+/// blocks of 16 summed from zero, each block added into a carry that is itself flushed
+/// upward in a cascade of four levels. Up to 16 values this is a plain running sum.
+pub fn cascade_sum<F: Float>(values: impl ExactSizeIterator<Item = F>) -> F {
+    const LEVELS: usize = 4;
+    let size = values.len();
+    let ceil_log2 = if size <= 2 { 1 } else { (usize::BITS - (size - 1).leading_zeros()) as usize };
+    let level_power = 4.max(ceil_log2 / LEVELS);
+    let level_step = 1usize << level_power;
+    let level_mask = level_step - 1;
+    let mut acc = [F::zero(); LEVELS];
+    let mut values = values;
+    let mut i = 0;
+    while i + level_step <= size {
+        for v in values.by_ref().take(level_step) {
+            acc[0] += v;
+        }
+        i += level_step;
+        for j in 1..LEVELS {
+            let carry = acc[j - 1];
+            acc[j] += carry;
+            acc[j - 1] = F::zero();
+            if i & (level_mask << (j * level_power)) != 0 {
+                break;
+            }
+        }
+    }
+    for v in values {
+        acc[0] += v;
+    }
+    for j in 1..LEVELS {
+        let level = acc[j];
+        acc[0] += level;
+    }
+    acc[0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cascade_sum;
+
+    #[test]
+    fn cascade_sum_is_a_running_sum_up_to_sixteen_values() {
+        let v: Vec<f32> = (0..16).map(|i| 1.0 + i as f32 * 1e-7).collect();
+        let running = v.iter().fold(0.0f32, |a, &b| a + b);
+        assert_eq!(cascade_sum(v.iter().copied()), running);
+    }
+
+    #[test]
+    fn cascade_sum_adds_blocks_of_sixteen() {
+        // 1e8 swallows a single 1.0 in f32, but not a block of sixteen of them.
+        let mut v = vec![1e8f32];
+        v.extend(std::iter::repeat_n(1.0f32, 47));
+        let blocks = [&v[..16], &v[16..32], &v[32..]].map(|b| b.iter().fold(0.0f32, |a, &x| a + x));
+        assert_eq!(cascade_sum(v.iter().copied()), (blocks[0] + blocks[1]) + blocks[2]);
+        assert_ne!(cascade_sum(v.iter().copied()), v.iter().fold(0.0f32, |a, &x| a + x));
+    }
+}

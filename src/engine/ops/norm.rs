@@ -1,0 +1,201 @@
+//! Batch normalisation over axis 1 of `[N,C]` or `[N,C,H,W]`, written after ATen's CPU
+//! kernels (`batch_norm_cpu_collect_stats`, `batch_norm_cpu_update_stats_template`,
+//! `batch_norm_cpu_transform_input`, `batch_norm_backward_cpu`), including where they
+//! compute in double: for f32 ATen's CPU accumulation type is double, so the batch sum,
+//! the variance sum, `invstd` and the running-variance update are rounded to f32 only at
+//! the end. For f64 those steps are plain f64 arithmetic, which `as_f64` leaves exact.
+
+use std::sync::Arc;
+
+use crate::engine::{Float, Graph, Op, Tensor, Var};
+use crate::error::{Error, Result};
+
+/// A layer's running mean and variance, each of shape `[C]`, updated by training steps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunningStats<F> {
+    pub mean: Tensor<F>,
+    pub var: Tensor<F>,
+}
+
+impl<F: Float> RunningStats<F> {
+    /// PyTorch's initial state: mean 0, variance 1.
+    pub fn new(channels: usize) -> Self {
+        RunningStats { mean: Tensor::zeros(vec![channels]), var: Tensor::ones(vec![channels]) }
+    }
+}
+
+impl<F: Float> Graph<F> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm(
+        &mut self,
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        stats: &mut RunningStats<F>,
+        training: bool,
+        momentum: f64,
+        eps: f64,
+    ) -> Result<Var> {
+        let (value, saved) = forward(self.value(x), self.value(gamma), self.value(beta), stats, training, momentum, eps)?;
+        let op = Op::BatchNorm { x, gamma, beta, mean: saved.mean.into(), invstd: saved.invstd.into(), training };
+        Ok(self.push(value, op))
+    }
+}
+
+/// What backward needs per channel, kept as f64 (exact for f32 values too).
+pub struct Saved {
+    /// The batch mean (training) or the running mean (eval).
+    pub mean: Vec<f64>,
+    /// `1/sqrt(var + eps)` as ATen's backward kernel sees it.
+    pub invstd: Vec<f64>,
+}
+
+/// `(N, C, elements per channel per sample)`.
+fn layout(x: &[usize], gamma: &[usize], beta: &[usize], stats: (&[usize], &[usize])) -> Result<(usize, usize, usize)> {
+    let ok_rank = x.len() == 2 || x.len() == 4;
+    let c = if x.len() >= 2 { x[1] } else { 0 };
+    if !ok_rank || gamma != [c] || beta != [c] || stats.0 != [c] || stats.1 != [c] {
+        return Err(Error::Shape(format!(
+            "batch_norm: input {x:?}, gamma {gamma:?}, beta {beta:?}, running mean {:?}, running var {:?}: \
+             need input [N,C] or [N,C,H,W] and every other tensor [C]",
+            stats.0,
+            stats.1
+        )));
+    }
+    Ok((x[0], c, x[2..].iter().product()))
+}
+
+/// The `size` values of channel `c` in sample `n` of a contiguous `[N, C, size]` buffer.
+fn plane<F>(data: &[F], n: usize, c: usize, channels: usize, size: usize) -> &[F] {
+    let start = (n * channels + c) * size;
+    &data[start..start + size]
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn forward<F: Float>(
+    x: &Tensor<F>,
+    gamma: &Tensor<F>,
+    beta: &Tensor<F>,
+    stats: &mut RunningStats<F>,
+    training: bool,
+    momentum: f64,
+    eps: f64,
+) -> Result<(Tensor<F>, Saved)> {
+    let (n, channels, size) = layout(x.shape(), gamma.shape(), beta.shape(), (stats.mean.shape(), stats.var.shape()))?;
+    let m = n * size;
+    if training && m <= 1 {
+        let msg = format!("batch_norm: input {:?}: training needs more than one value per channel", x.shape());
+        return Err(Error::Shape(msg));
+    }
+    let xs = x.as_standard_layout();
+    let xs = xs.as_slice().expect("standard layout");
+    let mut out = vec![F::zero(); xs.len()];
+    let mut saved = Saved { mean: Vec::with_capacity(channels), invstd: Vec::with_capacity(channels) };
+    let mf = F::of(momentum);
+
+    for c in 0..channels {
+        let (mean, fwd_invstd, bwd_invstd) = if training {
+            let mut sum = 0.0f64;
+            for s in 0..n {
+                for &v in plane(xs, s, c, channels, size) {
+                    sum += v.as_f64();
+                }
+            }
+            let mean = F::of(sum / m as f64);
+            // The difference and its square round in F; only the running sum is double.
+            let mut var_sum = 0.0f64;
+            for s in 0..n {
+                for &v in plane(xs, s, c, channels, size) {
+                    let d = v - mean;
+                    var_sum += (d * d).as_f64();
+                }
+            }
+            let var_sum = F::of(var_sum);
+            let biased = var_sum / F::of(m as f64);
+            let invstd =
+                if biased != F::zero() || eps != 0.0 { F::of(1.0 / (biased.as_f64() + eps).sqrt()) } else { F::zero() };
+
+            let rm = &mut stats.mean[[c]];
+            *rm = mf * mean + (F::one() - mf) * *rm;
+            let unbiased = (var_sum / F::of((m - 1) as f64)).as_f64();
+            let rv = &mut stats.var[[c]];
+            *rv = F::of(mf.as_f64() * unbiased + ((F::one() - mf) * *rv).as_f64());
+            (mean, invstd, invstd)
+        } else {
+            let rv = stats.var[[c]];
+            // The eval forward computes invstd in F, the eval backward in double.
+            let fwd = F::one() / (rv + F::of(eps)).sqrt();
+            let bwd = F::of(1.0 / (rv.as_f64() + eps).sqrt());
+            (stats.mean[[c]], fwd, bwd)
+        };
+        let alpha = fwd_invstd * gamma[[c]];
+        let shift = beta[[c]] - mean * alpha;
+        for s in 0..n {
+            let start = (s * channels + c) * size;
+            for (o, &v) in out[start..start + size].iter_mut().zip(plane(xs, s, c, channels, size)) {
+                *o = v * alpha + shift;
+            }
+        }
+        saved.mean.push(mean.as_f64());
+        saved.invstd.push(bwd_invstd.as_f64());
+    }
+    let value = Tensor::from_shape_vec(x.raw_dim(), out).expect("sizes match");
+    Ok((value, saved))
+}
+
+/// Gradients of input, gamma and beta; only those asked for.
+#[allow(clippy::too_many_arguments)]
+pub fn backward<F: Float>(
+    x: &Tensor<F>,
+    gamma: &Tensor<F>,
+    mean: &Arc<[f64]>,
+    invstd: &Arc<[f64]>,
+    training: bool,
+    g: &Tensor<F>,
+    need_x: bool,
+    need_gamma: bool,
+    need_beta: bool,
+) -> (Option<Tensor<F>>, Option<Tensor<F>>, Option<Tensor<F>>) {
+    let shape = x.shape();
+    let (n, channels) = (shape[0], shape[1]);
+    let size: usize = shape[2..].iter().product();
+    let xs = x.as_standard_layout();
+    let xs = xs.as_slice().expect("standard layout");
+    let gs = g.as_standard_layout();
+    let gs = gs.as_slice().expect("standard layout");
+    let mut dx = vec![F::zero(); if need_x { xs.len() } else { 0 }];
+    let mut dgamma = Vec::with_capacity(channels);
+    let mut dbeta = Vec::with_capacity(channels);
+    let count = F::of((n * size) as f64);
+
+    for c in 0..channels {
+        let (mean, invstd, w) = (F::of(mean[c]), F::of(invstd[c]), gamma[[c]]);
+        let (mut sum, mut dotp) = (F::zero(), F::zero());
+        for s in 0..n {
+            for (&xv, &dy) in plane(xs, s, c, channels, size).iter().zip(plane(gs, s, c, channels, size)) {
+                sum += dy;
+                dotp += (xv - mean) * dy;
+            }
+        }
+        if need_x {
+            let k = dotp * invstd * invstd / count;
+            let grad_mean = sum / count;
+            for s in 0..n {
+                let start = (s * channels + c) * size;
+                let xp = plane(xs, s, c, channels, size);
+                let gp = plane(gs, s, c, channels, size);
+                for ((o, &xv), &dy) in dx[start..start + size].iter_mut().zip(xp).zip(gp) {
+                    *o = if training { (dy - grad_mean - (xv - mean) * k) * invstd * w } else { dy * invstd * w };
+                }
+            }
+        }
+        dgamma.push(dotp * invstd);
+        dbeta.push(sum);
+    }
+    let vec1 = |v: Vec<F>| Tensor::from_shape_vec(vec![channels], v).expect("one per channel");
+    (
+        need_x.then(|| Tensor::from_shape_vec(x.raw_dim(), dx).expect("sizes match")),
+        need_gamma.then(|| vec1(dgamma)),
+        need_beta.then(|| vec1(dbeta)),
+    )
+}
