@@ -2,7 +2,6 @@
 
 use ndarray::IxDyn;
 
-#[cfg(any())] // TEMP until the ops branch lands
 mod model;
 
 use super::{check_inputs, Backend, BackendKind, ModelRunner, Trajectory};
@@ -29,8 +28,10 @@ impl Backend for EngineBackend {
     }
 
     fn model(&self, spec: &ModelSpec, params: &ParamSet, dtype: DType) -> Result<Box<dyn ModelRunner>> {
-        let _ = (spec, params, dtype); // TEMP
-        Err(Error::Invalid("TEMP".into()))
+        Ok(match dtype {
+            DType::F32 => Box::new(model::EngineModel::<f32>::new(spec, params)?),
+            DType::F64 => Box::new(model::EngineModel::<f64>::new(spec, params)?),
+        })
     }
 }
 
