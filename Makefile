@@ -30,3 +30,4 @@ setup-torch:
 ## Regenerates reference/*.json with real PyTorch (commit the result).
 golden: setup-torch
 	$(VENV)/bin/python reference/make_golden.py
+	$(VENV)/bin/python reference/make_state_dict.py

@@ -206,8 +206,8 @@ fn run_default(full: bool, out: &Path) -> Result<()> {
 }
 
 /// The quick profile of the default run: small enough to finish in about a minute.
-const QUICK_TRAIN: usize = 1000;
-const QUICK_TEST: usize = 1000;
+const QUICK_TRAIN: usize = 3000;
+const QUICK_TEST: usize = 2000;
 const QUICK_EPOCHS: usize = 1;
 
 fn run_abc(args: &AbcArgs) -> Result<()> {

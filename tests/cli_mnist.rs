@@ -1,0 +1,92 @@
+//! `parity-report grads` and `parity-report mnist` end to end.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn parity_report(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_parity-report")).args(args).output().expect("the binary runs")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bp-cli-mnist-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn grads_json_names_every_parameter_and_pair_and_saves_gradients() {
+    let dir = temp_dir("grads");
+    let saved = dir.join("saved");
+    let out = parity_report(&[
+        "grads", "--models", "CNN,Softmax_BatchNorm", "--batch", "3", "--json", "-", "--out", dir.to_str().unwrap(),
+        "--save-grads", saved.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cnn = &v["models"]["CNN"]["params"];
+    for p in ["conv1.weight", "conv2.bias", "fc3.weight"] {
+        let d = &cnn[p]["engine-candle"];
+        assert!(d["max_abs"].is_number() && d["max_rel"].is_number(), "{p}: {d}");
+    }
+    assert!(v["models"]["Softmax_BatchNorm"]["params"]["input_bn.weight"].is_object());
+    // candle's own max-pool makes the CNN disagree, and the report says where.
+    assert_eq!(v["models"]["CNN"]["agree"], false);
+    assert!(v["models"]["CNN"]["diagnosis"]["suspects"].as_array().unwrap().iter().any(|s| s == "max_pool2d"));
+    for name in ["grads.md", "grads.json", "grads_layers.svg"] {
+        assert!(dir.join(name).exists(), "{name}");
+    }
+    for f in ["CNN-engine.safetensors", "CNN-candle.safetensors", "Softmax_BatchNorm-engine.safetensors"] {
+        assert!(saved.join(f).exists(), "{f}");
+    }
+}
+
+#[test]
+fn mnist_writes_the_report_with_every_plot() {
+    let dir = temp_dir("mnist");
+    let out = parity_report(&[
+        "mnist", "--models", "MLP,MLP_Dropout,MLP_BatchNorm", "--epochs", "2", "--train-limit", "50", "--test-limit", "100",
+        "--resync-steps", "2", "--out", dir.to_str().unwrap(), "--json", "-",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let epochs = v["models"]["MLP"]["backends"]["engine"]["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 2);
+    for key in ["test_accuracy", "test_loss_seed", "test_loss_mean"] {
+        assert!(epochs[1][key].is_number(), "{key}");
+    }
+    for name in [
+        "mnist.md", "mnist.json", "mnist_fig2_all.svg", "mnist_fig3_cnn.svg", "mnist_fig4_mlp.svg", "mnist_fig5_softmax.svg",
+        "mnist_loss_diff.svg", "mnist_resync.svg",
+    ] {
+        assert!(dir.join(name).metadata().map(|m| m.len() > 0).unwrap_or(false), "{name}");
+    }
+    let md = std::fs::read_to_string(dir.join("mnist.md")).unwrap();
+    assert!(md.contains("Batch normalisation improved every classifier") && md.contains("92.12"));
+}
+
+fn rejects(args: &[&str], needle: &str) {
+    let dir = temp_dir(&format!("bad-{}", needle.replace(|c: char| !c.is_alphanumeric(), "")));
+    let out_dir = dir.join("out");
+    let mut full = args.to_vec();
+    full.extend(["--out", out_dir.to_str().unwrap()]);
+    let out = parity_report(&full);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    assert!(stderr.contains(needle), "{args:?}: expected '{needle}' in: {stderr}");
+    assert!(!out_dir.exists(), "{args:?} wrote a report");
+}
+
+#[test]
+fn bad_mnist_arguments_are_clear_errors() {
+    let empty = temp_dir("empty-data");
+    rejects(&["grads", "--data-dir", empty.to_str().unwrap()], "train-images-idx3-ubyte");
+    rejects(&["grads", "--models", "CNN,ResNet"], "ResNet");
+    rejects(&["grads", "--batch", "0"], "--batch 0");
+    rejects(&["mnist", "--epochs", "0"], "--epochs 0");
+    rejects(&["mnist", "--dataset", "cifar"], "cifar");
+    rejects(&["grads", "--candle-maxpool", "approx"], "approx");
+    let missing = empty.join("nope.safetensors");
+    rejects(&["grads", "--params", missing.to_str().unwrap()], "nope.safetensors");
+}
