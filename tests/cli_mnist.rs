@@ -33,6 +33,7 @@ fn grads_json_names_every_parameter_and_pair_and_saves_gradients() {
     // candle's own max-pool makes the CNN disagree, and the report says where.
     assert_eq!(v["models"]["CNN"]["agree"], false);
     assert!(v["models"]["CNN"]["diagnosis"]["suspects"].as_array().unwrap().iter().any(|s| s == "max_pool2d"));
+    assert_eq!(v["models"]["CNN"]["diagnosis"]["culprit"], "max_pool2d");
     for name in ["grads.md", "grads.json", "grads_layers.svg"] {
         assert!(dir.join(name).exists(), "{name}");
     }

@@ -63,6 +63,8 @@ fn candles_max_pool_is_found_by_measurement() {
     assert!(!cnn.agree, "candle 0.11.1's max-pool backward should make the CNN disagree");
     let d = cnn.diagnosis.as_ref().unwrap();
     assert!(d.suspects.iter().any(|s| s == "max_pool2d"), "suspects {:?}", d.suspects);
+    // Run alone, ReLU agrees and the max-pool does not: the culprit, by measurement.
+    assert_eq!(d.culprit.as_deref(), Some("max_pool2d"), "probes {:?}", d.probes);
     // Everything after the last pool (fc1, fc2, fc3) still agrees.
     assert_eq!(d.last_agreeing_layer.as_deref(), Some("fc1"));
     if cfg!(feature = "torch") {

@@ -3,7 +3,7 @@
 //! and backward against candle (and libtorch with `--features torch`) in f32 and f64.
 //! Adding an op means adding one line to `op_tests!` below.
 
-use backprop_parity::backends::{Backend, BackendKind};
+use backprop_parity::backends::{Backend, BackendKind, CandleBackend, MaxPoolMode};
 use backprop_parity::host::HostTensor;
 use backprop_parity::models::{Prim, Program};
 use backprop_parity::parity::{compare, numeric_gradient, Tolerance};
@@ -17,11 +17,13 @@ enum Domain {
     Any,
     Positive,
     AwayFromZero,
+    /// `[N, C, H, W]` with even H, W and all values distinct (no ties in a pool window).
+    Images,
 }
 
 fn values(n: usize, domain: Domain) -> BoxedStrategy<Vec<f64>> {
     let v = match domain {
-        Domain::Any => (-2.0..2.0f64).boxed(),
+        Domain::Any | Domain::Images => (-2.0..2.0f64).boxed(),
         Domain::Positive => (0.2..3.0f64).boxed(),
         // A kink at 0 (ReLU) has no derivative; finite differences need |x| > h.
         Domain::AwayFromZero => (0.01..2.0f64).prop_flat_map(|m| prop_oneof![Just(m), Just(-m)]).boxed(),
@@ -57,7 +59,24 @@ fn matmul_shapes() -> BoxedStrategy<(Vec<usize>, Vec<usize>)> {
         .boxed()
 }
 
+fn distinct_images() -> BoxedStrategy<Vec<HostTensor>> {
+    (1usize..3, 1usize..3, 1usize..4, 1usize..4)
+        .prop_flat_map(|(n, c, h2, w2)| {
+            let shape = vec![n, c, 2 * h2, 2 * w2];
+            let len: usize = shape.iter().product();
+            (Just(shape), Just((0..len).collect::<Vec<usize>>()).prop_shuffle())
+        })
+        .prop_map(|(shape, perm)| {
+            let len = perm.len() as f64;
+            vec![HostTensor { data: perm.iter().map(|&k| 4.0 * (k as f64 + 0.5) / len - 2.0).collect(), shape }]
+        })
+        .boxed()
+}
+
 fn inputs_for(prim: Prim, domain: Domain) -> BoxedStrategy<Vec<HostTensor>> {
+    if let Domain::Images = domain {
+        return distinct_images();
+    }
     match prim {
         Prim::MatMul => matmul_shapes()
             .prop_flat_map(move |(a, b)| (tensor(a, domain), tensor(b, domain)).prop_map(|(a, b)| vec![a, b]))
@@ -103,7 +122,7 @@ fn check_against(prim: Prim, other: BackendKind, inputs: &[HostTensor]) -> Resul
     for dtype in DType::ALL {
         let inputs: Vec<HostTensor> = inputs.iter().map(|t| t.rounded(dtype)).collect();
         let ours = BackendKind::Engine.create().unwrap().evaluate(&program, &inputs, dtype).unwrap();
-        let theirs = other.create().unwrap().evaluate(&program, &inputs, dtype).unwrap();
+        let theirs = reference(other).evaluate(&program, &inputs, dtype).unwrap();
         let tol = match dtype {
             DType::F64 => Tolerance { rtol: 1e-12, atol: 1e-12 },
             DType::F32 => Tolerance::torch_default(DType::F32),
@@ -131,6 +150,14 @@ fn check_against(prim: Prim, other: BackendKind, inputs: &[HostTensor]) -> Resul
         }
     }
     Ok(())
+}
+
+/// candle with its max-pool fixed: the released backward is checked on its own below.
+fn reference(kind: BackendKind) -> Box<dyn Backend> {
+    match kind {
+        BackendKind::Candle => Box::new(CandleBackend { maxpool: MaxPoolMode::Exact }),
+        other => other.create().unwrap(),
+    }
 }
 
 macro_rules! op_tests {
@@ -177,6 +204,25 @@ op_tests! {
     log: Prim::Log, Domain::Positive;
     sum: Prim::Sum, Domain::Any;
     mean: Prim::Mean, Domain::Any;
+    max_pool2d: Prim::MaxPool2d, Domain::Images;
+}
+
+/// The finding behind `--candle-maxpool`: candle-core 0.11.1's own max-pool backward
+/// gives a unique maximum a quarter of its gradient (4x4 input, 2x2 pool, sum loss).
+#[test]
+fn candles_released_max_pool_backward_scales_a_unique_maximum_by_a_quarter() {
+    let x = HostTensor { shape: vec![1, 1, 4, 4], data: (0..16).map(f64::from).collect() };
+    let program = Program::single(Prim::MaxPool2d);
+    let engine = BackendKind::Engine.create().unwrap().evaluate(&program, std::slice::from_ref(&x), DType::F64).unwrap();
+    let builtin = CandleBackend { maxpool: MaxPoolMode::Builtin }.evaluate(&program, std::slice::from_ref(&x), DType::F64).unwrap();
+    let exact = CandleBackend { maxpool: MaxPoolMode::Exact }.evaluate(&program, std::slice::from_ref(&x), DType::F64).unwrap();
+    let maxima = [5, 7, 13, 15];
+    for i in 0..16 {
+        let want = if maxima.contains(&i) { 1.0 } else { 0.0 };
+        assert_eq!(engine.grads[0].data[i], want, "engine [{i}]");
+        assert_eq!(exact.grads[0].data[i], want, "candle exact [{i}]");
+        assert_eq!(builtin.grads[0].data[i], want * 0.25, "candle builtin [{i}]");
+    }
 }
 
 #[test]

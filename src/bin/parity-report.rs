@@ -272,10 +272,11 @@ fn run_grads(args: &GradsArgs) -> Result<()> {
         let worst: Vec<String> = m.worst_scaled.iter().map(|(p, v)| format!("{p} {v:.1e}")).collect();
         let why = m.diagnosis.as_ref().map_or(String::new(), |d| {
             format!(
-                " — odd one out: {}, from {} down (suspects: {})",
+                " — odd one out: {}, from {} down (suspects: {}; probed alone: {})",
                 d.odd_one_out.map_or("none".into(), |k| k.to_string()),
                 d.first_disagreeing_param,
-                d.suspects.join(", ")
+                d.suspects.join(", "),
+                d.culprit.as_ref().map_or("no single culprit".into(), |c| format!("{c} disagrees"))
             )
         });
         eprintln!("grads {name:>17}: {} [{}]{why}", if m.agree { "agree" } else { "DISAGREE" }, worst.join(", "));

@@ -21,10 +21,12 @@ pub enum Prim {
     Log,
     Sum,
     Mean,
+    /// 2×2 max-pool with stride 2 over the last two axes of `[N, C, H, W]`.
+    MaxPool2d,
 }
 
 impl Prim {
-    pub const ALL: [Prim; 13] = [
+    pub const ALL: [Prim; 14] = [
         Prim::MatMul,
         Prim::Add,
         Prim::Sub,
@@ -38,6 +40,7 @@ impl Prim {
         Prim::Log,
         Prim::Sum,
         Prim::Mean,
+        Prim::MaxPool2d,
     ];
 
     pub fn arity(self) -> usize {
@@ -62,6 +65,7 @@ impl Prim {
             Prim::Log => "log",
             Prim::Sum => "sum",
             Prim::Mean => "mean",
+            Prim::MaxPool2d => "max_pool2d",
         }
     }
 }

@@ -25,7 +25,7 @@ fn layers_svg(study: &GradsStudy) -> Result<String> {
         .iter()
         .map(|(name, m)| Panel {
             title: format!("{name}: gradient difference per parameter (x: parameter # in forward order)"),
-            x_label: format!("parameter: {}", m.order.iter().enumerate().map(|(i, p)| format!("{i}={p}")).collect::<Vec<_>>().join(" ")),
+            x_label: "parameter # in forward order (the # column of grads.md)".into(),
             y_label: "max|a-b| / max|b|".into(),
             log_y: true,
             series: m
@@ -69,8 +69,14 @@ fn markdown(study: &GradsStudy) -> String {
             r.extend(pairs.iter().map(|p| sci(m.worst_scaled[p])));
             r.push(if m.agree { "agree".into() } else { "**disagree**".into() });
             r.push(m.diagnosis.as_ref().map_or("".into(), |d| {
+                let probes: Vec<String> = d
+                    .probes
+                    .iter()
+                    .map(|p| format!("`{}` {}", p.op, if p.agree { "agrees".to_string() } else { format!("**disagrees** ({})", p.worst_scaled.iter().map(|(k, v)| format!("{k} {}", sci(*v))).collect::<Vec<_>>().join(", ")) }))
+                    .collect();
                 format!(
-                    "{}first disagreeing parameter from the loss backwards: `{}`{}; suspects: {}",
+                    "{}{}first disagreeing parameter from the loss backwards: `{}`{}; suspects: {}",
+                    d.culprit.as_ref().map_or(String::new(), |c| format!("culprit: **`{c}`** (run alone: {}); ", probes.join(", "))),
                     d.odd_one_out.map_or("no single odd one out; ".into(), |k| format!("odd one out: **{k}**; ")),
                     d.first_disagreeing_param,
                     d.last_agreeing_layer.as_ref().map_or(String::new(), |l| format!(" (`{l}` and everything after it agree)")),
@@ -84,13 +90,14 @@ fn markdown(study: &GradsStudy) -> String {
     md += "\n## Per parameter\n\n";
     for (name, m) in &study.models {
         md += &format!("### {name}\n\nLoss: {}\n\n", m.loss.iter().map(|(k, l)| format!("{k} {l:.17e}")).collect::<Vec<_>>().join(", "));
-        let mut header = vec!["parameter".to_string()];
+        let mut header = vec!["#".to_string(), "parameter".to_string()];
         header.extend(pairs.iter().map(|p| format!("`{p}` max abs / scaled / ULPs")));
         let rows: Vec<Vec<String>> = m
             .order
             .iter()
-            .map(|p| {
-                let mut r = vec![format!("`{p}`")];
+            .enumerate()
+            .map(|(i, p)| {
+                let mut r = vec![i.to_string(), format!("`{p}`")];
                 r.extend(pairs.iter().map(|pair| {
                     let d = &m.params[p][pair];
                     format!("{} / {} / {}", sci(d.max_abs), sci(d.scaled), if d.max_ulps == u64::MAX { "-".into() } else { d.max_ulps.to_string() })

@@ -66,14 +66,14 @@ fn loss_diff_svg(study: &MnistStudy) -> Result<String> {
         .map(|k| {
             let pair = pair_with_reference(study, k);
             Panel {
-                title: format!("{k} vs {}: relative training-loss difference per step (own trajectories)", study.reference),
+                title: format!("{k} vs {}: worst relative training-loss difference so far (own trajectories)", study.reference),
                 x_label: "step".into(),
-                y_label: "|loss - ref| / ref".into(),
+                y_label: "max over steps <= t of |loss - ref| / ref".into(),
                 log_y: true,
                 series: study
                     .models
                     .iter()
-                    .filter_map(|(m, run)| run.trajectory.get(&pair).map(|t| Series { label: m.clone(), points: t.rel.iter().enumerate().map(|(i, &v)| (i as f64, v.max(FLOOR))).collect() }))
+                    .filter_map(|(m, run)| run.trajectory.get(&pair).map(|t| Series { label: m.clone(), points: running_max(&t.rel) }))
                     .collect(),
                 hlines: vec![(study.settings.tolerance.rtol, format!("rtol {:.1e}", study.settings.tolerance.rtol))],
             }
@@ -83,6 +83,19 @@ fn loss_diff_svg(study: &MnistStudy) -> Result<String> {
         return stacked_svg(&[empty_panel("one backend only: nothing to compare")], 900, 200);
     }
     stacked_svg(&panels, 900, 380)
+}
+
+/// The worst value so far at every step: drift reads as a rising staircase instead of
+/// a saw of exact agreements and one-ulp differences.
+fn running_max(rel: &[f64]) -> Vec<(f64, f64)> {
+    let mut worst = FLOOR;
+    rel.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            worst = if v.is_nan() { f64::NAN } else { worst.max(v) };
+            (i as f64, worst)
+        })
+        .collect()
 }
 
 fn resync_svg(study: &MnistStudy) -> Result<String> {

@@ -122,6 +122,10 @@ where
             .map_err(plot_err)?
             .label(&s.label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        // Markers only where they can be told apart; long traces are lines.
+        if pts.len() > 80 {
+            continue;
+        }
         let size = 3 + (i as i32 % 3);
         match i % 3 {
             0 => c.draw_series(pts.iter().map(|&pt| Circle::new(pt, size, color.stroke_width(1)))).map(|_| ()),

@@ -8,13 +8,14 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::lockstep::{instantiate, make_batch, step_masks, BackendOptions};
+use super::lockstep::{backend, instantiate, make_batch, step_masks, BackendOptions};
 use super::{backend_pairs, pair_name, TOOL_VERSION};
 use crate::backends::BackendKind;
 use crate::data::Dataset;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::models::mnist::{Layer, ModelSpec, ParamSet};
+use crate::models::{Prim, Program};
 use crate::models::safetensors_io;
 use crate::parity::{compare, TensorDiff, Tolerance};
 
@@ -74,6 +75,19 @@ pub struct Diagnosis {
     /// Layers whose backward can explain it: the disagreeing layer and every layer
     /// between it and the last agreeing one.
     pub suspects: Vec<String>,
+    /// Each suspect op that exists as a primitive, run alone on every backend.
+    pub probes: Vec<Probe>,
+    /// The one suspect op whose probe disagrees, when there is exactly one.
+    pub culprit: Option<String>,
+}
+
+/// A suspect op run alone (sum of its output as the loss) on a fixed input.
+#[derive(Clone, Debug, Serialize)]
+pub struct Probe {
+    pub op: String,
+    /// Per backend pair: the worst input-gradient difference relative to scale.
+    pub worst_scaled: BTreeMap<String, f64>,
+    pub agree: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -126,7 +140,13 @@ pub fn run(data: &Dataset, opts: &GradsOptions, mut progress: impl FnMut(&str)) 
             loss.insert(kind, out.loss);
             grads.insert(kind, g);
         }
-        models.insert(spec.name.clone(), compare_model(spec, &grads, loss, opts.dtype, tol)?);
+        let mut m = compare_model(spec, &grads, loss, opts.dtype, tol)?;
+        if let Some(d) = m.diagnosis.as_mut() {
+            d.probes = probe(&d.suspects, &opts.backends, opts.backend_options, opts.dtype, tol)?;
+            let failing: Vec<&Probe> = d.probes.iter().filter(|p| !p.agree).collect();
+            d.culprit = (failing.len() == 1).then(|| failing[0].op.clone());
+        }
+        models.insert(spec.name.clone(), m);
     }
     Ok(GradsStudy {
         study: "grads",
@@ -223,7 +243,42 @@ fn diagnose(spec: &ModelSpec, order: &[String], params: &BTreeMap<String, BTreeM
     if good_at.is_none() {
         suspects.push("cross_entropy".into());
     }
-    Diagnosis { odd_one_out, failing_pairs, first_disagreeing_param: first_bad, last_agreeing_layer: good_at.map(|i| names[i].clone()), suspects }
+    Diagnosis {
+        odd_one_out,
+        failing_pairs,
+        first_disagreeing_param: first_bad,
+        last_agreeing_layer: good_at.map(|i| names[i].clone()),
+        suspects,
+        probes: vec![],
+        culprit: None,
+    }
+}
+
+/// Runs every suspect that is also a primitive op alone on every backend: the input
+/// gradient of `sum(op(x))` for a fixed `[2, 3, 4, 4]` input of distinct values, none
+/// of them zero (so ReLU's kink is not probed).
+fn probe(suspects: &[String], kinds: &[BackendKind], opts: BackendOptions, dtype: DType, tol: f64) -> Result<Vec<Probe>> {
+    let n = 2 * 3 * 4 * 4;
+    let data: Vec<f64> = (0..n).map(|i| (((i * 37) % n) as f64 + 0.5) / n as f64 - 0.5).collect();
+    let input = crate::host::HostTensor { shape: vec![2, 3, 4, 4], data }.rounded(dtype);
+    let mut out = Vec::new();
+    for op in suspects {
+        let Some(prim) = Prim::ALL.into_iter().find(|p| p.name() == op.as_str()) else { continue };
+        let program = Program::single(prim);
+        let mut grads = BTreeMap::new();
+        for &kind in kinds {
+            let e = backend(kind, opts)?.evaluate(&program, std::slice::from_ref(&input), dtype)?;
+            grads.insert(kind, e.grads.into_iter().next().expect("one input"));
+        }
+        let mut worst_scaled = BTreeMap::new();
+        for (a, b) in backend_pairs(kinds) {
+            let d = compare(&grads[&a], &grads[&b], dtype, Tolerance::torch_default(dtype))?;
+            worst_scaled.insert(pair_name(a, b), if d.non_finite { f64::NAN } else { d.scaled });
+        }
+        let agree = worst_scaled.values().all(|v| *v <= tol);
+        out.push(Probe { op: op.clone(), worst_scaled, agree });
+    }
+    Ok(out)
 }
 
 /// A readable name per layer: the module name for parameterised ones, the op otherwise.

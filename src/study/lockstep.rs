@@ -1,7 +1,7 @@
 //! What every MNIST study shares: batches and dropout masks drawn once by the harness
 //! and handed to every backend, and backends instantiated from the same parameters.
 
-use crate::backends::{BackendKind, Batch, CandleBackend, MaxPoolMode, ModelRunner};
+use crate::backends::{Backend, BackendKind, Batch, CandleBackend, MaxPoolMode, ModelRunner};
 use crate::data::{dropout_mask, Split};
 use crate::dtype::DType;
 use crate::error::Result;
@@ -33,14 +33,15 @@ pub fn step_masks(spec: &ModelSpec, n: usize, seed: u64, step: usize) -> Vec<Hos
         .collect()
 }
 
+/// The backend `kind`, configured by `opts`.
+pub fn backend(kind: BackendKind, opts: BackendOptions) -> Result<Box<dyn Backend>> {
+    match kind {
+        BackendKind::Candle => Ok(Box::new(CandleBackend { maxpool: opts.candle_maxpool })),
+        other => other.create(),
+    }
+}
+
 /// `spec` instantiated in `kind` from `params` rounded to `dtype`.
 pub fn instantiate(kind: BackendKind, opts: BackendOptions, spec: &ModelSpec, params: &ParamSet, dtype: DType) -> Result<Box<dyn ModelRunner>> {
-    let params = params.rounded(dtype);
-    match kind {
-        BackendKind::Candle => {
-            use crate::backends::Backend;
-            CandleBackend { maxpool: opts.candle_maxpool }.model(spec, &params, dtype)
-        }
-        other => other.create()?.model(spec, &params, dtype),
-    }
+    backend(kind, opts)?.model(spec, &params.rounded(dtype), dtype)
 }

@@ -50,7 +50,7 @@ impl Backend for CandleBackend {
 
     fn train_sgd(&self, program: &Program, inputs: &[HostTensor], lr: f64, steps: usize, dtype: DType) -> Result<Trajectory> {
         check_inputs(program, inputs)?;
-        train(program, inputs, lr, steps, dtype).map_err(err)
+        train(program, inputs, lr, steps, dtype, self.maxpool).map_err(err)
     }
 
     fn model(&self, spec: &ModelSpec, params: &ParamSet, dtype: DType) -> Result<Box<dyn super::ModelRunner>> {
@@ -58,7 +58,7 @@ impl Backend for CandleBackend {
     }
 }
 
-fn train(program: &Program, inputs: &[HostTensor], lr: f64, steps: usize, dtype: DType) -> candle_core::Result<Trajectory> {
+fn train(program: &Program, inputs: &[HostTensor], lr: f64, steps: usize, dtype: DType, maxpool: MaxPoolMode) -> candle_core::Result<Trajectory> {
     let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(&to_candle(t, dtype)?)).collect::<candle_core::Result<_>>()?;
     let trainable: Vec<usize> = program.trainable().map(|(i, _)| i).collect();
     let mut out = Trajectory { loss: Vec::with_capacity(steps), grads: Vec::with_capacity(steps), final_params: vec![] };
@@ -70,7 +70,7 @@ fn train(program: &Program, inputs: &[HostTensor], lr: f64, steps: usize, dtype:
             .zip(&vars)
             .map(|(decl, v)| if decl.trainable { v.as_tensor().clone() } else { v.as_detached_tensor() })
             .collect();
-        let loss = run_program(program, leaves)?;
+        let loss = run_program(program, leaves, maxpool)?;
         let grads = loss.backward()?;
         out.loss.push(to_host(&loss)?.data[0]);
         let mut step_grads = Vec::with_capacity(trainable.len());
@@ -91,7 +91,7 @@ fn train(program: &Program, inputs: &[HostTensor], lr: f64, steps: usize, dtype:
 }
 
 /// Interprets the program with candle ops.
-pub fn run_program(program: &Program, mut values: Vec<Tensor>) -> candle_core::Result<Tensor> {
+pub fn run_program(program: &Program, mut values: Vec<Tensor>, maxpool: MaxPoolMode) -> candle_core::Result<Tensor> {
     for instr in &program.instrs {
         let a = &values[instr.args[0].0];
         let b = instr.args.get(1).map(|v| &values[v.0]);
@@ -110,6 +110,10 @@ pub fn run_program(program: &Program, mut values: Vec<Tensor>) -> candle_core::R
             Prim::Log => a.log()?,
             Prim::Sum => a.sum_all()?,
             Prim::Mean => a.mean_all()?,
+            Prim::MaxPool2d => match maxpool {
+                MaxPoolMode::Builtin => a.max_pool2d(2)?,
+                MaxPoolMode::Exact => maxpool::exact_max_pool2d(a, 2)?,
+            },
         };
         values.push(v);
     }
