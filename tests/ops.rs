@@ -19,14 +19,22 @@ enum Domain {
     AwayFromZero,
     /// `[N, C, H, W]` with even H, W and all values distinct (no ties in a pool window).
     Images,
+    /// An image batch and a kernel for a padding-1 convolution.
+    ConvPair,
+    /// `[N, in]` and `[out, in]`.
+    LinearPair,
+    /// `[N, C]` or `[N, C, H, W]` with at least two values per channel.
+    Channels,
+    /// `[N, C]`.
+    Rows,
 }
 
 fn values(n: usize, domain: Domain) -> BoxedStrategy<Vec<f64>> {
     let v = match domain {
-        Domain::Any | Domain::Images => (-2.0..2.0f64).boxed(),
         Domain::Positive => (0.2..3.0f64).boxed(),
         // A kink at 0 (ReLU) has no derivative; finite differences need |x| > h.
         Domain::AwayFromZero => (0.01..2.0f64).prop_flat_map(|m| prop_oneof![Just(m), Just(-m)]).boxed(),
+        _ => (-2.0..2.0f64).boxed(),
     };
     proptest::collection::vec(v, n).boxed()
 }
@@ -74,8 +82,29 @@ fn distinct_images() -> BoxedStrategy<Vec<HostTensor>> {
 }
 
 fn inputs_for(prim: Prim, domain: Domain) -> BoxedStrategy<Vec<HostTensor>> {
-    if let Domain::Images = domain {
-        return distinct_images();
+    let pair = |a: Vec<usize>, b: Vec<usize>| (tensor(a, Domain::Any), tensor(b, Domain::Any)).prop_map(|(a, b)| vec![a, b]);
+    match domain {
+        Domain::Images => return distinct_images(),
+        Domain::ConvPair => {
+            return (1usize..3, 1usize..3, 2usize..6, 2usize..6, 1usize..3, 1usize..4)
+                .prop_flat_map(move |(n, c, h, w, o, k)| pair(vec![n, c, h, w], vec![o, c, k, k]))
+                .boxed()
+        }
+        Domain::LinearPair => {
+            return (1usize..5, 1usize..6, 1usize..5).prop_flat_map(move |(n, i, o)| pair(vec![n, i], vec![o, i])).boxed()
+        }
+        Domain::Rows => {
+            return (1usize..5, 1usize..6).prop_flat_map(|(n, c)| tensor(vec![n, c], Domain::Any).prop_map(|t| vec![t])).boxed()
+        }
+        Domain::Channels => {
+            return prop_oneof![
+                (4usize..8, 1usize..4).prop_map(|(n, c)| vec![n, c]),
+                (1usize..3, 1usize..3, 2usize..4, 2usize..4).prop_map(|(n, c, h, w)| vec![n, c, h, w]),
+            ]
+            .prop_flat_map(|s| tensor(s, Domain::Any).prop_map(|t| vec![t]))
+            .boxed()
+        }
+        _ => {}
     }
     match prim {
         Prim::MatMul => matmul_shapes()
@@ -135,10 +164,17 @@ fn check_against(prim: Prim, other: BackendKind, inputs: &[HostTensor]) -> Resul
             theirs.output,
             describe(&inputs)
         );
+        // Ill-conditioned cases (batch norm of nearly equal values) have tiny gradients
+        // made of rounding noise: judge those relative to the largest gradient entry.
+        let scale = theirs.grads.iter().flat_map(|g| g.data.iter()).fold(0.0f64, |m, v| m.max(v.abs()));
+        let scaled_tol = match dtype {
+            DType::F64 => 1e-10,
+            DType::F32 => 1e-4,
+        };
         for (i, (a, b)) in ours.grads.iter().zip(&theirs.grads).enumerate() {
             let d = compare(a, b, dtype, tol).unwrap();
             prop_assert!(
-                d.within_tolerance,
+                d.within_tolerance || (!d.non_finite && d.max_abs <= scaled_tol * scale),
                 "{} {dtype}: gradient of input {i}: engine vs {other} max abs {:e} at {}; engine {:?} {other} {:?}; inputs: {}",
                 prim.name(),
                 d.max_abs,
@@ -205,6 +241,10 @@ op_tests! {
     sum: Prim::Sum, Domain::Any;
     mean: Prim::Mean, Domain::Any;
     max_pool2d: Prim::MaxPool2d, Domain::Images;
+    conv2d: Prim::Conv2d, Domain::ConvPair;
+    linear: Prim::Linear, Domain::LinearPair;
+    batch_norm: Prim::BatchNorm, Domain::Channels;
+    softmax: Prim::Softmax, Domain::Rows;
 }
 
 /// The finding behind `--candle-maxpool`: candle-core 0.11.1's own max-pool backward

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ndarray::ArrayD;
 
 use super::ops::{conv, dropout, elementwise, linear, matmul, norm, pool, reduce, shape, softmax};
+use super::faults::{self, Fault};
 use super::{Float, Tensor};
 use crate::error::{Error, Result};
 
@@ -144,6 +145,26 @@ impl<F: Float> Graph<F> {
         order
     }
 
+    /// The seed study's order (a fault, `BreadthFirstOrder`): nodes as a breadth-first
+    /// search from the root first reaches them, which can visit a node before all of
+    /// its consumers have added their gradient to it.
+    fn breadth_first_order(&self, root: Var) -> Vec<Var> {
+        let mut seen = vec![false; self.nodes.len()];
+        let mut order = vec![root];
+        seen[root.0] = true;
+        let mut next = 0;
+        while next < order.len() {
+            for input in self.nodes[order[next].0].op.inputs() {
+                if !seen[input.0] {
+                    seen[input.0] = true;
+                    order.push(input);
+                }
+            }
+            next += 1;
+        }
+        order
+    }
+
     /// Gradients of the scalar `root` with respect to every node that requires one.
     pub fn backward(&self, root: Var) -> Result<Gradients<F>> {
         let root_value = self.value(root);
@@ -156,7 +177,8 @@ impl<F: Float> Graph<F> {
         let mut grads: Vec<Option<Tensor<F>>> = vec![None; self.nodes.len()];
         grads[root.0] = Some(ArrayD::from_elem(root_value.raw_dim(), F::one()));
 
-        for v in self.topological_order(root).into_iter().rev() {
+        let order = if faults::on(Fault::BreadthFirstOrder) { self.breadth_first_order(root) } else { self.topological_order(root).into_iter().rev().collect() };
+        for v in order {
             let node = &self.nodes[v.0];
             if !node.requires_grad {
                 continue;
@@ -228,8 +250,8 @@ fn asked<F, const K: usize>(pairs: [(Var, Option<Tensor<F>>); K]) -> Vec<(Var, T
 /// Fan-out is why gradients add: a value used twice receives both contributions.
 fn accumulate<F: Float>(slot: &mut Option<Tensor<F>>, g: Tensor<F>) {
     match slot {
-        Some(acc) => *acc += &g,
-        None => *slot = Some(g),
+        Some(acc) if !faults::on(Fault::NoFanOutAccumulation) => *acc += &g,
+        _ => *slot = Some(g),
     }
 }
 

@@ -18,6 +18,7 @@
 //! Every op lives in `ops/`, one file per family, with its forward and its handwritten
 //! backward side by side. `graph.rs` holds the tape and the one backward loop.
 
+pub mod faults;
 mod float;
 mod graph;
 pub mod ops;

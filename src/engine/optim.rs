@@ -1,5 +1,6 @@
 //! Optimisers that update engine tensors in place.
 
+use super::faults::{self, Fault};
 use super::{Float, Tensor};
 
 /// Plain gradient descent, `p = p - lr * g`, rounded in that order (as PyTorch's
@@ -34,7 +35,12 @@ impl SgdMomentum {
         let momentum = F::of(self.momentum);
         let v = match velocity {
             Some(v) => {
-                ndarray::Zip::from(&mut *v).and(grad).for_each(|v, &g| *v = *v * momentum + g);
+                if faults::on(Fault::MomentumWithDampening) {
+                    let damp = F::one() - momentum;
+                    ndarray::Zip::from(&mut *v).and(grad).for_each(|v, &g| *v = *v * momentum + damp * g);
+                } else {
+                    ndarray::Zip::from(&mut *v).and(grad).for_each(|v, &g| *v = *v * momentum + g);
+                }
                 v
             }
             None => velocity.insert(grad.clone()),

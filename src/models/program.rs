@@ -23,10 +23,18 @@ pub enum Prim {
     Mean,
     /// 2×2 max-pool with stride 2 over the last two axes of `[N, C, H, W]`.
     MaxPool2d,
+    /// `conv2d(x, w)`: x `[N, C, H, W]`, w `[O, C, k, k]`, stride 1, padding 1, no bias.
+    Conv2d,
+    /// `x · wᵀ` for x `[N, in]`, w `[out, in]` (torch.nn.functional.linear, no bias).
+    Linear,
+    /// Batch norm in training mode with unit scale and zero shift over `[N, C(, H, W)]`.
+    BatchNorm,
+    /// Softmax along axis 1 of `[N, C]`.
+    Softmax,
 }
 
 impl Prim {
-    pub const ALL: [Prim; 14] = [
+    pub const ALL: [Prim; 18] = [
         Prim::MatMul,
         Prim::Add,
         Prim::Sub,
@@ -41,11 +49,15 @@ impl Prim {
         Prim::Sum,
         Prim::Mean,
         Prim::MaxPool2d,
+        Prim::Conv2d,
+        Prim::Linear,
+        Prim::BatchNorm,
+        Prim::Softmax,
     ];
 
     pub fn arity(self) -> usize {
         match self {
-            Prim::MatMul | Prim::Add | Prim::Sub | Prim::Mul => 2,
+            Prim::MatMul | Prim::Add | Prim::Sub | Prim::Mul | Prim::Conv2d | Prim::Linear => 2,
             _ => 1,
         }
     }
@@ -66,6 +78,10 @@ impl Prim {
             Prim::Sum => "sum",
             Prim::Mean => "mean",
             Prim::MaxPool2d => "max_pool2d",
+            Prim::Conv2d => "conv2d",
+            Prim::Linear => "linear",
+            Prim::BatchNorm => "batch_norm",
+            Prim::Softmax => "softmax",
         }
     }
 }
@@ -132,7 +148,12 @@ impl Program {
     pub fn single(prim: Prim) -> Program {
         let mut p = Program::default();
         let args: Vec<ValueId> = (0..prim.arity()).map(|i| p.param(["a", "b"][i])).collect();
-        let out = p.op(prim, &args);
+        let mut out = p.op(prim, &args);
+        // Batch norm's outputs always sum to 0 and softmax's rows to 1: a plain sum would
+        // have a zero gradient, so those are bent through tanh first.
+        if matches!(prim, Prim::BatchNorm | Prim::Softmax) {
+            out = p.op(Prim::Tanh, &[out]);
+        }
         if !matches!(prim, Prim::Sum | Prim::Mean) {
             p.op(Prim::Sum, &[out]);
         }

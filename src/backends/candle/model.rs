@@ -100,12 +100,7 @@ impl CandleModel {
         let b = self.var(&format!("{name}.bias")).reshape(bshape.as_slice())?;
         let (rm_i, rv_i) = (self.index(&format!("{name}.running_mean")), self.index(&format!("{name}.running_var")));
         let (mean, var) = if training {
-            // Per channel over every other axis: [C, M] with M = N (·H·W).
-            let per_channel = x.transpose(0, 1)?.flatten_from(1)?;
-            let m = per_channel.dim(1)?;
-            let mean = per_channel.mean_keepdim(D::Minus1)?;
-            let var = per_channel.broadcast_sub(&mean)?.sqr()?.mean_keepdim(D::Minus1)?;
-            let (mean, var) = (mean.flatten_all()?, var.flatten_all()?);
+            let (mean, var, m) = batch_stats(x)?;
             let unbiased = var.affine(m as f64 / (m as f64 - 1.0), 0.0)?;
             let rm = self.buffers[rm_i].as_ref().expect("buffer");
             let rv = self.buffers[rv_i].as_ref().expect("buffer");
@@ -214,4 +209,23 @@ impl ModelRunner for CandleModel {
         }
         Ok(())
     }
+}
+
+/// Per-channel batch mean and biased variance over every axis but 1, with the number of
+/// values per channel. Built from candle ops, so candle's autograd differentiates them.
+fn batch_stats(x: &Tensor) -> candle_core::Result<(Tensor, Tensor, usize)> {
+    let per_channel = x.transpose(0, 1)?.flatten_from(1)?;
+    let m = per_channel.dim(1)?;
+    let mean = per_channel.mean_keepdim(D::Minus1)?;
+    let var = per_channel.broadcast_sub(&mean)?.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok((mean.flatten_all()?, var.flatten_all()?, m))
+}
+
+/// Training-mode batch norm with unit scale and zero shift (the `batch_norm` primitive).
+pub fn batch_norm_train(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (mean, var, _) = batch_stats(x)?;
+    let c = mean.dim(0)?;
+    let shape: Vec<usize> = (0..x.rank()).map(|i| if i == 1 { c } else { 1 }).collect();
+    let inv_std = (var + BN_EPS)?.sqrt()?.recip()?.reshape(shape.as_slice())?;
+    x.broadcast_sub(&mean.reshape(shape.as_slice())?)?.broadcast_mul(&inv_std)
 }

@@ -9,7 +9,8 @@ use crate::dtype::DType;
 use crate::engine::{optim::Sgd, Float, Graph, Tensor, Var};
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
-use crate::models::mnist::{ModelSpec, ParamSet};
+use crate::engine::RunningStats;
+use crate::models::mnist::{ModelSpec, ParamSet, BN_EPS, BN_MOMENTUM};
 use crate::models::{Prim, Program};
 
 pub struct EngineBackend;
@@ -78,6 +79,16 @@ pub fn run_program<F: Float>(g: &mut Graph<F>, program: &Program, mut values: Ve
             Prim::Sum => g.sum(a),
             Prim::Mean => g.mean(a),
             Prim::MaxPool2d => g.max_pool2d(a, 2)?,
+            Prim::Conv2d => g.conv2d(a, b.expect("arity checked"), None, 1, 1)?,
+            Prim::Linear => g.linear(a, b.expect("arity checked"), None)?,
+            Prim::BatchNorm => {
+                let c = g.value(a).shape().get(1).copied().unwrap_or(0);
+                let gamma = g.constant(Tensor::from_elem(vec![c], F::one()));
+                let beta = g.constant(Tensor::zeros(vec![c]));
+                let mut stats = RunningStats::new(c);
+                g.batch_norm(a, gamma, beta, &mut stats, true, BN_MOMENTUM, BN_EPS)?
+            }
+            Prim::Softmax => g.softmax(a)?,
         };
         values.push(v);
     }

@@ -6,7 +6,7 @@ use super::{check_inputs, Backend, BackendKind, Trajectory};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
-use crate::models::mnist::{ModelSpec, ParamSet};
+use crate::models::mnist::{ModelSpec, ParamSet, BN_EPS, BN_MOMENTUM};
 use crate::models::{Prim, Program};
 
 mod model;
@@ -98,6 +98,10 @@ pub fn run_program(program: &Program, mut values: Vec<Tensor>) -> Result<Tensor,
             Prim::Sum => a.f_sum(a.kind())?,
             Prim::Mean => a.f_mean(a.kind())?,
             Prim::MaxPool2d => a.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?,
+            Prim::Conv2d => a.f_conv2d(b(), None::<Tensor>, [1, 1], [1, 1], [1, 1], 1)?,
+            Prim::Linear => a.f_linear(b(), None::<Tensor>)?,
+            Prim::BatchNorm => a.f_batch_norm(None::<Tensor>, None::<Tensor>, None::<Tensor>, None::<Tensor>, true, BN_MOMENTUM, BN_EPS, false)?,
+            Prim::Softmax => a.f_softmax(1, None::<tch::Kind>)?,
         };
         values.push(v);
     }

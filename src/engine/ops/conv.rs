@@ -6,6 +6,7 @@
 //! product with the weight goes through the engine's sequential-k FMA `gemm`, and the
 //! bias is added to the finished dot product, as BLAS does with `beta = 1`.
 
+use crate::engine::faults::{self, Fault};
 use ndarray::{Array2, ArrayView2, Axis, Ix4};
 
 use super::gemm::gemm;
@@ -160,7 +161,15 @@ pub fn backward<F: Float>(
             let cols = im2col(x, n, &geo);
             gw += &gemm(g_image(n), cols.t());
         }
-        gw.into_shape_with_order(w.raw_dim()).expect("O×K is the weight's size")
+        let gw: Tensor<F> = gw.into_shape_with_order(w.raw_dim()).expect("O×K is the weight's size");
+        if faults::on(Fault::ConvWeightGradFlipped) {
+            // Flipped along both kernel axes: a true convolution's gradient.
+            let mut flipped = gw.clone();
+            flipped.invert_axis(Axis(2));
+            flipped.invert_axis(Axis(3));
+            return flipped.as_standard_layout().into_owned();
+        }
+        gw
     });
 
     let gb = need_b.then(|| {

@@ -4,6 +4,7 @@
 
 use ndarray::{Axis, IxDyn};
 
+use crate::engine::faults::{self, Fault};
 use crate::engine::{Float, Graph, Op, Tensor, Var};
 use crate::error::{Error, Result};
 
@@ -94,11 +95,12 @@ impl UnaryOp {
         let one = F::one();
         match self {
             UnaryOp::Neg => -g,
+            UnaryOp::Sigmoid if faults::on(Fault::SigmoidDerivativeOnInput) => g * (one - x) * x,
             UnaryOp::Sigmoid => g * (one - y) * y,
             UnaryOp::Square => g * (F::of(2.0) * x),
             // PyTorch's threshold_backward: the gradient passes where the output is > 0.
             UnaryOp::Relu => {
-                if y > F::zero() {
+                if y > F::zero() || faults::on(Fault::ReluGradAtZeroFlipped) {
                     g
                 } else {
                     F::zero()

@@ -8,6 +8,7 @@
 use ndarray::{Array2, ArrayView1, ArrayView2, Ix1, Ix2};
 
 use super::gemm::gemm;
+use crate::engine::faults::{self, Fault};
 use crate::engine::{Float, Graph, Op, Tensor, Var};
 use crate::error::{Error, Result};
 
@@ -43,12 +44,18 @@ pub fn backward<F: Float>(
         // Y = A·B: dA = G·Bᵀ, dB = Aᵀ·G
         (2, 2) => {
             let g = as2(g);
-            (need_a.then(|| gemm(g, as2(b).t()).into_dyn()), need_b.then(|| gemm(as2(a).t(), g).into_dyn()))
+            (need_a.then(|| gemm(g, as2(b).t()).into_dyn()), need_b.then(|| transposed_if_faulty(gemm(as2(a).t(), g).into_dyn())))
         }
         // y = x·B: dx = B·g, dB = outer(x, g)
         (1, 2) => (
             need_a.then(|| gemm(as2(b), col(g)).into_shape_with_order(a.len()).expect("k×1").into_dyn()),
-            need_b.then(|| outer(as1(a), as1(g)).into_dyn()),
+            need_b.then(|| {
+                if faults::on(Fault::VecMatInnerProduct) && a.len() == g.len() {
+                    let inner = as1(a).iter().zip(as1(g).iter()).fold(F::zero(), |s, (&x, &y)| s + x * y);
+                    return Tensor::from_elem(b.raw_dim(), inner);
+                }
+                transposed_if_faulty(outer(as1(a), as1(g)).into_dyn())
+            }),
         ),
         // y = A·v: dA = outer(g, v), dv = Aᵀ·g
         (2, 1) => (
@@ -73,6 +80,15 @@ fn inner_dim<F>(t: &Tensor<F>, left: bool) -> Result<usize> {
         (2, true) => Ok(t.shape()[1]),
         (2, false) => Ok(t.shape()[0]),
         _ => Err(Error::Shape(format!("matmul takes 1-D or 2-D operands, got shape {:?}", t.shape()))),
+    }
+}
+
+/// The `MatmulGradTransposed` fault: a square matrix gradient comes back transposed.
+fn transposed_if_faulty<F: Float>(grad: Tensor<F>) -> Tensor<F> {
+    if faults::on(Fault::MatmulGradTransposed) && grad.ndim() == 2 && grad.shape()[0] == grad.shape()[1] {
+        grad.t().to_owned()
+    } else {
+        grad
     }
 }
 

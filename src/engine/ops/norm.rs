@@ -5,6 +5,7 @@
 //! the variance sum, `invstd` and the running-variance update are rounded to f32 only at
 //! the end. For f64 those steps are plain f64 arithmetic, which `as_f64` leaves exact.
 
+use crate::engine::faults::{self, Fault};
 use std::sync::Arc;
 
 use crate::engine::{Float, Graph, Op, Tensor, Var};
@@ -117,7 +118,7 @@ pub fn forward<F: Float>(
 
             let rm = &mut stats.mean[[c]];
             *rm = mf * mean + (F::one() - mf) * *rm;
-            let unbiased = (var_sum / F::of((m - 1) as f64)).as_f64();
+            let unbiased = if faults::on(Fault::RunningVarBiased) { biased.as_f64() } else { (var_sum / F::of((m - 1) as f64)).as_f64() };
             let rv = &mut stats.var[[c]];
             *rv = F::of(mf.as_f64() * unbiased + ((F::one() - mf) * *rv).as_f64());
             (mean, invstd, invstd)
@@ -185,7 +186,11 @@ pub fn backward<F: Float>(
                 let xp = plane(xs, s, c, channels, size);
                 let gp = plane(gs, s, c, channels, size);
                 for ((o, &xv), &dy) in dx[start..start + size].iter_mut().zip(xp).zip(gp) {
-                    *o = if training { (dy - grad_mean - (xv - mean) * k) * invstd * w } else { dy * invstd * w };
+                    *o = if training && !faults::on(Fault::BatchNormNoMeanVarTerms) {
+                        (dy - grad_mean - (xv - mean) * k) * invstd * w
+                    } else {
+                        dy * invstd * w
+                    };
                 }
             }
         }

@@ -5,6 +5,7 @@
 //! running maximum only on `val > maxval || isnan(val)`; backward sends the whole
 //! gradient to that one recorded position, as ATen's `max_pool2d_with_indices_backward`.
 
+use crate::engine::faults::{self, Fault};
 use std::sync::Arc;
 
 use crate::engine::{Float, Graph, Op, Tensor, Var};
@@ -57,9 +58,38 @@ pub fn forward<F: Float>(x: &Tensor<F>, kernel: usize) -> Result<(Tensor<F>, Vec
 }
 
 pub fn backward<F: Float>(x: &Tensor<F>, argmax: &Arc<[usize]>, g: &Tensor<F>) -> Tensor<F> {
+    if faults::on(Fault::MaxPoolGradToAllTies) {
+        return backward_to_all_ties(x, argmax, g);
+    }
     let mut gx = vec![F::zero(); x.len()];
     for (&at, &gv) in argmax.iter().zip(g.iter()) {
         gx[at] += gv;
+    }
+    Tensor::from_shape_vec(x.raw_dim(), gx).expect("sizes match")
+}
+
+/// The `MaxPoolGradToAllTies` fault: every position equal to its window's maximum gets
+/// the whole gradient.
+fn backward_to_all_ties<F: Float>(x: &Tensor<F>, argmax: &Arc<[usize]>, g: &Tensor<F>) -> Tensor<F> {
+    let s = x.shape();
+    let (h, w) = (s[2], s[3]);
+    let (oh, ow) = (g.shape()[2], g.shape()[3]);
+    let k = h / oh;
+    let data = x.as_standard_layout();
+    let data = data.as_slice().expect("standard layout");
+    let mut gx = vec![F::zero(); x.len()];
+    for (o, (&at, &gv)) in argmax.iter().zip(g.iter()).enumerate() {
+        let plane = o / (oh * ow);
+        let (oy, ox) = ((o % (oh * ow)) / ow, o % ow);
+        let first = plane * h * w + oy * k * w + ox * k;
+        for i in 0..k {
+            for j in 0..k {
+                let idx = first + i * w + j;
+                if data[idx] == data[at] {
+                    gx[idx] += gv;
+                }
+            }
+        }
     }
     Tensor::from_shape_vec(x.raw_dim(), gx).expect("sizes match")
 }

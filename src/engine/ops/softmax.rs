@@ -6,6 +6,7 @@
 //! log-softmax, exactly as `torch.nn.functional.cross_entropy` composes them. Sums run
 //! sequentially; ATen's SIMD reductions and its vectorised `exp` round differently.
 
+use crate::engine::faults::{self, Fault};
 use std::sync::Arc;
 
 use ndarray::{ArrayView1, Axis, Ix2};
@@ -161,7 +162,7 @@ pub fn nll_forward<F: Float>(input: &Tensor<F>, targets: &[usize]) -> Result<Ten
 /// `-(g / N)` at each row's target, zero elsewhere (ATen's `nll_loss_backward_out_frame`).
 pub fn nll_backward<F: Float>(input: &Tensor<F>, targets: &Arc<[usize]>, g: &Tensor<F>) -> Tensor<F> {
     let g = g.iter().next().copied().unwrap_or_else(F::zero);
-    let grad = -(g / F::of(targets.len() as f64));
+    let grad = if faults::on(Fault::CrossEntropyGradUnscaled) { -g } else { -(g / F::of(targets.len() as f64)) };
     let mut out = Tensor::zeros(input.raw_dim());
     for (n, &t) in targets.iter().enumerate() {
         out[[n, t]] = grad;
