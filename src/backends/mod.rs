@@ -113,7 +113,7 @@ pub trait Backend {
 }
 
 /// The backends this crate knows; `torch` exists only in builds with `--features torch`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     Engine,

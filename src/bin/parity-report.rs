@@ -17,6 +17,9 @@ use backprop_parity::models::mnist::{ModelSpec, ParamSet, SEED_MODELS};
 use backprop_parity::models::safetensors_io;
 use backprop_parity::parity::Tolerance;
 use backprop_parity::report::{self, Output};
+use backprop_parity::engine::faults::Fault;
+use backprop_parity::study::gate::{self, Baseline};
+use backprop_parity::study::suite::SuiteConfig;
 use backprop_parity::study::{self, grads::GradsOptions, lockstep::BackendOptions, mnist::MnistOptions};
 use backprop_parity::DType;
 
@@ -46,6 +49,32 @@ enum Command {
     Grads(GradsArgs),
     /// The nine models trained in lockstep on every backend, evaluated after each epoch.
     Mnist(MnistArgs),
+    /// The CI gate: the quick parity suite against reference/baseline.json (exit 1 if agreement regressed).
+    Check(CheckArgs),
+    /// Mutation testing: each catalogued backprop fault switched on in the engine, the suite rerun.
+    Mutants(MutantsArgs),
+}
+
+#[derive(Args, Clone)]
+struct CheckArgs {
+    #[arg(long, default_value = "reference/baseline.json", value_name = "FILE")]
+    baseline: PathBuf,
+    /// Rewrite the baseline from this run (on purpose), and say what changed.
+    #[arg(long)]
+    update_baseline: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Clone)]
+struct MutantsArgs {
+    #[arg(long, default_value = "reference/baseline.json", value_name = "FILE")]
+    baseline: PathBuf,
+    /// Comma-separated fault names (default: all of them).
+    #[arg(long, value_name = "LIST")]
+    faults: Option<String>,
+    #[command(flatten)]
+    common: Common,
 }
 
 /// Options every study shares.
@@ -173,13 +202,16 @@ struct MnistArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::Abc(args)) => run_abc(&args),
-        Some(Command::Grads(args)) => run_grads(&args),
-        Some(Command::Mnist(args)) => run_mnist(&args),
-        None => run_default(cli.full, &cli.out),
+        Some(Command::Abc(args)) => run_abc(&args).map(|()| true),
+        Some(Command::Grads(args)) => run_grads(&args).map(|()| true),
+        Some(Command::Mnist(args)) => run_mnist(&args).map(|()| true),
+        Some(Command::Check(args)) => run_check(&args),
+        Some(Command::Mutants(args)) => run_mutants(&args).map(|()| true),
+        None => run_default(cli.full, &cli.out).map(|()| true),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -326,6 +358,77 @@ fn run_mnist(args: &MnistArgs) -> Result<()> {
         eprintln!("mnist {name:>17}: {}", accs.join(", "));
     }
     finish(c, report::mnist::outputs(&result)?)
+}
+
+fn suite_config(c: &Common, baseline: Option<&Baseline>) -> Result<SuiteConfig> {
+    let backends = match (&c.backends, baseline) {
+        (Some(list), _) => BackendKind::parse_list(list)?,
+        // The gate compares what the baseline holds: every one of its backends must run.
+        (None, Some(b)) => b.backends.clone(),
+        (None, None) => BackendKind::built(),
+    };
+    for k in &backends {
+        anyhow::ensure!(k.is_built(), "the baseline needs backend '{k}', which is not in this build: {}", backprop_parity::backends::TORCH_BUILD_HINT);
+    }
+    anyhow::ensure!(c.dtype.is_none(), "--dtype: the suite always runs both f32 and f64");
+    Ok(SuiteConfig { backends, options: BackendOptions { candle_maxpool: MaxPoolMode::Exact } })
+}
+
+fn mnist_data() -> Result<Dataset> {
+    Ok(data::load(DatasetKind::Mnist, &data::default_dir(DatasetKind::Mnist))?)
+}
+
+/// Returns whether the gate passed.
+fn run_check(args: &CheckArgs) -> Result<bool> {
+    let c = &args.common;
+    let old = if args.baseline.exists() { Some(Baseline::read(&args.baseline)?) } else { None };
+    anyhow::ensure!(old.is_some() || args.update_baseline, "{}: no baseline; create one with --update-baseline", args.baseline.display());
+    let cfg = suite_config(c, if args.update_baseline { None } else { old.as_ref() })?;
+    let data = mnist_data()?;
+    let start = Instant::now();
+    let outputs = study::suite::run(&cfg, &data)?;
+    let current = study::suite::metrics(&cfg, &outputs)?;
+    eprintln!("check: {} metrics from {} in {:.0} s", current.len(), cfg.backends.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "), start.elapsed().as_secs_f64());
+    if args.update_baseline {
+        let new = Baseline::new(cfg.backends.clone(), current)?;
+        for line in gate::describe_update(old.as_ref(), &new) {
+            eprintln!("baseline: {line}");
+        }
+        report::write_atomic(&args.baseline, &report::to_json(&new)?)?;
+        eprintln!("wrote {}", args.baseline.display());
+        return Ok(true);
+    }
+    let baseline = old.expect("checked above");
+    let result = gate::evaluate(&baseline, &current, &cfg.backends);
+    if result.passed {
+        eprintln!("check: pass ({} metrics compared with {})", result.compared, args.baseline.display());
+    } else {
+        eprintln!("check: FAIL, {} regression(s) against {}:\n{}", result.regressions.len(), args.baseline.display(), report::gate::regression_table(&result));
+    }
+    finish(c, report::gate::check_outputs(&result, &args.baseline.display().to_string())?)?;
+    Ok(result.passed)
+}
+
+fn run_mutants(args: &MutantsArgs) -> Result<()> {
+    let c = &args.common;
+    let baseline = Baseline::read(&args.baseline)?;
+    let cfg = suite_config(c, Some(&baseline))?;
+    let list: Vec<Fault> = match &args.faults {
+        None => Fault::ALL.to_vec(),
+        Some(l) => l.split(',').map(|s| s.trim().parse::<Fault>().map_err(anyhow::Error::msg)).collect::<Result<_>>()?,
+    };
+    let data = mnist_data()?;
+    let bar = ProgressBar::new(list.len() as u64).with_style(
+        ProgressStyle::with_template("mutants [{bar:30}] {pos}/{len} {msg} ETA {eta}").expect("valid template").progress_chars("=> "),
+    );
+    let result = study::mutants::run(&cfg, &data, &baseline, &list, |f| {
+        bar.set_message(f.name());
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+    eprintln!("mutants: caught {} of {}, localised {} of {}", result.caught, result.faults.len(), result.localised, result.faults.len());
+    eprintln!("{}", report::gate::mutants_table(&result));
+    finish(c, report::gate::mutants_outputs(&result)?)
 }
 
 /// Emits the JSON where asked, then writes the report files.

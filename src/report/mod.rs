@@ -4,6 +4,7 @@
 
 pub mod abc;
 pub mod fmt;
+pub mod gate;
 pub mod grads;
 pub mod mnist;
 pub mod plot;

@@ -8,14 +8,15 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::lockstep::{backend, instantiate, make_batch, step_masks, BackendOptions};
+use super::lockstep::{instantiate, make_batch, step_masks, BackendOptions};
+use super::probe::{self, Probe};
 use super::{backend_pairs, pair_name, TOOL_VERSION};
 use crate::backends::BackendKind;
 use crate::data::Dataset;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::models::mnist::{Layer, ModelSpec, ParamSet};
-use crate::models::{Prim, Program};
+use crate::models::Prim;
 use crate::models::safetensors_io;
 use crate::parity::{compare, TensorDiff, Tolerance};
 
@@ -77,18 +78,13 @@ pub struct Diagnosis {
     pub suspects: Vec<String>,
     /// Each suspect op that exists as a primitive, run alone on every backend.
     pub probes: Vec<Probe>,
-    /// The one suspect op whose probe disagrees, when there is exactly one.
+    /// The op kind to blame, when the evidence points at exactly one.
     pub culprit: Option<String>,
+    /// `probe`: its probe alone disagrees; `elimination`: every other suspect's probe agrees.
+    pub culprit_by: Option<String>,
 }
 
-/// A suspect op run alone (sum of its output as the loss) on a fixed input.
-#[derive(Clone, Debug, Serialize)]
-pub struct Probe {
-    pub op: String,
-    /// Per backend pair: the worst input-gradient difference relative to scale.
-    pub worst_scaled: BTreeMap<String, f64>,
-    pub agree: bool,
-}
+
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ModelGrads {
@@ -142,9 +138,7 @@ pub fn run(data: &Dataset, opts: &GradsOptions, mut progress: impl FnMut(&str)) 
         }
         let mut m = compare_model(spec, &grads, loss, opts.dtype, tol)?;
         if let Some(d) = m.diagnosis.as_mut() {
-            d.probes = probe(&d.suspects, &opts.backends, opts.backend_options, opts.dtype, tol)?;
-            let failing: Vec<&Probe> = d.probes.iter().filter(|p| !p.agree).collect();
-            d.culprit = (failing.len() == 1).then(|| failing[0].op.clone());
+            localise(spec, d, &opts.backends, opts.backend_options, opts.dtype, tol)?;
         }
         models.insert(spec.name.clone(), m);
     }
@@ -238,11 +232,13 @@ fn diagnose(spec: &ModelSpec, order: &[String], params: &BTreeMap<String, BTreeM
         let n = &names[i];
         order.iter().any(|p| layer_of(p) == *n) && !order.iter().filter(|p| layer_of(p) == *n).any(|p| param_fails(p))
     });
-    let end = good_at.unwrap_or(names.len());
-    let mut suspects: Vec<String> = names[bad_at..end].to_vec();
-    if good_at.is_none() {
-        suspects.push("cross_entropy".into());
-    }
+    // The last agreeing layer stays a suspect: its own parameter gradients can be right
+    // while the gradient it passes to its input is wrong (batch norm's, for one).
+    let mut suspects: Vec<String> = match good_at {
+        Some(g) => names[bad_at..=g].to_vec(),
+        None => names[bad_at..].iter().cloned().chain(["cross_entropy".to_string()]).collect(),
+    };
+    suspects.dedup();
     Diagnosis {
         odd_one_out,
         failing_pairs,
@@ -251,34 +247,60 @@ fn diagnose(spec: &ModelSpec, order: &[String], params: &BTreeMap<String, BTreeM
         suspects,
         probes: vec![],
         culprit: None,
+        culprit_by: None,
     }
 }
 
-/// Runs every suspect that is also a primitive op alone on every backend: the input
-/// gradient of `sum(op(x))` for a fixed `[2, 3, 4, 4]` input of distinct values, none
-/// of them zero (so ReLU's kink is not probed).
-fn probe(suspects: &[String], kinds: &[BackendKind], opts: BackendOptions, dtype: DType, tol: f64) -> Result<Vec<Probe>> {
-    let n = 2 * 3 * 4 * 4;
-    let data: Vec<f64> = (0..n).map(|i| (((i * 37) % n) as f64 + 0.5) / n as f64 - 0.5).collect();
-    let input = crate::host::HostTensor { shape: vec![2, 3, 4, 4], data }.rounded(dtype);
-    let mut out = Vec::new();
-    for op in suspects {
-        let Some(prim) = Prim::ALL.into_iter().find(|p| p.name() == op.as_str()) else { continue };
-        let program = Program::single(prim);
-        let mut grads = BTreeMap::new();
-        for &kind in kinds {
-            let e = backend(kind, opts)?.evaluate(&program, std::slice::from_ref(&input), dtype)?;
-            grads.insert(kind, e.grads.into_iter().next().expect("one input"));
+/// The kind of op a layer label stands for: `conv2` is a `conv2d`, `fc1_bn` a
+/// `batch_norm`; op labels are their own kind.
+pub fn layer_kind(spec: &ModelSpec, label: &str) -> String {
+    spec.layers
+        .iter()
+        .find(|l| layer_label(l) == label)
+        .map(|l| match l {
+            Layer::Conv2d { .. } => "conv2d",
+            Layer::Linear { .. } => "linear",
+            Layer::BatchNorm { .. } => "batch_norm",
+            Layer::MaxPool2d { .. } => "max_pool2d",
+            Layer::Relu => "relu",
+            Layer::Flatten => "flatten",
+            Layer::Dropout { .. } => "dropout",
+            Layer::Softmax => "softmax",
+        })
+        .unwrap_or(label)
+        .to_string()
+}
+
+/// Probes the suspects' op kinds and names the culprit: the one kind whose probe
+/// disagrees, or, when every probe agrees, the one suspect kind no probe could clear.
+pub fn localise(spec: &ModelSpec, d: &mut Diagnosis, kinds: &[BackendKind], opts: BackendOptions, dtype: DType, tol: f64) -> Result<()> {
+    let mut suspect_kinds: Vec<String> = d.suspects.iter().map(|s| layer_kind(spec, s)).collect();
+    suspect_kinds.sort();
+    suspect_kinds.dedup();
+    d.probes = probe(&suspect_kinds, kinds, opts, dtype, tol)?;
+    let failing: Vec<&Probe> = d.probes.iter().filter(|p| !p.agree).collect();
+    if failing.len() == 1 {
+        d.culprit = Some(failing[0].op.clone());
+        d.culprit_by = Some("probe".into());
+    } else if failing.is_empty() {
+        // A reshape cannot get a gradient wrong in a way the others would not share.
+        let unprobed: Vec<&String> =
+            suspect_kinds.iter().filter(|k| *k != "flatten" && !d.probes.iter().any(|p| &p.op == *k)).collect();
+        if unprobed.len() == 1 {
+            d.culprit = Some(unprobed[0].clone());
+            d.culprit_by = Some("elimination".into());
         }
-        let mut worst_scaled = BTreeMap::new();
-        for (a, b) in backend_pairs(kinds) {
-            let d = compare(&grads[&a], &grads[&b], dtype, Tolerance::torch_default(dtype))?;
-            worst_scaled.insert(pair_name(a, b), if d.non_finite { f64::NAN } else { d.scaled });
-        }
-        let agree = worst_scaled.values().all(|v| *v <= tol);
-        out.push(Probe { op: op.clone(), worst_scaled, agree });
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Runs every suspect kind that is also a primitive alone on every backend.
+fn probe(suspect_kinds: &[String], kinds: &[BackendKind], opts: BackendOptions, dtype: DType, tol: f64) -> Result<Vec<Probe>> {
+    suspect_kinds
+        .iter()
+        .filter_map(|k| Prim::ALL.into_iter().find(|p| p.name() == k.as_str()))
+        .map(|prim| probe::run(prim, false, kinds, opts, dtype, tol))
+        .collect()
 }
 
 /// A readable name per layer: the module name for parameterised ones, the op otherwise.

@@ -3,9 +3,13 @@
 
 pub mod abc;
 pub mod claims;
+pub mod gate;
 pub mod grads;
 pub mod lockstep;
 pub mod mnist;
+pub mod mutants;
+pub mod probe;
+pub mod suite;
 
 use crate::backends::BackendKind;
 

@@ -1,0 +1,169 @@
+//! The gradient-agreement gate: the quick suite's metrics against a committed baseline.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::suite::Metric;
+use super::TOOL_VERSION;
+use crate::backends::BackendKind;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+
+/// How much worse than the baseline a metric may get before the gate fails: by a factor,
+/// or up to a floor below which differences are rounding noise of the dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Slack {
+    pub factor: f64,
+    pub floor_f32: f64,
+    pub floor_f64: f64,
+}
+
+impl Default for Slack {
+    fn default() -> Self {
+        Slack { factor: 10.0, floor_f32: 1e-5, floor_f64: 1e-12 }
+    }
+}
+
+impl Slack {
+    pub fn allowed(&self, baseline: f64, dtype: DType) -> f64 {
+        let floor = match dtype {
+            DType::F32 => self.floor_f32,
+            DType::F64 => self.floor_f64,
+        };
+        (baseline * self.factor).max(floor)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Baseline {
+    pub tool_version: String,
+    /// How the metrics are measured, in words.
+    pub rule: String,
+    pub slack: Slack,
+    pub backends: Vec<BackendKind>,
+    pub metrics: Vec<Metric>,
+}
+
+pub const RULE: &str = "Per backend pair (a, b): loss traces as max |a-b|/|b| over steps; gradients and parameters as \
+     max |a-b| / max |b| over the compared tensors (a model's step-0 gradients with a floor of 1/100 of its largest \
+     gradient entry). The gate fails where a metric exceeds max(baseline × factor, floor of its dtype), is NaN or \
+     infinite, or is missing, or where a baseline backend did not run.";
+
+impl Baseline {
+    pub fn new(backends: Vec<BackendKind>, metrics: Vec<Metric>) -> Result<Self> {
+        if let Some(m) = metrics.iter().find(|m| !m.value.is_finite()) {
+            return Err(Error::Invalid(format!("refusing to write a baseline with a non-finite metric: {} = {}", m.location(), m.value)));
+        }
+        Ok(Baseline { tool_version: TOOL_VERSION.into(), rule: RULE.into(), slack: Slack::default(), backends, metrics })
+    }
+
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not a baseline file ({e}); regenerate it with `parity-report check --update-baseline`")))
+    }
+}
+
+/// One reason the gate fails.
+#[derive(Clone, Debug, Serialize)]
+pub struct Regression {
+    pub location: String,
+    pub reason: &'static str,
+    pub baseline: Option<f64>,
+    pub current: Option<f64>,
+    pub allowed: Option<f64>,
+    pub step: Option<usize>,
+    pub site: Option<String>,
+    #[serde(skip)]
+    pub check: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GateReport {
+    pub passed: bool,
+    pub compared: usize,
+    pub regressions: Vec<Regression>,
+    /// Metrics better than baseline by more than the slack factor (worth an update).
+    pub improved: usize,
+    /// Metrics the baseline does not know.
+    pub new_metrics: usize,
+}
+
+/// Compares `current` (from a run on `ran`) with the baseline.
+pub fn evaluate(baseline: &Baseline, current: &[Metric], ran: &[BackendKind]) -> GateReport {
+    let mut regressions = Vec::new();
+    for k in &baseline.backends {
+        if !ran.contains(k) {
+            regressions.push(Regression {
+                location: format!("backend {k}"),
+                reason: "backend did not run",
+                baseline: None,
+                current: None,
+                allowed: None,
+                step: None,
+                site: None,
+                check: "backend".into(),
+            });
+        }
+    }
+    let now: BTreeMap<_, &Metric> = current.iter().map(|m| (m.key(), m)).collect();
+    let (mut compared, mut improved) = (0, 0);
+    for b in &baseline.metrics {
+        let involved = b.pair.split('-').all(|k| ran.iter().any(|r| r.name() == k));
+        let Some(c) = now.get(&b.key()) else {
+            if involved {
+                regressions.push(Regression { location: b.location(), reason: "missing", baseline: Some(b.value), current: None, allowed: None, step: None, site: None, check: b.check.clone() });
+            }
+            continue;
+        };
+        compared += 1;
+        let allowed = baseline.slack.allowed(b.value, b.dtype);
+        let reason = if !c.value.is_finite() {
+            Some("not finite")
+        } else if c.value > allowed {
+            Some("regressed")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            regressions.push(Regression {
+                location: c.location(),
+                reason,
+                baseline: Some(b.value),
+                current: Some(c.value),
+                allowed: Some(allowed),
+                step: c.step,
+                site: c.site.clone(),
+                check: c.check.clone(),
+            });
+        } else if c.value * baseline.slack.factor < b.value {
+            improved += 1;
+        }
+    }
+    let known: std::collections::BTreeSet<_> = baseline.metrics.iter().map(Metric::key).collect();
+    let new_metrics = current.iter().filter(|m| !known.contains(&m.key())).count();
+    GateReport { passed: regressions.is_empty(), compared, regressions, improved, new_metrics }
+}
+
+/// What `--update-baseline` changes, in words: counts and the largest moves.
+pub fn describe_update(old: Option<&Baseline>, new: &Baseline) -> Vec<String> {
+    let Some(old) = old else { return vec![format!("new baseline with {} metrics", new.metrics.len())] };
+    let before: BTreeMap<_, f64> = old.metrics.iter().map(|m| (m.key(), m.value)).collect();
+    let after: BTreeMap<_, f64> = new.metrics.iter().map(|m| (m.key(), m.value)).collect();
+    let added = after.keys().filter(|k| !before.contains_key(*k)).count();
+    let removed = before.keys().filter(|k| !after.contains_key(*k)).count();
+    let mut moves: Vec<(f64, String)> = new
+        .metrics
+        .iter()
+        .filter_map(|m| {
+            let b = *before.get(&m.key())?;
+            (b != m.value).then(|| (((m.value.max(1e-300)) / b.max(1e-300)).log10().abs(), format!("{}: {b:.3e} -> {:.3e}", m.location(), m.value)))
+        })
+        .collect();
+    let changed = moves.len();
+    moves.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
+    let mut lines = vec![format!("{} metrics: {added} added, {removed} removed, {changed} changed", new.metrics.len())];
+    lines.extend(moves.into_iter().take(10).map(|(_, s)| format!("  {s}")));
+    lines
+}
