@@ -9,7 +9,7 @@ export BACKPROP_PARITY_TORCH_VENV := $(VENV)
 TORCH_ENV := VIRTUAL_ENV=$(VENV) PATH="$(VENV)/bin:$$PATH" LIBTORCH_USE_PYTORCH=1
 CARGO ?= cargo
 
-.PHONY: report test test-default test-torch setup-torch golden check clean-reports
+.PHONY: report test test-default test-torch setup-torch golden check mutants
 
 ## The default report on every backend (engine, candle, libtorch) into reports/.
 report: setup-torch
@@ -31,3 +31,11 @@ setup-torch:
 golden: setup-torch
 	$(VENV)/bin/python reference/make_golden.py
 	$(VENV)/bin/python reference/make_state_dict.py
+
+## The CI gate: the quick parity suite against reference/baseline.json, with libtorch.
+check: setup-torch
+	$(TORCH_ENV) $(CARGO) run --release --features torch --bin parity-report -- check
+
+## Every catalogued backprop fault switched on in turn: caught, and where.
+mutants: setup-torch
+	$(TORCH_ENV) $(CARGO) run --release --features torch --bin parity-report -- mutants
