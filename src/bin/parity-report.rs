@@ -140,6 +140,9 @@ struct AbcArgs {
     /// Starting values: ones | seed:N | PATH of a JSON file {"x": [..], "A": [[..]], "B": [[..]], "C": [[..]]}.
     #[arg(long, default_value = "ones", value_name = "ones|seed:N|PATH")]
     init: InitSource,
+    /// Also run the engine with this catalogued fault switched on (vecmat-inner-product: the seed's Figure 0).
+    #[arg(long, value_name = "FAULT")]
+    fault: Option<Fault>,
     #[command(flatten)]
     common: Common,
 }
@@ -222,7 +225,8 @@ fn main() -> ExitCode {
 /// The A/B/C study, step-0 gradients, and a quick (or, with --full, the seed's) MNIST run.
 fn run_default(full: bool, out: &Path) -> Result<()> {
     let start = Instant::now();
-    run_abc(&AbcArgs { k: None, lr: SEED_LR, steps: SEED_STEPS, init: InitSource::Ones, common: Common::with_out(out) })?;
+    // The seed's Figure 0: the correct backends next to the engine with the seed's bug.
+    run_abc(&AbcArgs { k: None, lr: SEED_LR, steps: SEED_STEPS, init: InitSource::Ones, fault: Some(Fault::VecMatInnerProduct), common: Common::with_out(out) })?;
     let model = ModelArgs { models: None, seed: 0, params: None, dataset: DatasetKind::Mnist, data_dir: None, candle_maxpool: MaxPoolMode::Builtin };
     run_grads(&GradsArgs { batch: 25, save_grads: None, model: model.clone(), common: Common::with_out(out) })?;
     let (train_limit, test_limit, epochs) = if full { (None, None, 25) } else { (Some(QUICK_TRAIN), Some(QUICK_TEST), QUICK_EPOCHS) };
@@ -248,7 +252,15 @@ fn run_abc(args: &AbcArgs) -> Result<()> {
     let spec = AbcSpec::new(args.init.clone(), args.k, args.lr, args.steps)?;
     let kinds = c.backends()?;
     let tol = c.tolerance(dtype)?;
-    let result = study::abc::run(&spec, dtype, &kinds, tol).context("the A/B/C study failed")?;
+    let result = study::abc::run_with_fault(&spec, dtype, &kinds, tol, args.fault).context("the A/B/C study failed")?;
+    if let Some(f) = &result.faulty {
+        eprintln!(
+            "abc engine with fault {}: first step beyond tolerance {}, max rel. loss diff {:.2e}",
+            f.fault.name(),
+            f.vs_reference.first_divergence.map_or("none".into(), |s| s.to_string()),
+            f.vs_reference.max_rel
+        );
+    }
     for (name, p) in &result.parity {
         eprintln!(
             "abc {name:>14}: max rel. loss diff {:.2e}, first step beyond tolerance {}, {}",

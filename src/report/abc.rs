@@ -1,6 +1,7 @@
 //! The A/B/C report: `abc.md`, `abc.json`, `abc_loss.svg`.
 
 use super::fmt::{full, sci, table};
+use crate::engine::faults::Fault;
 use super::plot::{stacked_svg, Panel, Series};
 use super::{to_json, Output};
 use crate::error::Result;
@@ -21,7 +22,14 @@ pub fn outputs(study: &AbcStudy, stem: &str) -> Result<Vec<Output>> {
 pub fn loss_svg(study: &AbcStudy) -> Result<String> {
     let s = &study.settings;
     let loss = Panel {
-        title: format!("A/B/C loss per step ({}, init {}, K={}, lr {})", s.dtype, s.init, s.k, s.lr),
+        title: format!(
+            "A/B/C loss per step ({}, init {}, K={}, lr {}){}",
+            s.dtype,
+            s.init,
+            s.k,
+            s.lr,
+            if study.faulty.is_some() { "; diverging values and NaN drawn at the top" } else { "" }
+        ),
         x_label: "step".into(),
         y_label: "loss (log)".into(),
         log_y: true,
@@ -29,8 +37,13 @@ pub fn loss_svg(study: &AbcStudy) -> Result<String> {
             .backends
             .iter()
             .map(|(k, run)| Series { label: k.to_string(), points: run.loss.iter().enumerate().map(|(i, &l)| (i as f64, l)).collect() })
+            .chain(study.faulty.iter().map(|f| Series {
+                label: format!("engine with fault {}", f.fault.name()),
+                points: f.loss.iter().enumerate().map(|(i, &l)| (i as f64, l)).collect(),
+            }))
             .collect(),
         hlines: vec![],
+        y_clip: study.faulty.as_ref().map(|_| 1e3 * study.backends.values().flat_map(|r| r.loss.iter()).fold(0.0f64, |m, &v| m.max(v))),
     };
     let reference = study.reference;
     let diff = Panel {
@@ -46,10 +59,27 @@ pub fn loss_svg(study: &AbcStudy) -> Result<String> {
                 label: format!("{} vs {}", p.a, p.b),
                 points: p.loss.rel.iter().enumerate().map(|(i, &r)| (i as f64, if r == 0.0 { ZERO_FLOOR } else { r })).collect(),
             })
+            .chain(study.faulty.iter().map(|f| Series {
+                label: format!("engine with fault {} vs {reference}", f.fault.name()),
+                points: f.vs_reference.rel.iter().enumerate().map(|(i, &r)| (i as f64, if r == 0.0 { ZERO_FLOOR } else { r })).collect(),
+            }))
             .collect(),
         hlines: vec![(study.tolerance.rtol, format!("rtol {:.1e}", study.tolerance.rtol))],
+        y_clip: study.faulty.as_ref().map(|_| 1e3),
     };
     stacked_svg(&[loss, diff], 900, 380)
+}
+
+/// Why the seed's Figure 0 looked the way it did, for the fault that reproduces it.
+fn fault_explanation(f: Fault) -> &'static str {
+    match f {
+        Fault::VecMatInnerProduct => {
+            "the seed's own bug. For `y = x·A` with a vector `x`, the gradient of `A` must be the outer product `xᵀ·dy` \
+             (one number per weight); taking the inner product `x·dy` instead gives every entry of A (and B) the same \
+             update, so the matrices can only move along one direction and the loss drifts away from autograd's"
+        }
+        _ => "see `parity-report mutants` for what it does",
+    }
 }
 
 pub fn markdown(study: &AbcStudy, svg_name: &str) -> String {
@@ -124,6 +154,19 @@ pub fn markdown(study: &AbcStudy, svg_name: &str) -> String {
         })
         .collect();
     md += &table(&header.iter().map(String::as_str).collect::<Vec<_>>(), &rows);
+    if let Some(f) = &study.faulty {
+        md += &format!(
+            "\n## The engine with fault `{}`\n\nThe same run on the engine with a catalogued fault switched on: {}. Against {}: \
+             first step beyond tolerance {}, largest relative loss difference {}, final loss {} (the correct backends: {}).\n",
+            f.fault.name(),
+            fault_explanation(f.fault),
+            study.reference,
+            f.vs_reference.first_divergence.map_or("none".into(), |s| s.to_string()),
+            sci(f.vs_reference.max_rel),
+            full(*f.loss.last().unwrap_or(&f64::NAN)),
+            full(*study.backends[&study.reference].loss.last().unwrap_or(&f64::NAN)),
+        );
+    }
     md += "\nEvery step, every gradient and the final matrices are in the JSON file beside this one.\n";
     md
 }

@@ -37,6 +37,7 @@ fn layers_svg(study: &GradsStudy) -> Result<String> {
                 })
                 .collect(),
             hlines: vec![(study.settings.scaled_tolerance, format!("tolerance {:.0e}", study.settings.scaled_tolerance))],
+            y_clip: None,
         })
         .collect();
     stacked_svg(&panels, 1100, 300)

@@ -45,8 +45,8 @@ fn figure(study: &MnistStudy, title: &str, family: &str) -> Result<String> {
             .collect()
     };
     let panels = [
-        Panel { title: format!("Test accuracy, {title} ({r}, {})", study.settings.dataset), x_label: "epoch".into(), y_label: "accuracy (%)".into(), log_y: false, series: series(&|e| e.test_accuracy), hlines: vec![] },
-        Panel { title: format!("Test loss (the seed's definition), {title} ({r})"), x_label: "epoch".into(), y_label: "Σ batch means / test images".into(), log_y: false, series: series(&|e| e.test_loss_seed), hlines: vec![] },
+        Panel { title: format!("Test accuracy, {title} ({r}, {})", study.settings.dataset), x_label: "epoch".into(), y_label: "accuracy (%)".into(), log_y: false, series: series(&|e| e.test_accuracy), hlines: vec![], y_clip: None },
+        Panel { title: format!("Test loss (the seed's definition), {title} ({r})"), x_label: "epoch".into(), y_label: "Σ batch means / test images".into(), log_y: false, series: series(&|e| e.test_loss_seed), hlines: vec![], y_clip: None },
     ];
     stacked_svg(&panels, 900, 360)
 }
@@ -76,6 +76,7 @@ fn loss_diff_svg(study: &MnistStudy) -> Result<String> {
                     .filter_map(|(m, run)| run.trajectory.get(&pair).map(|t| Series { label: m.clone(), points: running_max(&t.rel) }))
                     .collect(),
                 hlines: vec![(study.settings.tolerance.rtol, format!("rtol {:.1e}", study.settings.tolerance.rtol))],
+                y_clip: None,
             }
         })
         .collect();
@@ -117,6 +118,7 @@ fn resync_svg(study: &MnistStudy) -> Result<String> {
                     })
                     .collect(),
                 hlines: vec![],
+                y_clip: None,
             }
         })
         .collect();
@@ -127,7 +129,7 @@ fn resync_svg(study: &MnistStudy) -> Result<String> {
 }
 
 fn empty_panel(title: &str) -> Panel {
-    Panel { title: title.into(), x_label: String::new(), y_label: String::new(), log_y: false, series: vec![], hlines: vec![] }
+    Panel { title: title.into(), x_label: String::new(), y_label: String::new(), log_y: false, series: vec![], hlines: vec![], y_clip: None }
 }
 
 fn markdown(study: &MnistStudy) -> String {

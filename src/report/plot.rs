@@ -19,6 +19,8 @@ pub struct Panel {
     pub series: Vec<Series>,
     /// Horizontal reference lines (value, label), e.g. a tolerance.
     pub hlines: Vec<(f64, String)>,
+    /// Values above this are drawn at it (a diverging run would flatten the others).
+    pub y_clip: Option<f64>,
 }
 
 const COLORS: [RGBColor; 9] = [
@@ -39,6 +41,8 @@ fn plot_err(e: impl std::fmt::Display) -> Error {
 
 /// Panels stacked vertically in one SVG.
 pub fn stacked_svg(panels: &[Panel], width: u32, panel_height: u32) -> Result<String> {
+    let clipped: Vec<Panel> = panels.iter().map(clip).collect();
+    let panels = clipped.as_slice();
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (width, panel_height * panels.len() as u32)).into_drawing_area();
@@ -49,6 +53,22 @@ pub fn stacked_svg(panels: &[Panel], width: u32, panel_height: u32) -> Result<St
         root.present().map_err(plot_err)?;
     }
     Ok(svg)
+}
+
+fn clip(p: &Panel) -> Panel {
+    let cap = |y: f64| match p.y_clip {
+        Some(c) if y > c || y.is_nan() => c,
+        _ => y,
+    };
+    Panel {
+        title: p.title.clone(),
+        x_label: p.x_label.clone(),
+        y_label: p.y_label.clone(),
+        log_y: p.log_y,
+        series: p.series.iter().map(|s| Series { label: s.label.clone(), points: s.points.iter().map(|&(x, y)| (x, cap(y))).collect() }).collect(),
+        hlines: p.hlines.clone(),
+        y_clip: p.y_clip,
+    }
 }
 
 fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, p: &Panel) -> Result<()>

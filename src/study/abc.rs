@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::{backend_pairs, pair_name, TOOL_VERSION};
 use crate::backends::{BackendKind, Trajectory};
 use crate::dtype::DType;
+use crate::engine::faults::{self, Fault};
 use crate::error::Result;
 use crate::host::HostTensor;
 use crate::models::abc::{self, AbcInit, AbcSpec};
@@ -66,10 +67,28 @@ pub struct AbcStudy {
     pub parity: BTreeMap<String, PairParity>,
     /// Every pair agrees within tolerance.
     pub agree: bool,
+    /// The engine rerun with a fault switched on (`--fault`), against the reference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faulty: Option<FaultyRun>,
+}
+
+/// The engine with a catalogued fault switched on, next to the correct backends.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultyRun {
+    pub fault: Fault,
+    pub loss: Vec<f64>,
+    /// Against the study's reference backend.
+    pub vs_reference: TraceDiff,
 }
 
 /// Runs the study on `kinds` (each must be built) and measures every pair.
 pub fn run(spec: &AbcSpec, dtype: DType, kinds: &[BackendKind], tol: Tolerance) -> Result<AbcStudy> {
+    run_with_fault(spec, dtype, kinds, tol, None)
+}
+
+/// `run`, plus the engine once more with `fault` switched on (the seed's Figure 0 with
+/// `Fault::VecMatInnerProduct`).
+pub fn run_with_fault(spec: &AbcSpec, dtype: DType, kinds: &[BackendKind], tol: Tolerance, fault: Option<Fault>) -> Result<AbcStudy> {
     let program = abc::program();
     // Every backend starts from the same values, already rounded to the run's dtype.
     let inputs: Vec<HostTensor> = spec.init.tensors().iter().map(|t| t.rounded(dtype)).collect();
@@ -82,12 +101,23 @@ pub fn run(spec: &AbcSpec, dtype: DType, kinds: &[BackendKind], tol: Tolerance) 
     for (a, b) in backend_pairs(kinds) {
         parity.insert(pair_name(a, b), pair_parity(a, b, &backends[&a].trajectory, &backends[&b].trajectory, dtype, tol)?);
     }
+    let reference = BackendKind::reference_among(kinds).expect("at least one backend");
+    let faulty = match fault {
+        None => None,
+        Some(f) => {
+            let _on = faults::inject(f);
+            let t = BackendKind::Engine.create()?.train_sgd(&program, &inputs, spec.lr, spec.steps, dtype)?;
+            let vs_reference = compare_traces(&t.loss, &backends[&reference].loss, tol);
+            Some(FaultyRun { fault: f, loss: t.loss, vs_reference })
+        }
+    };
     Ok(AbcStudy {
+        faulty,
         study: "abc",
         tool_version: TOOL_VERSION,
         settings: AbcSettings { k: spec.init.k(), lr: spec.lr, steps: spec.steps, init: spec.init_source.to_string(), dtype },
         init: spec.init.clone(),
-        reference: BackendKind::reference_among(kinds).expect("at least one backend"),
+        reference,
         tolerance: tol,
         agree: parity.values().all(|p| p.agree),
         backends,
