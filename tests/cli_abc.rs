@@ -2,21 +2,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
-use common::{golden, loss_rtol, max_rel, repo_path};
-
-fn parity_report(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_parity-report")).args(args).output().expect("the binary runs")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bp-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{golden, loss_rtol, max_rel, parity_report, rejects, repo_path, temp_dir};
 
 fn json_of(out: &Output) -> serde_json::Value {
     assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -79,20 +68,6 @@ fn init_from_a_file_matches_what_pytorch_computes_for_it() {
     }
 }
 
-/// Runs a bad invocation; it must fail with one readable line mentioning `needle`,
-/// without a panic, and without writing a report.
-fn rejects(args: &[&str], needle: &str) {
-    let dir = temp_dir(&format!("bad-{}", needle.replace(|c: char| !c.is_alphanumeric(), "")));
-    let mut full: Vec<&str> = args.to_vec();
-    let out_dir = dir.join("out");
-    full.extend(["--out", out_dir.to_str().unwrap()]);
-    let out = parity_report(&full);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} succeeded");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    assert!(stderr.contains(needle), "{args:?}: expected '{needle}' in: {stderr}");
-    assert!(!out_dir.exists(), "{args:?} wrote a report");
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);

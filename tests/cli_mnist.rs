@@ -1,18 +1,8 @@
 //! `parity-report grads` and `parity-report mnist` end to end.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
-fn parity_report(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_parity-report")).args(args).output().expect("the binary runs")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bp-cli-mnist-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{parity_report, rejects, temp_dir};
 
 #[test]
 fn grads_json_names_every_parameter_and_pair_and_saves_gradients() {
@@ -66,18 +56,6 @@ fn mnist_writes_the_report_with_every_plot() {
     assert!(md.contains("Batch normalisation improved every classifier") && md.contains("92.12"));
 }
 
-fn rejects(args: &[&str], needle: &str) {
-    let dir = temp_dir(&format!("bad-{}", needle.replace(|c: char| !c.is_alphanumeric(), "")));
-    let out_dir = dir.join("out");
-    let mut full = args.to_vec();
-    full.extend(["--out", out_dir.to_str().unwrap()]);
-    let out = parity_report(&full);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} succeeded");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    assert!(stderr.contains(needle), "{args:?}: expected '{needle}' in: {stderr}");
-    assert!(!out_dir.exists(), "{args:?} wrote a report");
-}
 
 #[test]
 fn bad_mnist_arguments_are_clear_errors() {

@@ -50,3 +50,31 @@ pub fn max_rel(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "trace lengths differ");
     a.iter().zip(b).map(|(x, y)| ((x - y) / y).abs()).fold(0.0, f64::max)
 }
+
+/// Runs the `parity-report` binary of this build.
+pub fn parity_report(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_parity-report")).args(args).output().expect("the binary runs")
+}
+
+/// A fresh, empty directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bp-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A bad invocation must fail with a readable message mentioning `needle`, without a
+/// panic, and without writing a report.
+pub fn rejects(args: &[&str], needle: &str) {
+    let dir = temp_dir(&format!("bad-{}", needle.replace(|c: char| !c.is_alphanumeric(), "")));
+    let out_dir = dir.join("out");
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend(["--out", out_dir.to_str().unwrap()]);
+    let out = parity_report(&full);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    assert!(stderr.contains(needle), "{args:?}: expected '{needle}' in: {stderr}");
+    assert!(!out_dir.exists(), "{args:?} wrote a report");
+}
