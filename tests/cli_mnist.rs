@@ -69,3 +69,19 @@ fn bad_mnist_arguments_are_clear_errors() {
     let missing = empty.join("nope.safetensors");
     rejects(&["grads", "--params", missing.to_str().unwrap()], "nope.safetensors");
 }
+
+#[test]
+fn bench_reports_step_times_ratios_and_gemm_throughput() {
+    let dir = temp_dir("bench");
+    let out = parity_report(&["bench", "--models", "Softmax", "--steps", "3", "--warmup", "1", "--json", "-", "--out", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = &v["models"]["Softmax"];
+    assert!(m["step_ms"]["engine"].as_f64().unwrap() > 0.0 && m["eval_ms"]["candle"].as_f64().unwrap() > 0.0);
+    assert!(m["ratios"]["engine/candle"].as_f64().unwrap() > 0.0);
+    assert!(v["gemm"].as_array().unwrap().iter().all(|g| g["gflops"]["engine"].as_f64().unwrap() > 0.0));
+    for name in ["bench.md", "bench.json", "bench.svg"] {
+        assert!(dir.join(name).exists(), "{name}");
+    }
+    rejects(&["bench", "--steps", "0"], "--steps 0");
+}

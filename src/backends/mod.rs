@@ -82,6 +82,24 @@ pub trait ModelRunner {
     fn load_params(&mut self, params: &ParamSet) -> Result<()>;
 }
 
+/// Median of timing samples in seconds.
+pub fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Times `f` once to warm up, then `reps` times; the median in seconds.
+pub fn time_median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut samples = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = std::time::Instant::now();
+        f()?;
+        samples.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(samples))
+}
+
 /// Counts the rows of `logits` (`[n, classes]`, row-major) whose first largest entry is
 /// the label.
 pub fn count_correct(logits: &[f64], classes: usize, labels: &[usize]) -> usize {
@@ -97,6 +115,10 @@ pub fn count_correct(logits: &[f64], classes: usize, labels: &[usize]) -> usize 
 
 pub trait Backend {
     fn kind(&self) -> BackendKind;
+
+    /// Median seconds of `reps` f32 products of an `m×k` and a `k×n` matrix (after one
+    /// warm-up), for the throughput table of `parity-report bench`.
+    fn matmul_seconds(&self, m: usize, k: usize, n: usize, reps: usize) -> Result<f64>;
 
     /// Instantiates `spec` with `params` (rounded to `dtype` by the caller).
     fn model(&self, spec: &ModelSpec, params: &ParamSet, dtype: DType) -> Result<Box<dyn ModelRunner>>;

@@ -53,6 +53,25 @@ enum Command {
     Check(CheckArgs),
     /// Mutation testing: each catalogued backprop fault switched on in the engine, the suite rerun.
     Mutants(MutantsArgs),
+    /// Speed: median training-step and eval times per model and backend, interleaved; matrix-product GFLOP/s.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Clone)]
+struct BenchArgs {
+    /// Comma-separated seed model names (default: all nine).
+    #[arg(long, value_name = "LIST")]
+    models: Option<String>,
+    /// Timed training steps per model and backend.
+    #[arg(long, default_value_t = 40)]
+    steps: usize,
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Threads for libtorch and candle (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Args, Clone)]
@@ -210,6 +229,7 @@ fn main() -> ExitCode {
         Some(Command::Mnist(args)) => run_mnist(&args).map(|()| true),
         Some(Command::Check(args)) => run_check(&args),
         Some(Command::Mutants(args)) => run_mutants(&args).map(|()| true),
+        Some(Command::Bench(args)) => run_bench(&args).map(|()| true),
         None => run_default(cli.full, &cli.out).map(|()| true),
     };
     match result {
@@ -441,6 +461,35 @@ fn run_mutants(args: &MutantsArgs) -> Result<()> {
     eprintln!("mutants: caught {} of {}, localised {} of {}", result.caught, result.faults.len(), result.localised, result.faults.len());
     eprintln!("{}", report::gate::mutants_table(&result));
     finish(c, report::gate::mutants_outputs(&result)?)
+}
+
+fn run_bench(args: &BenchArgs) -> Result<()> {
+    let c = &args.common;
+    anyhow::ensure!(args.steps > 0, "--steps 0: at least one timed step is needed");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = args.threads.unwrap_or(cores);
+    anyhow::ensure!(threads > 0, "--threads 0: at least one thread is needed");
+    // candle sizes its thread pool from this variable when it first runs.
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    #[cfg(feature = "torch")]
+    tch::set_num_threads(threads as i32);
+    let models = parse_models(&ModelArgs { models: args.models.clone(), seed: 0, params: None, dataset: DatasetKind::Mnist, data_dir: None, candle_maxpool: MaxPoolMode::Exact })?;
+    let opts = study::bench::BenchOptions {
+        models,
+        backends: c.backends()?,
+        options: BackendOptions { candle_maxpool: MaxPoolMode::Exact },
+        warmup: args.warmup,
+        steps: args.steps,
+        threads,
+    };
+    let data = mnist_data()?;
+    let result = study::bench::run(&data, &opts, |m| eprintln!("bench: {m}"))?;
+    for (name, m) in &result.models {
+        let steps: Vec<String> = m.step_ms.iter().map(|(k, v)| format!("{k} {v:.2} ms")).collect();
+        eprintln!("bench {name:>17}: {}", steps.join(", "));
+    }
+    let machine = format!("{cores} cores, {}", std::env::consts::ARCH);
+    finish(c, report::bench::outputs(&result, &machine)?)
 }
 
 /// Emits the JSON where asked, then writes the report files.

@@ -3,6 +3,7 @@
 //! run never leaves a half-written report.
 
 pub mod abc;
+pub mod bench;
 pub mod fmt;
 pub mod gate;
 pub mod grads;

@@ -2,6 +2,7 @@
 //! parity, and returns one serialisable result that the report module formats.
 
 pub mod abc;
+pub mod bench;
 pub mod claims;
 pub mod gate;
 pub mod grads;

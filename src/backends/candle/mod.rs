@@ -53,6 +53,16 @@ impl Backend for CandleBackend {
         train(program, inputs, lr, steps, dtype, self.maxpool).map_err(err)
     }
 
+    fn matmul_seconds(&self, m: usize, k: usize, n: usize, reps: usize) -> Result<f64> {
+        let device = Device::Cpu;
+        let a = Tensor::ones((m, k), CDType::F32, &device).map_err(err)?;
+        let b = Tensor::ones((k, n), CDType::F32, &device).map_err(err)?;
+        super::time_median(reps, || {
+            std::hint::black_box(a.matmul(&b).map_err(err)?);
+            Ok(())
+        })
+    }
+
     fn model(&self, spec: &ModelSpec, params: &ParamSet, dtype: DType) -> Result<Box<dyn super::ModelRunner>> {
         Ok(Box::new(model::CandleModel::new(spec, params, dtype, self.maxpool).map_err(err)?))
     }

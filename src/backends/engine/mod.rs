@@ -28,6 +28,15 @@ impl Backend for EngineBackend {
         }
     }
 
+    fn matmul_seconds(&self, m: usize, k: usize, n: usize, reps: usize) -> Result<f64> {
+        let a = ndarray::Array2::<f32>::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 / 11.0);
+        let b = ndarray::Array2::<f32>::from_shape_fn((k, n), |(i, j)| ((i * 5 + j) % 13) as f32 / 13.0);
+        super::time_median(reps, || {
+            std::hint::black_box(crate::engine::ops::gemm::gemm(a.view(), b.view()));
+            Ok(())
+        })
+    }
+
     fn model(&self, spec: &ModelSpec, params: &ParamSet, dtype: DType) -> Result<Box<dyn ModelRunner>> {
         Ok(match dtype {
             DType::F32 => Box::new(model::EngineModel::<f32>::new(spec, params)?),

@@ -39,6 +39,15 @@ impl Backend for TorchBackend {
         train(program, inputs, lr, steps, dtype).map_err(err)
     }
 
+    fn matmul_seconds(&self, m: usize, k: usize, n: usize, reps: usize) -> Result<f64> {
+        let a = Tensor::f_ones([m as i64, k as i64], (tch::Kind::Float, tch::Device::Cpu)).map_err(err)?;
+        let b = Tensor::f_ones([k as i64, n as i64], (tch::Kind::Float, tch::Device::Cpu)).map_err(err)?;
+        super::time_median(reps, || {
+            std::hint::black_box(a.f_matmul(&b).map_err(err)?);
+            Ok(())
+        })
+    }
+
     fn model(&self, spec: &ModelSpec, params: &ParamSet, dtype: DType) -> Result<Box<dyn super::ModelRunner>> {
         Ok(Box::new(model::TorchModel::new(spec, params, dtype).map_err(err)?))
     }

@@ -1,0 +1,121 @@
+//! The speed report: `bench.md`, `bench.json`, `bench.svg` (step time per model and
+//! backend as bars, log scale).
+
+use plotters::prelude::*;
+
+use super::fmt::table;
+use super::{to_json, Output};
+use crate::backends::BackendKind;
+use crate::error::{Error, Result};
+use crate::study::bench::BenchReport;
+
+pub fn outputs(report: &BenchReport, machine: &str) -> Result<Vec<Output>> {
+    Ok(vec![
+        Output { file_name: "bench.json".into(), contents: to_json(report)? },
+        Output { file_name: "bench.svg".into(), contents: bars(report)? },
+        Output { file_name: "bench.md".into(), contents: markdown(report, machine) },
+    ])
+}
+
+fn kinds(report: &BenchReport) -> Vec<BackendKind> {
+    let mut k: Vec<BackendKind> = report.models.values().flat_map(|m| m.step_ms.keys().copied()).collect();
+    k.sort();
+    k.dedup();
+    k
+}
+
+fn markdown(report: &BenchReport, machine: &str) -> String {
+    let kinds = kinds(report);
+    let mut md = format!(
+        "# Speed\n\nMedian over {} interleaved training steps per model (batch 25, f32, after warm-up) and over the evaluation \
+         batches of 100 timed between them; {} thread(s) for libtorch. Machine: {machine}.\n\n![step time](bench.svg)\n\n",
+        report.steps, report.threads
+    );
+    let mut header = vec!["model".to_string()];
+    header.extend(kinds.iter().map(|k| format!("{k} step ms")));
+    header.extend(["engine/torch".into(), "engine/candle".into()]);
+    header.extend(kinds.iter().map(|k| format!("{k} eval ms")));
+    let rows: Vec<Vec<String>> = report
+        .models
+        .iter()
+        .map(|(name, m)| {
+            let mut r = vec![name.clone()];
+            r.extend(kinds.iter().map(|k| m.step_ms.get(k).map_or("-".into(), |v| format!("{v:.2}"))));
+            r.extend(["engine/torch", "engine/candle"].iter().map(|p| m.ratios.get(*p).map_or("-".into(), |v| format!("{v:.2}"))));
+            r.extend(kinds.iter().map(|k| m.eval_ms.get(k).map_or("-".into(), |v| format!("{v:.2}"))));
+            r
+        })
+        .collect();
+    md += &table(&header.iter().map(String::as_str).collect::<Vec<_>>(), &rows);
+    md += "\n## Matrix products (f32, GFLOP/s)\n\n";
+    let mut header = vec!["shape m×k·k×n".to_string(), "what".to_string()];
+    header.extend(kinds.iter().map(|k| k.to_string()));
+    let rows: Vec<Vec<String>> = report
+        .gemm
+        .iter()
+        .map(|g| {
+            let mut r = vec![format!("{}×{}·{}×{}", g.m, g.k, g.k, g.n), g.what.to_string()];
+            r.extend(kinds.iter().map(|k| g.gflops.get(k).map_or("-".into(), |v| format!("{v:.1}"))));
+            r
+        })
+        .collect();
+    md += &table(&header.iter().map(String::as_str).collect::<Vec<_>>(), &rows);
+    md
+}
+
+fn plot_err(e: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("plotting failed: {e}"))
+}
+
+/// Grouped bars: one group per model, one bar per backend.
+fn bars(report: &BenchReport) -> Result<String> {
+    let kinds = kinds(report);
+    let names: Vec<&String> = report.models.keys().collect();
+    let values: Vec<f64> = report.models.values().flat_map(|m| m.step_ms.values().copied()).filter(|v| *v > 0.0).collect();
+    let (lo, hi) = (values.iter().copied().fold(f64::INFINITY, f64::min) / 2.0, values.iter().copied().fold(0.0, f64::max) * 2.0);
+    let (lo, hi) = if lo.is_finite() && hi > lo { (lo, hi) } else { (0.01, 1.0) };
+    let colors = [RGBColor(214, 39, 40), RGBColor(31, 119, 180), RGBColor(44, 160, 44)];
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1000, 460)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("Training step time at batch 25 (median, ms, log scale)", ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(-0.5f64..names.len() as f64 - 0.5, (lo..hi).log_scale())
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(names.len() + 1)
+            .x_label_formatter(&|x| if (x - x.round()).abs() < 1e-9 && *x >= 0.0 { names.get(x.round() as usize).map(|s| s.to_string()).unwrap_or_default() } else { String::new() })
+            .y_label_formatter(&|v| format!("{v:.3}"))
+            .y_desc("ms per step")
+            .draw()
+            .map_err(plot_err)?;
+        let width = 0.8 / kinds.len().max(1) as f64;
+        for (ki, kind) in kinds.iter().enumerate() {
+            let color = colors[ki % colors.len()];
+            let rects: Vec<Rectangle<(f64, f64)>> = report
+                .models
+                .values()
+                .enumerate()
+                .filter_map(|(mi, m)| {
+                    let v = *m.step_ms.get(kind)?;
+                    let x0 = mi as f64 - 0.4 + ki as f64 * width;
+                    Some(Rectangle::new([(x0, lo), (x0 + width, v)], color.filled()))
+                })
+                .collect();
+            chart
+                .draw_series(rects)
+                .map_err(plot_err)?
+                .label(kind.to_string())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(svg)
+}

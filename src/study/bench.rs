@@ -1,0 +1,120 @@
+//! Speed, measured side by side: per model and backend the median time of a training
+//! step (forward, backward, optimiser update) at batch 25 and of an evaluation batch of
+//! 100, with the backends interleaved step by step (A, B, C, A, B, C, ...) so that drift
+//! in the machine's speed hits all of them alike; and matrix-product throughput on the
+//! shapes these models use.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::lockstep::{backend, instantiate, make_batch, step_masks, BackendOptions};
+use super::TOOL_VERSION;
+use crate::backends::{median, BackendKind, ModelRunner};
+use crate::data::Dataset;
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::models::mnist::{ModelSpec, ParamSet};
+
+pub struct BenchOptions {
+    pub models: Vec<ModelSpec>,
+    pub backends: Vec<BackendKind>,
+    pub options: BackendOptions,
+    pub warmup: usize,
+    pub steps: usize,
+    pub threads: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelBench {
+    /// Median milliseconds of one training step at batch 25.
+    pub step_ms: BTreeMap<BackendKind, f64>,
+    /// Median milliseconds of one evaluation batch of 100.
+    pub eval_ms: BTreeMap<BackendKind, f64>,
+    /// engine/torch and engine/candle step-time ratios (below 1: the engine is faster).
+    pub ratios: BTreeMap<String, f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GemmBench {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub what: &'static str,
+    pub gflops: BTreeMap<BackendKind, f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub study: &'static str,
+    pub tool_version: &'static str,
+    pub threads: usize,
+    pub steps: usize,
+    pub models: BTreeMap<String, ModelBench>,
+    pub gemm: Vec<GemmBench>,
+}
+
+/// The matrix products of the nine models (f32): a linear layer's forward and its
+/// weight gradient at batch 25, and the CNN's convolutions as im2col products.
+pub const GEMM_SHAPES: [(usize, usize, usize, &str); 5] = [
+    (25, 784, 120, "MLP fc1 forward"),
+    (120, 25, 784, "MLP fc1 weight gradient"),
+    (16, 25, 784, "CNN conv1 per image (16×25 · 25×784)"),
+    (32, 400, 196, "CNN conv2 per image (32×400 · 400×196)"),
+    (25, 1568, 120, "CNN fc1 forward"),
+];
+
+pub fn run(data: &Dataset, opts: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<BenchReport> {
+    let mut models = BTreeMap::new();
+    let eval = make_batch(&data.test, &(0..100).collect::<Vec<_>>());
+    for spec in &opts.models {
+        progress(&spec.name);
+        let params = ParamSet::init(spec, 0);
+        let mut runners: Vec<(BackendKind, Box<dyn ModelRunner>)> =
+            opts.backends.iter().map(|&k| Ok((k, instantiate(k, opts.options, spec, &params, DType::F32)?))).collect::<Result<_>>()?;
+        let mut step_samples: BTreeMap<BackendKind, Vec<f64>> = BTreeMap::new();
+        let mut eval_samples: BTreeMap<BackendKind, Vec<f64>> = BTreeMap::new();
+        for step in 0..opts.warmup + opts.steps {
+            let idx: Vec<usize> = (0..25).map(|i| (step * 25 + i) % data.train.n).collect();
+            let batch = make_batch(&data.train, &idx);
+            let masks = step_masks(spec, 25, 0, step);
+            for (kind, runner) in runners.iter_mut() {
+                let t = Instant::now();
+                runner.forward_backward(&batch, &masks, false)?;
+                runner.sgd_step(super::mnist::LR, super::mnist::MOMENTUM)?;
+                let dt = t.elapsed().as_secs_f64();
+                if step >= opts.warmup {
+                    step_samples.entry(*kind).or_default().push(dt * 1e3);
+                }
+            }
+            if step >= opts.warmup && step % 4 == 0 {
+                for (kind, runner) in runners.iter_mut() {
+                    let t = Instant::now();
+                    runner.evaluate(&eval)?;
+                    eval_samples.entry(*kind).or_default().push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+        let step_ms: BTreeMap<BackendKind, f64> = step_samples.into_iter().map(|(k, v)| (k, median(v))).collect();
+        let eval_ms = eval_samples.into_iter().map(|(k, v)| (k, median(v))).collect();
+        let mut ratios = BTreeMap::new();
+        for other in [BackendKind::Torch, BackendKind::Candle] {
+            if let (Some(e), Some(o)) = (step_ms.get(&BackendKind::Engine), step_ms.get(&other)) {
+                ratios.insert(format!("engine/{other}"), e / o);
+            }
+        }
+        models.insert(spec.name.clone(), ModelBench { step_ms, eval_ms, ratios });
+    }
+    progress("matrix products");
+    let mut gemm = Vec::new();
+    for (m, k, n, what) in GEMM_SHAPES {
+        let mut gflops = BTreeMap::new();
+        for &kind in &opts.backends {
+            let s = backend(kind, opts.options)?.matmul_seconds(m, k, n, 50)?;
+            gflops.insert(kind, 2.0 * (m * k * n) as f64 / s / 1e9);
+        }
+        gemm.push(GemmBench { m, k, n, what, gflops });
+    }
+    Ok(BenchReport { study: "bench", tool_version: TOOL_VERSION, threads: opts.threads, steps: opts.steps, models, gemm })
+}
