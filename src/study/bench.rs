@@ -88,7 +88,7 @@ pub fn run(data: &Dataset, opts: &BenchOptions, mut progress: impl FnMut(&str)) 
                     step_samples.entry(*kind).or_default().push(dt * 1e3);
                 }
             }
-            if step >= opts.warmup && step % 4 == 0 {
+            if step >= opts.warmup && (step - opts.warmup) % 4 == 0 {
                 for (kind, runner) in runners.iter_mut() {
                     let t = Instant::now();
                     runner.evaluate(&eval)?;
