@@ -13,7 +13,8 @@ use std::sync::OnceLock;
 
 use backprop_parity::backends::BackendKind;
 use backprop_parity::data::{self, Dataset, DatasetKind};
-use backprop_parity::engine::ops::{conv, gemm::gemm, linear, norm};
+use backprop_parity::engine::ops::gemm::{gemm, gemm_each_isa};
+use backprop_parity::engine::ops::{conv, linear, norm};
 use backprop_parity::engine::{Float, RunningStats, Tensor};
 use backprop_parity::models::mnist::{ModelSpec, ParamSet, SEED_MODELS};
 use backprop_parity::models::rng::SplitMix64;
@@ -102,6 +103,10 @@ fn gemm_case<F: Float>(rng: &mut SplitMix64, m: usize, k: usize, n: usize) {
     assert_same_bits(&gemm(at.t(), b.view()), &want, &what("tn"));
     assert_same_bits(&gemm(a.view(), bt.t()), &want, &what("nt"));
     assert_same_bits(&gemm(at.t(), bt.t()), &want, &what("tt"));
+    // The kernels the dispatch does not pick on this CPU (AVX2, portable) as well.
+    for (isa, got) in gemm_each_isa(at.t(), b.view()) {
+        assert_same_bits(&got, &want, &what(isa));
+    }
 }
 
 /// The shapes of the nine models at batch 25 (forward and both backward products of
