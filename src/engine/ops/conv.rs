@@ -84,21 +84,34 @@ impl Geometry {
     }
 }
 
+/// The outputs `lo..hi` (of `count`) whose window offset `k` lands inside the input
+/// (`0 <= o·stride + k - padding < size`); the others read padding.
+fn inside(count: usize, k: usize, stride: usize, padding: usize, size: usize) -> std::ops::Range<usize> {
+    let lo = padding.saturating_sub(k).div_ceil(stride);
+    let hi = (size + padding).saturating_sub(k).div_ceil(stride).min(count);
+    lo.min(hi)..hi
+}
+
 /// One image unfolded into `[C·kh·kw, OH·OW]`, zeros where the window covers padding.
 /// `x` is the image's `[C, H, W]` values, row-major. Only copies, so the order of the
-/// loops is free: rows of the column matrix are filled one output row at a time.
+/// loops is free: each output row's in-bounds run is copied at once.
 fn im2col<F: Float>(x: &[F], geo: &Geometry) -> Array2<F> {
-    let (l, ow) = (geo.l(), geo.ow);
+    let (l, ow, s) = (geo.l(), geo.ow, geo.stride);
     let mut cols = vec![F::zero(); geo.k() * l];
     for (row, dst) in cols.chunks_exact_mut(l).enumerate() {
         let (ci, i, j) = (row / (geo.kh * geo.kw), (row / geo.kw) % geo.kh, row % geo.kw);
         let plane = &x[ci * geo.h * geo.w..(ci + 1) * geo.h * geo.w];
-        for (oy, dst_row) in dst.chunks_exact_mut(ow).enumerate() {
-            let Some(y) = (oy * geo.stride + i).checked_sub(geo.padding).filter(|&y| y < geo.h) else { continue };
+        let xs = inside(ow, j, s, geo.padding, geo.w);
+        for oy in inside(geo.oh, i, s, geo.padding, geo.h) {
+            let y = oy * s + i - geo.padding;
             let src = &plane[y * geo.w..(y + 1) * geo.w];
-            for (ox, d) in dst_row.iter_mut().enumerate() {
-                if let Some(xx) = (ox * geo.stride + j).checked_sub(geo.padding).filter(|&xx| xx < geo.w) {
-                    *d = src[xx];
+            let dst_row = &mut dst[oy * ow..(oy + 1) * ow];
+            if s == 1 {
+                let x0 = xs.start + j - geo.padding;
+                dst_row[xs.clone()].copy_from_slice(&src[x0..x0 + xs.len()]);
+            } else {
+                for ox in xs.clone() {
+                    dst_row[ox] = src[ox * s + j - geo.padding];
                 }
             }
         }
@@ -107,19 +120,27 @@ fn im2col<F: Float>(x: &[F], geo: &Geometry) -> Array2<F> {
 }
 
 /// ATen's col2im: adds every entry of `cols` (`[C·kh·kw, OH·OW]`) into the input pixel
-/// it was read from, in row-major order over `cols` as before, so each pixel receives
-/// its contributions in the same order.
+/// it was read from, row by row of `cols` as before. Within one row and output row the
+/// entries go to distinct pixels, so each pixel receives its contributions in the same
+/// order as the entry-by-entry loop.
 fn col2im<F: Float>(cols: &[F], gx: &mut [F], geo: &Geometry) {
-    let (l, ow) = (geo.l(), geo.ow);
+    let (l, ow, s) = (geo.l(), geo.ow, geo.stride);
     for (row, src) in cols.chunks_exact(l).enumerate() {
         let (ci, i, j) = (row / (geo.kh * geo.kw), (row / geo.kw) % geo.kh, row % geo.kw);
         let plane = &mut gx[ci * geo.h * geo.w..(ci + 1) * geo.h * geo.w];
-        for (oy, src_row) in src.chunks_exact(ow).enumerate() {
-            let Some(y) = (oy * geo.stride + i).checked_sub(geo.padding).filter(|&y| y < geo.h) else { continue };
+        let xs = inside(ow, j, s, geo.padding, geo.w);
+        for oy in inside(geo.oh, i, s, geo.padding, geo.h) {
+            let y = oy * s + i - geo.padding;
             let dst = &mut plane[y * geo.w..(y + 1) * geo.w];
-            for (ox, &v) in src_row.iter().enumerate() {
-                if let Some(xx) = (ox * geo.stride + j).checked_sub(geo.padding).filter(|&xx| xx < geo.w) {
-                    dst[xx] += v;
+            let src_row = &src[oy * ow..(oy + 1) * ow];
+            if s == 1 {
+                let x0 = xs.start + j - geo.padding;
+                for (d, &v) in dst[x0..x0 + xs.len()].iter_mut().zip(&src_row[xs.clone()]) {
+                    *d += v;
+                }
+            } else {
+                for ox in xs.clone() {
+                    dst[ox * s + j - geo.padding] += src_row[ox];
                 }
             }
         }
