@@ -63,6 +63,33 @@ fn gemm_on<F: Float>(isa: Isa, a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> 
     let (m, k) = a.dim();
     let (k2, n) = b.dim();
     assert_eq!(k, k2, "gemm: inner dimensions differ");
+    if m > 0 && n > 0 && k > 0 && swap_pays(a, b) {
+        // cᵀ = bᵀ·aᵀ: entry (j, i) is the chain fma(b[k][j], a[i][k], ·) over k in order,
+        // the same roundings as fma(a[i][k], b[k][j], ·) since the product commutes.
+        let ct = product(isa, b.t(), a.t());
+        return ct.t().as_standard_layout().into_owned();
+    }
+    product(isa, a, b)
+}
+
+/// Packing `b` is a transpose when its rows are not contiguous (`x·wᵀ` in a linear
+/// layer, `g·colsᵀ` in a convolution's weight gradient), several times slower per value
+/// than a copy. When the other operand is the smaller one, computing `cᵀ = bᵀ·aᵀ` and
+/// transposing the (small) result moves less memory.
+fn swap_pays<F>(a: ArrayView2<F>, b: ArrayView2<F>) -> bool {
+    let ((m, k), n) = (a.dim(), b.dim().1);
+    let pack_cost = |values: usize, contiguous: bool| values * if contiguous { 1 } else { 4 };
+    // Only worth it to avoid a transposing pack of `b`; the transpose of the result is
+    // costed like one too (measured: swapping a plain row-major `b` away was slower).
+    let b_rows_contiguous = b.strides()[1] == 1;
+    let normal = pack_cost(k * n, b_rows_contiguous);
+    let swapped = pack_cost(k * m, a.strides()[0] == 1) + pack_cost(m * n, false);
+    !b_rows_contiguous && swapped < normal
+}
+
+fn product<F: Float>(isa: Isa, a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
+    let (m, k) = a.dim();
+    let n = b.dim().1;
     let mut c = vec![F::zero(); m * n];
     if m > 0 && n > 0 && k > 0 {
         match isa {
@@ -173,8 +200,9 @@ fn pack_a<F: Float>(a: ArrayView2<F>) -> Vec<F> {
 }
 
 /// A micro-kernel: `k` steps over a packed `[k][MR]` block of `a` and a packed `[k][NR]`
-/// panel of `b`, writing the finished `MR × NR` block to `out` (row-major, stride NR).
-type Micro<F> = unsafe fn(usize, *const F, *const F, *mut F);
+/// panel of `b`, writing the finished `MR × NR` block to `out` (row-major, row stride
+/// `ldc`).
+type Micro<F> = unsafe fn(usize, *const F, *const F, *mut F, usize);
 
 /// What every thread needs to compute its tiles; `c` is written through a raw pointer
 /// because the two threads' tiles interleave in memory (they never overlap).
@@ -214,21 +242,23 @@ fn micro_for<F: Float, const NR: usize>(isa: Isa) -> Micro<F> {
     #[cfg(target_arch = "x86_64")]
     {
         // The casts only relabel the pointer type: `F::DTYPE` says which float F is.
-        unsafe fn cast<F, T>(f: unsafe fn(usize, *const T, *const T, *mut T), k: usize, a: *const F, b: *const F, o: *mut F) {
-            f(k, a.cast(), b.cast(), o.cast())
+        unsafe fn cast<F, T>(f: Micro<T>, k: usize, a: *const F, b: *const F, o: *mut F, ldc: usize) {
+            f(k, a.cast(), b.cast(), o.cast(), ldc)
         }
         match (isa, F::DTYPE, NR) {
-            (Isa::Avx512, DType::F32, 32) => return |k, a, b, o| unsafe { cast(simd::avx512_f32, k, a, b, o) },
-            (Isa::Avx512, DType::F64, 16) => return |k, a, b, o| unsafe { cast(simd::avx512_f64, k, a, b, o) },
-            (Isa::Avx2, DType::F32, 16) => return |k, a, b, o| unsafe { cast(simd::avx2_f32, k, a, b, o) },
-            (Isa::Avx2, DType::F64, 8) => return |k, a, b, o| unsafe { cast(simd::avx2_f64, k, a, b, o) },
+            (Isa::Avx512, DType::F32, 32) => return |k, a, b, o, ldc| unsafe { cast(simd::avx512_f32, k, a, b, o, ldc) },
+            (Isa::Avx512, DType::F64, 16) => return |k, a, b, o, ldc| unsafe { cast(simd::avx512_f64, k, a, b, o, ldc) },
+            (Isa::Avx2, DType::F32, 16) => return |k, a, b, o, ldc| unsafe { cast(simd::avx2_f32, k, a, b, o, ldc) },
+            (Isa::Avx2, DType::F64, 8) => return |k, a, b, o, ldc| unsafe { cast(simd::avx2_f64, k, a, b, o, ldc) },
             _ => {}
         }
     }
     let _ = isa;
-    |k, a, b, o| unsafe {
+    |k, a, b, o, ldc| unsafe {
         let acc = micro::<F, NR>(std::slice::from_raw_parts(a, k * MR), std::slice::from_raw_parts(b, k * NR));
-        std::ptr::copy_nonoverlapping(acc.as_ptr().cast::<F>(), o, MR * NR);
+        for (r, row) in acc.iter().enumerate() {
+            std::ptr::copy_nonoverlapping(row.as_ptr(), o.add(r * ldc), NR);
+        }
     }
 }
 
@@ -245,13 +275,17 @@ unsafe fn tiles_in<F: Float, const NR: usize>(job: &Job<F>, range: std::ops::Ran
         let (i0, j0) = (ib * MR, jp * NR);
         let pa = &job.pa[ib * job.k * MR..(ib + 1) * job.k * MR];
         let pb = &job.pb[jp * job.k * NR..(jp + 1) * job.k * NR];
-        (job.micro)(job.k, pa.as_ptr(), pb.as_ptr(), block.as_mut_ptr().cast());
         let (rows, cols) = (MR.min(job.m - i0), NR.min(job.n - j0));
+        if rows == MR && cols == NR {
+            // A whole tile goes straight into `c`.
+            (job.micro)(job.k, pa.as_ptr(), pb.as_ptr(), job.c.add(i0 * job.n + j0), job.n);
+            continue;
+        }
+        // An edge tile is computed whole (its padding rows and columns are zeros in the
+        // packed operands) and only its part inside `c` is kept.
+        (job.micro)(job.k, pa.as_ptr(), pb.as_ptr(), block.as_mut_ptr().cast(), NR);
         for (r, row) in block.iter().enumerate().take(rows) {
-            let dst = job.c.add((i0 + r) * job.n + j0);
-            for (j, &v) in row.iter().enumerate().take(cols) {
-                *dst.add(j) = v;
-            }
+            std::ptr::copy_nonoverlapping(row.as_ptr(), job.c.add((i0 + r) * job.n + j0), cols);
         }
     }
 }
@@ -285,9 +319,9 @@ mod simd {
         ($name:ident, $feat:literal, $t:ty, $lanes:expr, $zero:ident, $load:ident, $set1:ident, $fma:ident, $store:ident) => {
             /// # Safety
             /// The CPU must support the enabled features; `pa` holds `k·MR` values, `pb`
-            /// `k·2·lanes` and `out` has room for `MR·2·lanes`.
+            /// `k·2·lanes`, and `out` has `MR` rows of `2·lanes` values, `ldc` apart.
             #[target_feature(enable = $feat)]
-            pub unsafe fn $name(k: usize, pa: *const $t, pb: *const $t, out: *mut $t) {
+            pub unsafe fn $name(k: usize, pa: *const $t, pb: *const $t, out: *mut $t, ldc: usize) {
                 const L: usize = $lanes;
                 let (mut c00, mut c01, mut c10, mut c11, mut c20) = ($zero(), $zero(), $zero(), $zero(), $zero());
                 let (mut c21, mut c30, mut c31, mut c40, mut c41) = ($zero(), $zero(), $zero(), $zero(), $zero());
@@ -312,8 +346,8 @@ mod simd {
                     c41 = $fma(a4, b1, c41);
                 }
                 for (r, (lo, hi)) in [(c00, c01), (c10, c11), (c20, c21), (c30, c31), (c40, c41)].into_iter().enumerate() {
-                    $store(out.add(r * 2 * L), lo);
-                    $store(out.add(r * 2 * L + L), hi);
+                    $store(out.add(r * ldc), lo);
+                    $store(out.add(r * ldc + L), hi);
                 }
             }
         };
