@@ -101,6 +101,12 @@ impl<F: Float> Graph<F> {
         &self.nodes[v.0].value
     }
 
+    /// Moves the value of `v` out of the graph (leaving an empty tensor), so a caller that
+    /// handed its parameters over with `param` gets them back without a copy.
+    pub fn take_value(&mut self, v: Var) -> Tensor<F> {
+        std::mem::replace(&mut self.nodes[v.0].value, Tensor::zeros(ndarray::IxDyn(&[0])))
+    }
+
     pub fn op(&self, v: Var) -> &Op {
         &self.nodes[v.0].op
     }
@@ -264,6 +270,12 @@ impl<F: Float> Gradients<F> {
     /// The gradient of `v`, or `None` when `v` does not influence the root.
     pub fn get(&self, v: Var) -> Option<&Tensor<F>> {
         self.grads.get(v.0).and_then(Option::as_ref)
+    }
+
+    /// Moves the gradient of `v` out, with zeros shaped like `like` when `v` does not
+    /// influence the root; `get_or_zeros` without the copy.
+    pub fn take_or_zeros(&mut self, v: Var, like: &Tensor<F>) -> Tensor<F> {
+        self.grads.get_mut(v.0).and_then(Option::take).unwrap_or_else(|| Tensor::zeros(like.raw_dim()))
     }
 
     /// The gradient of `v`, with zeros when `v` does not influence the root.

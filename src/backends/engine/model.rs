@@ -96,13 +96,20 @@ impl<F: Float> ModelRunner for EngineModel<F> {
     fn forward_backward(&mut self, batch: &Batch, masks: &[HostTensor], want_grads: bool) -> Result<StepOutput> {
         let mut g = Graph::<F>::new();
         let x = g.constant(to_engine(&batch.images)?);
-        let leaves: Vec<Var> = self.values.iter().map(|v| g.param(v.clone())).collect();
         let masks: Vec<Tensor<F>> = masks.iter().map(to_engine).collect::<Result<_>>()?;
-        let logits = self.forward(&mut g, x, &leaves, &masks, true)?;
-        let loss = g.cross_entropy(logits, &batch.labels)?;
-        let grads = g.backward(loss)?;
+        // The parameters move into the graph and back out afterwards (also when a step
+        // fails), instead of being copied into every step's graph.
+        let leaves: Vec<Var> = std::mem::take(&mut self.values).into_iter().map(|v| g.param(v)).collect();
+        let run = |m: &mut Self, g: &mut Graph<F>| -> Result<_> {
+            let logits = m.forward(g, x, &leaves, &masks, true)?;
+            let loss = g.cross_entropy(logits, &batch.labels)?;
+            Ok((loss, g.backward(loss)?))
+        };
+        let result = run(self, &mut g);
+        self.values = leaves.iter().map(|&leaf| g.take_value(leaf)).collect();
+        let (loss, mut grads) = result?;
         for (i, &leaf) in leaves.iter().enumerate() {
-            self.grads[i] = Some(grads.get_or_zeros(leaf, &self.values[i]));
+            self.grads[i] = Some(grads.take_or_zeros(leaf, &self.values[i]));
         }
         let loss_value = g.value(loss).iter().next().copied().unwrap_or_else(F::zero).as_f64();
         let grads = want_grads.then(|| ParamSet {

@@ -7,7 +7,8 @@
 //! bias is added to the finished dot product, as BLAS does with `beta = 1`.
 
 use crate::engine::faults::{self, Fault};
-use ndarray::{Array2, ArrayView2, Axis, Ix4};
+use ndarray::{Array2, ArrayView2, Axis};
+use rayon::prelude::*;
 
 use super::gemm::gemm;
 use crate::engine::{Float, Graph, Op, Tensor, Var};
@@ -82,44 +83,95 @@ impl Geometry {
     fn l(&self) -> usize {
         self.oh * self.ow
     }
+}
 
-    /// The input position that column entry (`row`, `col`) reads, if it is not padding.
-    /// `row` enumerates (channel, kernel row, kernel column); `col` the output pixels.
-    fn source(&self, row: usize, col: usize) -> Option<(usize, usize, usize)> {
-        let (ci, i, j) = (row / (self.kh * self.kw), (row / self.kw) % self.kh, row % self.kw);
-        let (oy, ox) = (col / self.ow, col % self.ow);
-        let y = (oy * self.stride + i).checked_sub(self.padding).filter(|&y| y < self.h)?;
-        let x = (ox * self.stride + j).checked_sub(self.padding).filter(|&x| x < self.w)?;
-        Some((ci, y, x))
-    }
+/// The outputs `lo..hi` (of `count`) whose window offset `k` lands inside the input
+/// (`0 <= o·stride + k - padding < size`); the others read padding.
+fn inside(count: usize, k: usize, stride: usize, padding: usize, size: usize) -> std::ops::Range<usize> {
+    let lo = padding.saturating_sub(k).div_ceil(stride);
+    let hi = (size + padding).saturating_sub(k).div_ceil(stride).min(count);
+    lo.min(hi)..hi
 }
 
 /// One image unfolded into `[C·kh·kw, OH·OW]`, zeros where the window covers padding.
-fn im2col<F: Float>(x: &Tensor<F>, n: usize, geo: &Geometry) -> Array2<F> {
-    Array2::from_shape_fn((geo.k(), geo.l()), |(row, col)| match geo.source(row, col) {
-        Some((ci, y, xx)) => x[[n, ci, y, xx]],
-        None => F::zero(),
-    })
+/// `x` is the image's `[C, H, W]` values, row-major. Only copies, so the order of the
+/// loops is free: each output row's in-bounds run is copied at once.
+fn im2col<F: Float>(x: &[F], geo: &Geometry) -> Array2<F> {
+    let (l, ow, s) = (geo.l(), geo.ow, geo.stride);
+    let mut cols = vec![F::zero(); geo.k() * l];
+    for (row, dst) in cols.chunks_exact_mut(l).enumerate() {
+        let (ci, i, j) = (row / (geo.kh * geo.kw), (row / geo.kw) % geo.kh, row % geo.kw);
+        let plane = &x[ci * geo.h * geo.w..(ci + 1) * geo.h * geo.w];
+        let xs = inside(ow, j, s, geo.padding, geo.w);
+        for oy in inside(geo.oh, i, s, geo.padding, geo.h) {
+            let y = oy * s + i - geo.padding;
+            let src = &plane[y * geo.w..(y + 1) * geo.w];
+            let dst_row = &mut dst[oy * ow..(oy + 1) * ow];
+            if s == 1 {
+                let x0 = xs.start + j - geo.padding;
+                dst_row[xs.clone()].copy_from_slice(&src[x0..x0 + xs.len()]);
+            } else {
+                for ox in xs.clone() {
+                    dst_row[ox] = src[ox * s + j - geo.padding];
+                }
+            }
+        }
+    }
+    Array2::from_shape_vec((geo.k(), l), cols).expect("K×L")
+}
+
+/// ATen's col2im: adds every entry of `cols` (`[C·kh·kw, OH·OW]`) into the input pixel
+/// it was read from, row by row of `cols` as before. Within one row and output row the
+/// entries go to distinct pixels, so each pixel receives its contributions in the same
+/// order as the entry-by-entry loop.
+fn col2im<F: Float>(cols: &[F], gx: &mut [F], geo: &Geometry) {
+    let (l, ow, s) = (geo.l(), geo.ow, geo.stride);
+    for (row, src) in cols.chunks_exact(l).enumerate() {
+        let (ci, i, j) = (row / (geo.kh * geo.kw), (row / geo.kw) % geo.kh, row % geo.kw);
+        let plane = &mut gx[ci * geo.h * geo.w..(ci + 1) * geo.h * geo.w];
+        let xs = inside(ow, j, s, geo.padding, geo.w);
+        for oy in inside(geo.oh, i, s, geo.padding, geo.h) {
+            let y = oy * s + i - geo.padding;
+            let dst = &mut plane[y * geo.w..(y + 1) * geo.w];
+            let src_row = &src[oy * ow..(oy + 1) * ow];
+            if s == 1 {
+                let x0 = xs.start + j - geo.padding;
+                for (d, &v) in dst[x0..x0 + xs.len()].iter_mut().zip(&src_row[xs.clone()]) {
+                    *d += v;
+                }
+            } else {
+                for ox in xs.clone() {
+                    dst[ox * s + j - geo.padding] += src_row[ox];
+                }
+            }
+        }
+    }
 }
 
 fn weight_matrix<'a, F: Float>(w: &'a Tensor<F>, geo: &Geometry) -> ArrayView2<'a, F> {
     w.view().into_shape_with_order((geo.o, geo.k())).expect("checked [O,C,kh,kw]")
 }
 
+/// The images are independent, so they are shared between the cores (each image's
+/// arithmetic is unchanged; only which thread does it changes).
 pub fn forward<F: Float>(x: &Tensor<F>, w: &Tensor<F>, b: Option<&Tensor<F>>, geo: &Geometry) -> Tensor<F> {
     let w2 = weight_matrix(w, geo);
-    let mut out = Tensor::zeros(vec![geo.n, geo.o, geo.oh, geo.ow]);
-    for n in 0..geo.n {
-        let mut prod = gemm(w2, im2col(x, n, geo).view());
-        if let Some(b) = b {
-            for (mut row, &bias) in prod.axis_iter_mut(Axis(0)).zip(b.iter()) {
-                row.mapv_inplace(|v| bias + v);
+    let x = x.as_standard_layout();
+    let x = x.as_slice().expect("standard layout");
+    let bias: Option<Vec<F>> = b.map(|b| b.iter().copied().collect());
+    let (image_in, image_out) = (geo.c * geo.h * geo.w, geo.o * geo.l());
+    let mut out = vec![F::zero(); geo.n * image_out];
+    out.par_chunks_mut(image_out.max(1)).enumerate().for_each(|(n, dst)| {
+        let prod = gemm(w2, im2col(&x[n * image_in..(n + 1) * image_in], geo).view());
+        let prod = prod.as_slice().expect("gemm returns row-major");
+        for (o, (d, p)) in dst.chunks_exact_mut(geo.l()).zip(prod.chunks_exact(geo.l())).enumerate() {
+            match &bias {
+                Some(bias) => d.iter_mut().zip(p).for_each(|(d, &v)| *d = bias[o] + v),
+                None => d.copy_from_slice(p),
             }
         }
-        let prod = prod.into_shape_with_order((geo.o, geo.oh, geo.ow)).expect("O×L");
-        out.index_axis_mut(Axis(0), n).assign(&prod);
-    }
-    out
+    });
+    Tensor::from_shape_vec(vec![geo.n, geo.o, geo.oh, geo.ow], out).expect("N×O×OH×OW")
 }
 
 /// Gradients of input, weight and bias (only those asked for) given the upstream `g`.
@@ -135,31 +187,38 @@ pub fn backward<F: Float>(
     need_b: bool,
 ) -> (Option<Tensor<F>>, Option<Tensor<F>>, Option<Tensor<F>>) {
     let geo = Geometry::new(x.shape(), w.shape(), None, stride, padding).expect("checked in forward");
-    let g4 = g.view().into_dimensionality::<Ix4>().expect("conv2d output is 4-D");
-    let g_image = |n: usize| g4.index_axis(Axis(0), n).into_shape_with_order((geo.o, geo.l())).expect("O×L");
+    let g = g.as_standard_layout();
+    let gs = g.as_slice().expect("standard layout");
+    let (image_in, image_out) = (geo.c * geo.h * geo.w, geo.o * geo.l());
+    let g_image = |n: usize| {
+        ArrayView2::from_shape((geo.o, geo.l()), &gs[n * image_out..(n + 1) * image_out]).expect("O×L")
+    };
+    let xs = x.as_standard_layout();
+    let xs = xs.as_slice().expect("standard layout");
 
     // ATen's slow_conv2d_backward: grad_columns = Wᵀ·G per image, then col2im adds each
     // column entry into its input pixel, visiting kernel offsets in row-major order.
     let gx = need_x.then(|| {
         let w2 = weight_matrix(w, &geo);
-        let mut gx = Tensor::zeros(x.raw_dim());
-        for n in 0..geo.n {
+        let mut gx = vec![F::zero(); x.len()];
+        gx.par_chunks_mut(image_in.max(1)).enumerate().for_each(|(n, dst)| {
             let cols = gemm(w2.t(), g_image(n));
-            for ((row, col), &v) in cols.indexed_iter() {
-                if let Some((ci, y, xx)) = geo.source(row, col) {
-                    gx[[n, ci, y, xx]] += v;
-                }
-            }
-        }
-        gx
+            col2im(cols.as_slice().expect("gemm returns row-major"), dst, &geo);
+        });
+        Tensor::from_shape_vec(x.raw_dim(), gx).expect("sizes match")
     });
 
-    // ATen accumulates the per-image products into grad_weight (gemm with beta = 1).
+    // ATen accumulates the per-image products into grad_weight (gemm with beta = 1):
+    // each product is finished on its own, then added in image order. The products are
+    // computed in parallel and the sum is still taken in that order.
     let gw = need_w.then(|| {
+        let prods: Vec<Array2<F>> = (0..geo.n)
+            .into_par_iter()
+            .map(|n| gemm(g_image(n), im2col(&xs[n * image_in..(n + 1) * image_in], &geo).t()))
+            .collect();
         let mut gw = Array2::<F>::zeros((geo.o, geo.k()));
-        for n in 0..geo.n {
-            let cols = im2col(x, n, &geo);
-            gw += &gemm(g_image(n), cols.t());
+        for p in &prods {
+            gw += p;
         }
         let gw: Tensor<F> = gw.into_shape_with_order(w.raw_dim()).expect("O×K is the weight's size");
         if faults::on(Fault::ConvWeightGradFlipped) {
@@ -173,16 +232,15 @@ pub fn backward<F: Float>(
     });
 
     let gb = need_b.then(|| {
-        let mut gb = Tensor::zeros(vec![geo.o]);
+        let mut gb = vec![F::zero(); geo.o];
         for n in 0..geo.n {
-            let gn = g_image(n);
-            for o in 0..geo.o {
-                for &v in gn.row(o) {
-                    gb[[o]] += v;
+            for (acc, row) in gb.iter_mut().zip(gs[n * image_out..(n + 1) * image_out].chunks_exact(geo.l())) {
+                for &v in row {
+                    *acc += v;
                 }
             }
         }
-        gb
+        Tensor::from_shape_vec(vec![geo.o], gb).expect("one per channel")
     });
     (gx, gw, gb)
 }

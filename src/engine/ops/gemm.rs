@@ -1,61 +1,362 @@
 //! The engine's own matrix-product kernel. Each output entry accumulates its products in
-//! increasing k with a fused multiply-add, `c = fma(a[i][k], b[k][j], c)`, which is how
-//! the BLAS kernels behind libtorch and candle round small products on this machine.
+//! increasing k with a fused multiply-add, `c = fma(a[i][k], b[k][j], c)` starting from
+//! zero, which is how the BLAS kernels behind libtorch and candle round small products
+//! on this machine.
 //!
-//! The loops run i, k, j so the innermost loop streams over contiguous rows of `b` and
-//! `c` and vectorises; the order of accumulation into each `c[i][j]` is still k = 0, 1,
-//! ..., so the result is the same as the textbook i, j, k loop, bit for bit.
+//! That chain is the one thing the speed work may not touch (`tests/engine_bitexact.rs`
+//! checks it bit for bit). Everything around it is free, so the kernel is organised the
+//! way BLAS organises its own:
+//!
+//! - `b` is packed into panels of `NR` columns (`[k][NR]`, zero-padded) and `a` into
+//!   blocks of `MR` rows (`[k][MR]`), whatever their strides, so the inner loop reads
+//!   two contiguous streams;
+//! - a micro-kernel keeps an `MR × NR` block of `c` in registers and walks k = 0, 1, ...
+//!   once, one FMA per entry and step, exactly the textbook chain for each entry (the
+//!   lanes of a vector FMA are independent, so vectorising over j changes nothing);
+//! - the tiles are shared between two threads when the product is big enough. Tiles
+//!   split the output (i, j), never k, so no entry's chain is split or reordered.
+//!
+//! The micro-kernel is plain Rust over fixed-size arrays; compiled inside a function
+//! with AVX-512 (or AVX2) and FMA enabled, LLVM maps each row of the block onto vector
+//! registers and each `mul_add` onto one `vfmadd`. Without FMA hardware `mul_add` is
+//! the correctly rounded software fma, so the portable path gives the same bits.
 
 use ndarray::{Array2, ArrayView2};
 
+use crate::dtype::DType;
 use crate::engine::Float;
+
+/// Rows of `c` per micro-tile. Five divides the batch of 25 and most layer widths of the
+/// nine models (10, 120, 400), so few tiles carry padding rows.
+const MR: usize = 5;
+
+/// Products smaller than this many multiply-adds run on the calling thread alone: below
+/// it, waking a second thread costs more than it saves.
+const PARALLEL_MIN_FMAS: usize = 400_000;
 
 /// `a · b` for any strides (transposed views included).
 pub fn gemm<F: Float>(a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
+    gemm_on(isa(), a, b)
+}
+
+/// `gemm` on every instruction set this CPU can run (`"avx512"`, `"avx2"`,
+/// `"portable"`), so the bit-exactness tests cover the kernels the dispatch would not pick.
+#[doc(hidden)]
+pub fn gemm_each_isa<F: Float>(a: ArrayView2<F>, b: ArrayView2<F>) -> Vec<(&'static str, Array2<F>)> {
+    let best = isa();
+    let mut out = vec![];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if best == Isa::Avx512 {
+            out.push(("avx512", gemm_on(Isa::Avx512, a, b)));
+        }
+        if best != Isa::Portable {
+            out.push(("avx2", gemm_on(Isa::Avx2, a, b)));
+        }
+    }
+    let _ = best;
+    out.push(("portable", gemm_on(Isa::Portable, a, b)));
+    out
+}
+
+fn gemm_on<F: Float>(isa: Isa, a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
     let (m, k) = a.dim();
     let (k2, n) = b.dim();
     assert_eq!(k, k2, "gemm: inner dimensions differ");
-    // Row-major copies make every inner loop a contiguous slice (no-ops when already so).
-    let a = a.as_standard_layout();
-    let b = b.as_standard_layout();
-    let (a, b) = (a.as_slice().expect("standard layout"), b.as_slice().expect("standard layout"));
+    if m > 0 && n > 0 && k > 0 && swap_pays(a, b) {
+        // cᵀ = bᵀ·aᵀ: entry (j, i) is the chain fma(b[k][j], a[i][k], ·) over k in order,
+        // the same roundings as fma(a[i][k], b[k][j], ·) since the product commutes.
+        let ct = product(isa, b.t(), a.t());
+        return ct.t().as_standard_layout().into_owned();
+    }
+    product(isa, a, b)
+}
+
+/// Packing `b` is a transpose when its rows are not contiguous (`x·wᵀ` in a linear
+/// layer, `g·colsᵀ` in a convolution's weight gradient), several times slower per value
+/// than a copy. When the other operand is the smaller one, computing `cᵀ = bᵀ·aᵀ` and
+/// transposing the (small) result moves less memory.
+fn swap_pays<F>(a: ArrayView2<F>, b: ArrayView2<F>) -> bool {
+    let ((m, k), n) = (a.dim(), b.dim().1);
+    let pack_cost = |values: usize, contiguous: bool| values * if contiguous { 1 } else { 4 };
+    // Only worth it to avoid a transposing pack of `b`; the transpose of the result is
+    // costed like one too (measured: swapping a plain row-major `b` away was slower).
+    let b_rows_contiguous = b.strides()[1] == 1;
+    let normal = pack_cost(k * n, b_rows_contiguous);
+    let swapped = pack_cost(k * m, a.strides()[0] == 1) + pack_cost(m * n, false);
+    !b_rows_contiguous && swapped < normal
+}
+
+fn product<F: Float>(isa: Isa, a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
+    let (m, k) = a.dim();
+    let n = b.dim().1;
     let mut c = vec![F::zero(); m * n];
-    kernel(a, b, &mut c, m, k, n);
+    if m > 0 && n > 0 && k > 0 {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => match F::DTYPE {
+                DType::F32 => run::<F, 32>(a, b, &mut c, Isa::Avx512),
+                DType::F64 => run::<F, 16>(a, b, &mut c, Isa::Avx512),
+            },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => match F::DTYPE {
+                DType::F32 => run::<F, 16>(a, b, &mut c, Isa::Avx2),
+                DType::F64 => run::<F, 8>(a, b, &mut c, Isa::Avx2),
+            },
+            Isa::Portable => run::<F, 8>(a, b, &mut c, Isa::Portable),
+        }
+    }
     Array2::from_shape_vec((m, n), c).expect("m×n values")
 }
 
-#[cfg(target_arch = "x86_64")]
-fn kernel<F: Float>(a: &[F], b: &[F], c: &mut [F], m: usize, k: usize, n: usize) {
-    if std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports the features the function was compiled for.
-        unsafe { kernel_fma(a, b, c, m, k, n) }
-    } else {
-        kernel_portable(a, b, c, m, k, n)
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+fn isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("fma") {
+            return Isa::Avx512;
+        }
+        if has!("avx2") && has!("fma") {
+            return Isa::Avx2;
+        }
     }
+    Isa::Portable
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-fn kernel<F: Float>(a: &[F], b: &[F], c: &mut [F], m: usize, k: usize, n: usize) {
-    kernel_portable(a, b, c, m, k, n)
-}
-
-/// The same loops compiled with FMA and AVX2, so `mul_add` is one instruction.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "fma,avx2")]
-unsafe fn kernel_fma<F: Float>(a: &[F], b: &[F], c: &mut [F], m: usize, k: usize, n: usize) {
-    kernel_portable(a, b, c, m, k, n)
-}
-
-#[inline(always)]
-fn kernel_portable<F: Float>(a: &[F], b: &[F], c: &mut [F], m: usize, k: usize, n: usize) {
-    for i in 0..m {
-        let c_row = &mut c[i * n..(i + 1) * n];
-        for p in 0..k {
-            let a_ip = a[i * k + p];
-            let b_row = &b[p * n..(p + 1) * n];
-            for (c_ij, &b_pj) in c_row.iter_mut().zip(b_row) {
-                *c_ij = a_ip.mul_add(b_pj, *c_ij);
+/// `b` as panels of `NR` columns, each `[k][NR]` with zeros past column `n`.
+///
+/// Packing reads `b` through its strides, in whichever order walks memory contiguously
+/// (rows of a row-major `b`, columns of a transposed weight), because for the models'
+/// small batches packing costs a sizeable fraction of the product itself.
+fn pack_b<F: Float, const NR: usize>(b: ArrayView2<F>) -> Vec<F> {
+    let (k, n) = b.dim();
+    let (rs, cs) = (b.strides()[0], b.strides()[1]);
+    let src = b.as_ptr();
+    let mut out = vec![F::zero(); n.div_ceil(NR) * k * NR];
+    for (jp, panel) in out.chunks_exact_mut(k * NR).enumerate() {
+        let j0 = jp * NR;
+        let width = NR.min(n - j0);
+        // SAFETY: every (p, j) read is inside the view: p < k, j0 + jj < n.
+        unsafe {
+            if cs == 1 {
+                for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                    let row = src.offset(p as isize * rs + j0 as isize);
+                    std::ptr::copy_nonoverlapping(row, dst.as_mut_ptr(), width);
+                }
+            } else {
+                // A transpose in strips of 16 values of k, so the strip of the panel
+                // being written stays in L1 instead of touching a new line per value.
+                for p0 in (0..k).step_by(16) {
+                    for jj in 0..width {
+                        let col = src.offset((j0 + jj) as isize * cs);
+                        for p in p0..k.min(p0 + 16) {
+                            *panel.get_unchecked_mut(p * NR + jj) = *col.offset(p as isize * rs);
+                        }
+                    }
+                }
             }
         }
     }
+    out
+}
+
+/// `a` as blocks of `MR` rows, each `[k][MR]` with zeros past row `m`; read in the
+/// order that is contiguous in memory, like `pack_b`.
+fn pack_a<F: Float>(a: ArrayView2<F>) -> Vec<F> {
+    let (m, k) = a.dim();
+    let (rs, cs) = (a.strides()[0], a.strides()[1]);
+    let src = a.as_ptr();
+    let mut out = vec![F::zero(); m.div_ceil(MR) * k * MR];
+    for (ib, block) in out.chunks_exact_mut(k * MR).enumerate() {
+        let i0 = ib * MR;
+        let rows = MR.min(m - i0);
+        // SAFETY: every (i, p) read is inside the view: i0 + r < m, p < k.
+        unsafe {
+            if rs == 1 {
+                for (p, dst) in block.chunks_exact_mut(MR).enumerate() {
+                    let col = src.offset(p as isize * cs + i0 as isize);
+                    std::ptr::copy_nonoverlapping(col, dst.as_mut_ptr(), rows);
+                }
+            } else {
+                for r in 0..rows {
+                    let row = src.offset((i0 + r) as isize * rs);
+                    for p in 0..k {
+                        *block.get_unchecked_mut(p * MR + r) = *row.offset(p as isize * cs);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A micro-kernel: `k` steps over a packed `[k][MR]` block of `a` and a packed `[k][NR]`
+/// panel of `b`, writing the finished `MR × NR` block to `out` (row-major, row stride
+/// `ldc`).
+type Micro<F> = unsafe fn(usize, *const F, *const F, *mut F, usize);
+
+/// What every thread needs to compute its tiles; `c` is written through a raw pointer
+/// because the two threads' tiles interleave in memory (they never overlap).
+struct Job<'a, F> {
+    pa: &'a [F],
+    pb: &'a [F],
+    c: *mut F,
+    m: usize,
+    k: usize,
+    n: usize,
+    micro: Micro<F>,
+}
+
+// SAFETY: every tile index is handed to exactly one thread, and distinct tiles cover
+// disjoint entries of `c`, which outlives the scope the threads run in.
+unsafe impl<F: Sync> Sync for Job<'_, F> {}
+
+fn run<F: Float, const NR: usize>(a: ArrayView2<F>, b: ArrayView2<F>, c: &mut [F], isa: Isa) {
+    let (m, k) = a.dim();
+    let n = b.dim().1;
+    let (pa, pb) = (pack_a(a), pack_b::<F, NR>(b));
+    let job = Job { pa: &pa, pb: &pb, c: c.as_mut_ptr(), m, k, n, micro: micro_for::<F, NR>(isa) };
+    let tiles = m.div_ceil(MR) * n.div_ceil(NR);
+    // SAFETY (both branches): the micro-kernel was chosen for a detected ISA; the two
+    // halves of the tile range are disjoint.
+    if m * k * n >= PARALLEL_MIN_FMAS && tiles >= 2 {
+        let half = tiles / 2;
+        rayon::join(|| unsafe { tiles_in::<F, NR>(&job, 0..half) }, || unsafe { tiles_in::<F, NR>(&job, half..tiles) });
+    } else {
+        unsafe { tiles_in::<F, NR>(&job, 0..tiles) }
+    }
+}
+
+/// The micro-kernel for `isa`, element type `F` and panel width `NR` (the pairs `gemm`
+/// dispatches: two vector registers per row of the block).
+fn micro_for<F: Float, const NR: usize>(isa: Isa) -> Micro<F> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // The casts only relabel the pointer type: `F::DTYPE` says which float F is.
+        unsafe fn cast<F, T>(f: Micro<T>, k: usize, a: *const F, b: *const F, o: *mut F, ldc: usize) {
+            f(k, a.cast(), b.cast(), o.cast(), ldc)
+        }
+        match (isa, F::DTYPE, NR) {
+            (Isa::Avx512, DType::F32, 32) => return |k, a, b, o, ldc| unsafe { cast(simd::avx512_f32, k, a, b, o, ldc) },
+            (Isa::Avx512, DType::F64, 16) => return |k, a, b, o, ldc| unsafe { cast(simd::avx512_f64, k, a, b, o, ldc) },
+            (Isa::Avx2, DType::F32, 16) => return |k, a, b, o, ldc| unsafe { cast(simd::avx2_f32, k, a, b, o, ldc) },
+            (Isa::Avx2, DType::F64, 8) => return |k, a, b, o, ldc| unsafe { cast(simd::avx2_f64, k, a, b, o, ldc) },
+            _ => {}
+        }
+    }
+    let _ = isa;
+    |k, a, b, o, ldc| unsafe {
+        let acc = micro::<F, NR>(std::slice::from_raw_parts(a, k * MR), std::slice::from_raw_parts(b, k * NR));
+        for (r, row) in acc.iter().enumerate() {
+            std::ptr::copy_nonoverlapping(row.as_ptr(), o.add(r * ldc), NR);
+        }
+    }
+}
+
+/// Tiles are numbered panel-major (all row blocks of column panel 0, then panel 1, ...)
+/// so that consecutive tiles reuse the same packed panel of `b` from cache.
+///
+/// # Safety
+/// No other thread may compute the same tiles at the same time.
+unsafe fn tiles_in<F: Float, const NR: usize>(job: &Job<F>, range: std::ops::Range<usize>) {
+    let blocks = job.m.div_ceil(MR);
+    let mut block = [[F::zero(); NR]; MR];
+    for t in range {
+        let (jp, ib) = (t / blocks, t % blocks);
+        let (i0, j0) = (ib * MR, jp * NR);
+        let pa = &job.pa[ib * job.k * MR..(ib + 1) * job.k * MR];
+        let pb = &job.pb[jp * job.k * NR..(jp + 1) * job.k * NR];
+        let (rows, cols) = (MR.min(job.m - i0), NR.min(job.n - j0));
+        if rows == MR && cols == NR {
+            // A whole tile goes straight into `c`.
+            (job.micro)(job.k, pa.as_ptr(), pb.as_ptr(), job.c.add(i0 * job.n + j0), job.n);
+            continue;
+        }
+        // An edge tile is computed whole (its padding rows and columns are zeros in the
+        // packed operands) and only its part inside `c` is kept.
+        (job.micro)(job.k, pa.as_ptr(), pb.as_ptr(), block.as_mut_ptr().cast(), NR);
+        for (r, row) in block.iter().enumerate().take(rows) {
+            std::ptr::copy_nonoverlapping(row.as_ptr(), job.c.add((i0 + r) * job.n + j0), cols);
+        }
+    }
+}
+
+/// One `MR × NR` block of `c`: for each entry, `acc = fma(a[i][p], b[p][j], acc)` for
+/// p = 0..k in order, from zero. The portable fallback of the SIMD kernels below.
+#[inline(always)]
+fn micro<F: Float, const NR: usize>(pa: &[F], pb: &[F]) -> [[F; NR]; MR] {
+    let mut acc = [[F::zero(); NR]; MR];
+    for (a, b) in pa.chunks_exact(MR).zip(pb.chunks_exact(NR)) {
+        for r in 0..MR {
+            for j in 0..NR {
+                acc[r][j] = a[r].mul_add(b[j], acc[r][j]);
+            }
+        }
+    }
+    acc
+}
+
+/// The same micro-kernel written with intrinsics: LLVM's auto-vectorisation of `micro`
+/// was erratic (partial vectors and shuffles for some widths). Each row of the block is
+/// two vector registers (`c_r0`, `c_r1`), ten accumulators in all, which hides the FMA
+/// latency; every step broadcasts `a[i][p]` and issues one FMA per register, so each
+/// lane still sees `fma(a[i][p], b[p][j], c[i][j])` for p in order.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::MR;
+    use std::arch::x86_64::*;
+
+    macro_rules! kernel {
+        ($name:ident, $feat:literal, $t:ty, $lanes:expr, $zero:ident, $load:ident, $set1:ident, $fma:ident, $store:ident) => {
+            /// # Safety
+            /// The CPU must support the enabled features; `pa` holds `k·MR` values, `pb`
+            /// `k·2·lanes`, and `out` has `MR` rows of `2·lanes` values, `ldc` apart.
+            #[target_feature(enable = $feat)]
+            pub unsafe fn $name(k: usize, pa: *const $t, pb: *const $t, out: *mut $t, ldc: usize) {
+                const L: usize = $lanes;
+                let (mut c00, mut c01, mut c10, mut c11, mut c20) = ($zero(), $zero(), $zero(), $zero(), $zero());
+                let (mut c21, mut c30, mut c31, mut c40, mut c41) = ($zero(), $zero(), $zero(), $zero(), $zero());
+                for p in 0..k {
+                    let b0 = $load(pb.add(p * 2 * L));
+                    let b1 = $load(pb.add(p * 2 * L + L));
+                    let a = pa.add(p * MR);
+                    let a0 = $set1(*a);
+                    c00 = $fma(a0, b0, c00);
+                    c01 = $fma(a0, b1, c01);
+                    let a1 = $set1(*a.add(1));
+                    c10 = $fma(a1, b0, c10);
+                    c11 = $fma(a1, b1, c11);
+                    let a2 = $set1(*a.add(2));
+                    c20 = $fma(a2, b0, c20);
+                    c21 = $fma(a2, b1, c21);
+                    let a3 = $set1(*a.add(3));
+                    c30 = $fma(a3, b0, c30);
+                    c31 = $fma(a3, b1, c31);
+                    let a4 = $set1(*a.add(4));
+                    c40 = $fma(a4, b0, c40);
+                    c41 = $fma(a4, b1, c41);
+                }
+                for (r, (lo, hi)) in [(c00, c01), (c10, c11), (c20, c21), (c30, c31), (c40, c41)].into_iter().enumerate() {
+                    $store(out.add(r * ldc), lo);
+                    $store(out.add(r * ldc + L), hi);
+                }
+            }
+        };
+    }
+
+    const _: () = assert!(MR == 5, "the kernels below are written out for five rows");
+
+    kernel!(avx512_f32, "avx512f,fma", f32, 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_storeu_ps);
+    kernel!(avx512_f64, "avx512f,fma", f64, 8, _mm512_setzero_pd, _mm512_loadu_pd, _mm512_set1_pd, _mm512_fmadd_pd, _mm512_storeu_pd);
+    kernel!(avx2_f32, "avx2,fma", f32, 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_storeu_ps);
+    kernel!(avx2_f64, "avx2,fma", f64, 4, _mm256_setzero_pd, _mm256_loadu_pd, _mm256_set1_pd, _mm256_fmadd_pd, _mm256_storeu_pd);
 }

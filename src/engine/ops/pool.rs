@@ -42,10 +42,11 @@ pub fn forward<F: Float>(x: &Tensor<F>, kernel: usize) -> Result<(Tensor<F>, Vec
                     for j in 0..kernel {
                         let idx = first + i * w + j;
                         let v = data[idx];
-                        if v > best || v.is_nan() {
-                            best = v;
-                            at = idx;
-                        }
+                        // Branch-free select (the comparison is unpredictable on data);
+                        // same rule and scan order as before.
+                        let take = v > best || v.is_nan();
+                        best = if take { v } else { best };
+                        at = if take { idx } else { at };
                     }
                 }
                 out.push(best);
