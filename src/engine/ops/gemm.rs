@@ -256,6 +256,7 @@ fn micro_for<F: Float, const NR: usize>(isa: Isa) -> Micro<F> {
     #[cfg(target_arch = "x86_64")]
     {
         // The casts only relabel the pointer type: `F::DTYPE` says which float F is.
+        #[allow(clippy::too_many_arguments)]
         unsafe fn cast<F, T>(f: Micro<T>, k: usize, a: *const F, ars: usize, aps: usize, b: *const F, o: *mut F, ldc: usize) {
             f(k, a.cast(), ars, aps, b.cast(), o.cast(), ldc)
         }
