@@ -45,7 +45,36 @@ impl SgdMomentum {
             }
             None => velocity.insert(grad.clone()),
         };
-        let neg_lr = F::of(-self.lr);
-        ndarray::Zip::from(param).and(&*v).for_each(|p, &v| *p = neg_lr.mul_add(v, *p));
+        fma_update(F::of(-self.lr), param, v);
+    }
+}
+
+/// `p = fma(neg_lr, v, p)`. Built without FMA enabled, `mul_add` is a call into libm per
+/// element (a sixth of an MLP step); with FMA detected the same loop runs as `vfmadd`.
+/// Both are the correctly rounded fused operation, so the bits are the same.
+fn fma_update<F: Float>(neg_lr: F, param: &mut Tensor<F>, v: &Tensor<F>) {
+    if let (Some(p), Some(v)) = (param.as_slice_mut(), v.as_slice()) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports FMA.
+            unsafe { fma_update_hw(neg_lr, p, v) };
+            return;
+        }
+        fma_update_slices(neg_lr, p, v);
+        return;
+    }
+    ndarray::Zip::from(param).and(v).for_each(|p, &v| *p = neg_lr.mul_add(v, *p));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn fma_update_hw<F: Float>(neg_lr: F, p: &mut [F], v: &[F]) {
+    fma_update_slices(neg_lr, p, v)
+}
+
+#[inline(always)]
+fn fma_update_slices<F: Float>(neg_lr: F, p: &mut [F], v: &[F]) {
+    for (p, &v) in p.iter_mut().zip(v) {
+        *p = neg_lr.mul_add(v, *p);
     }
 }

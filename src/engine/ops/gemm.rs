@@ -83,7 +83,9 @@ fn swap_pays<F>(a: ArrayView2<F>, b: ArrayView2<F>) -> bool {
     // costed like one too (measured: swapping a plain row-major `b` away was slower).
     let b_rows_contiguous = b.strides()[1] == 1;
     let normal = pack_cost(k * n, b_rows_contiguous);
+    // After the swap `bᵀ` is the left operand, read in place when `b` is column-major.
     let swapped = pack_cost(k * m, a.strides()[0] == 1) + pack_cost(m * n, false);
+    let normal = if a.strides()[1] == 1 { normal } else { normal + pack_cost(m * k, false) };
     !b_rows_contiguous && swapped < normal
 }
 
@@ -171,13 +173,14 @@ fn pack_b<F: Float, const NR: usize>(b: ArrayView2<F>) -> Vec<F> {
 
 /// `a` as blocks of `MR` rows, each `[k][MR]` with zeros past row `m`; read in the
 /// order that is contiguous in memory, like `pack_b`.
-fn pack_a<F: Float>(a: ArrayView2<F>) -> Vec<F> {
+/// Blocks before `first` are not packed (the micro-kernel reads them in place).
+fn pack_a<F: Float>(a: ArrayView2<F>, first: usize) -> Vec<F> {
     let (m, k) = a.dim();
     let (rs, cs) = (a.strides()[0], a.strides()[1]);
     let src = a.as_ptr();
-    let mut out = vec![F::zero(); m.div_ceil(MR) * k * MR];
+    let mut out = vec![F::zero(); (m.div_ceil(MR) - first) * k * MR];
     for (ib, block) in out.chunks_exact_mut(k * MR).enumerate() {
-        let i0 = ib * MR;
+        let i0 = (first + ib) * MR;
         let rows = MR.min(m - i0);
         // SAFETY: every (i, p) read is inside the view: i0 + r < m, p < k.
         unsafe {
@@ -199,15 +202,22 @@ fn pack_a<F: Float>(a: ArrayView2<F>) -> Vec<F> {
     out
 }
 
-/// A micro-kernel: `k` steps over a packed `[k][MR]` block of `a` and a packed `[k][NR]`
-/// panel of `b`, writing the finished `MR × NR` block to `out` (row-major, row stride
-/// `ldc`).
-type Micro<F> = unsafe fn(usize, *const F, *const F, *mut F, usize);
+/// A micro-kernel: `k` steps over `MR` rows of `a` (entry (r, p) at `a + r·ars + p·aps`:
+/// a packed `[k][MR]` block or rows of a row-major `a` read in place) and a packed
+/// `[k][NR]` panel of `b`, writing the finished `MR × NR` block to `out` (row-major, row
+/// stride `ldc`).
+type Micro<F> = unsafe fn(usize, *const F, usize, usize, *const F, *mut F, usize);
 
 /// What every thread needs to compute its tiles; `c` is written through a raw pointer
 /// because the two threads' tiles interleave in memory (they never overlap).
 struct Job<'a, F> {
+    /// Packed blocks of `a`, from block `first_packed` on.
     pa: &'a [F],
+    first_packed: usize,
+    /// A row-major `a` and its row stride: whole blocks before `first_packed` are read
+    /// in place, which spares packing the big operand of `w·xᵀ`.
+    a_rows: *const F,
+    lda: usize,
     pb: &'a [F],
     c: *mut F,
     m: usize,
@@ -223,8 +233,12 @@ unsafe impl<F: Sync> Sync for Job<'_, F> {}
 fn run<F: Float, const NR: usize>(a: ArrayView2<F>, b: ArrayView2<F>, c: &mut [F], isa: Isa) {
     let (m, k) = a.dim();
     let n = b.dim().1;
-    let (pa, pb) = (pack_a(a), pack_b::<F, NR>(b));
-    let job = Job { pa: &pa, pb: &pb, c: c.as_mut_ptr(), m, k, n, micro: micro_for::<F, NR>(isa) };
+    let in_place = a.strides()[1] == 1 && a.strides()[0] > 0;
+    let first_packed = if in_place { m / MR } else { 0 };
+    let (pa, pb) = (pack_a(a, first_packed), pack_b::<F, NR>(b));
+    let (a_rows, lda) = (a.as_ptr(), a.strides()[0].max(0) as usize);
+    let micro = micro_for::<F, NR>(isa);
+    let job = Job { pa: &pa, first_packed, a_rows, lda, pb: &pb, c: c.as_mut_ptr(), m, k, n, micro };
     let tiles = m.div_ceil(MR) * n.div_ceil(NR);
     // SAFETY (both branches): the micro-kernel was chosen for a detected ISA; the two
     // halves of the tile range are disjoint.
@@ -242,20 +256,30 @@ fn micro_for<F: Float, const NR: usize>(isa: Isa) -> Micro<F> {
     #[cfg(target_arch = "x86_64")]
     {
         // The casts only relabel the pointer type: `F::DTYPE` says which float F is.
-        unsafe fn cast<F, T>(f: Micro<T>, k: usize, a: *const F, b: *const F, o: *mut F, ldc: usize) {
-            f(k, a.cast(), b.cast(), o.cast(), ldc)
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn cast<F, T>(f: Micro<T>, k: usize, a: *const F, ars: usize, aps: usize, b: *const F, o: *mut F, ldc: usize) {
+            f(k, a.cast(), ars, aps, b.cast(), o.cast(), ldc)
         }
         match (isa, F::DTYPE, NR) {
-            (Isa::Avx512, DType::F32, 32) => return |k, a, b, o, ldc| unsafe { cast(simd::avx512_f32, k, a, b, o, ldc) },
-            (Isa::Avx512, DType::F64, 16) => return |k, a, b, o, ldc| unsafe { cast(simd::avx512_f64, k, a, b, o, ldc) },
-            (Isa::Avx2, DType::F32, 16) => return |k, a, b, o, ldc| unsafe { cast(simd::avx2_f32, k, a, b, o, ldc) },
-            (Isa::Avx2, DType::F64, 8) => return |k, a, b, o, ldc| unsafe { cast(simd::avx2_f64, k, a, b, o, ldc) },
+            (Isa::Avx512, DType::F32, 32) => return |k, a, ars, aps, b, o, ldc| unsafe { cast(simd::avx512_f32, k, a, ars, aps, b, o, ldc) },
+            (Isa::Avx512, DType::F64, 16) => return |k, a, ars, aps, b, o, ldc| unsafe { cast(simd::avx512_f64, k, a, ars, aps, b, o, ldc) },
+            (Isa::Avx2, DType::F32, 16) => return |k, a, ars, aps, b, o, ldc| unsafe { cast(simd::avx2_f32, k, a, ars, aps, b, o, ldc) },
+            (Isa::Avx2, DType::F64, 8) => return |k, a, ars, aps, b, o, ldc| unsafe { cast(simd::avx2_f64, k, a, ars, aps, b, o, ldc) },
             _ => {}
         }
     }
     let _ = isa;
-    |k, a, b, o, ldc| unsafe {
-        let acc = micro::<F, NR>(std::slice::from_raw_parts(a, k * MR), std::slice::from_raw_parts(b, k * NR));
+    |k, a, ars, aps, b, o, ldc| unsafe {
+        let mut acc = [[F::zero(); NR]; MR];
+        for p in 0..k {
+            let bp = std::slice::from_raw_parts(b.add(p * NR), NR);
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let a_rp = *a.add(r * ars + p * aps);
+                for (c, &bv) in acc_r.iter_mut().zip(bp) {
+                    *c = a_rp.mul_add(bv, *c);
+                }
+            }
+        }
         for (r, row) in acc.iter().enumerate() {
             std::ptr::copy_nonoverlapping(row.as_ptr(), o.add(r * ldc), NR);
         }
@@ -273,36 +297,26 @@ unsafe fn tiles_in<F: Float, const NR: usize>(job: &Job<F>, range: std::ops::Ran
     for t in range {
         let (jp, ib) = (t / blocks, t % blocks);
         let (i0, j0) = (ib * MR, jp * NR);
-        let pa = &job.pa[ib * job.k * MR..(ib + 1) * job.k * MR];
+        let (a_ptr, ars, aps) = if ib < job.first_packed {
+            (job.a_rows.add(i0 * job.lda), job.lda, 1)
+        } else {
+            let at = (ib - job.first_packed) * job.k * MR;
+            (job.pa[at..at + job.k * MR].as_ptr(), 1, MR)
+        };
         let pb = &job.pb[jp * job.k * NR..(jp + 1) * job.k * NR];
         let (rows, cols) = (MR.min(job.m - i0), NR.min(job.n - j0));
         if rows == MR && cols == NR {
             // A whole tile goes straight into `c`.
-            (job.micro)(job.k, pa.as_ptr(), pb.as_ptr(), job.c.add(i0 * job.n + j0), job.n);
+            (job.micro)(job.k, a_ptr, ars, aps, pb.as_ptr(), job.c.add(i0 * job.n + j0), job.n);
             continue;
         }
         // An edge tile is computed whole (its padding rows and columns are zeros in the
         // packed operands) and only its part inside `c` is kept.
-        (job.micro)(job.k, pa.as_ptr(), pb.as_ptr(), block.as_mut_ptr().cast(), NR);
+        (job.micro)(job.k, a_ptr, ars, aps, pb.as_ptr(), block.as_mut_ptr().cast(), NR);
         for (r, row) in block.iter().enumerate().take(rows) {
             std::ptr::copy_nonoverlapping(row.as_ptr(), job.c.add((i0 + r) * job.n + j0), cols);
         }
     }
-}
-
-/// One `MR × NR` block of `c`: for each entry, `acc = fma(a[i][p], b[p][j], acc)` for
-/// p = 0..k in order, from zero. The portable fallback of the SIMD kernels below.
-#[inline(always)]
-fn micro<F: Float, const NR: usize>(pa: &[F], pb: &[F]) -> [[F; NR]; MR] {
-    let mut acc = [[F::zero(); NR]; MR];
-    for (a, b) in pa.chunks_exact(MR).zip(pb.chunks_exact(NR)) {
-        for r in 0..MR {
-            for j in 0..NR {
-                acc[r][j] = a[r].mul_add(b[j], acc[r][j]);
-            }
-        }
-    }
-    acc
 }
 
 /// The same micro-kernel written with intrinsics: LLVM's auto-vectorisation of `micro`
@@ -318,30 +332,31 @@ mod simd {
     macro_rules! kernel {
         ($name:ident, $feat:literal, $t:ty, $lanes:expr, $zero:ident, $load:ident, $set1:ident, $fma:ident, $store:ident) => {
             /// # Safety
-            /// The CPU must support the enabled features; `pa` holds `k·MR` values, `pb`
+            /// The CPU must support the enabled features; `pa` reaches `MR` rows of `k`
+            /// values through `ars`/`aps`, `pb` holds
             /// `k·2·lanes`, and `out` has `MR` rows of `2·lanes` values, `ldc` apart.
             #[target_feature(enable = $feat)]
-            pub unsafe fn $name(k: usize, pa: *const $t, pb: *const $t, out: *mut $t, ldc: usize) {
+            pub unsafe fn $name(k: usize, pa: *const $t, ars: usize, aps: usize, pb: *const $t, out: *mut $t, ldc: usize) {
                 const L: usize = $lanes;
                 let (mut c00, mut c01, mut c10, mut c11, mut c20) = ($zero(), $zero(), $zero(), $zero(), $zero());
                 let (mut c21, mut c30, mut c31, mut c40, mut c41) = ($zero(), $zero(), $zero(), $zero(), $zero());
                 for p in 0..k {
                     let b0 = $load(pb.add(p * 2 * L));
                     let b1 = $load(pb.add(p * 2 * L + L));
-                    let a = pa.add(p * MR);
+                    let a = pa.add(p * aps);
                     let a0 = $set1(*a);
                     c00 = $fma(a0, b0, c00);
                     c01 = $fma(a0, b1, c01);
-                    let a1 = $set1(*a.add(1));
+                    let a1 = $set1(*a.add(1 * ars));
                     c10 = $fma(a1, b0, c10);
                     c11 = $fma(a1, b1, c11);
-                    let a2 = $set1(*a.add(2));
+                    let a2 = $set1(*a.add(2 * ars));
                     c20 = $fma(a2, b0, c20);
                     c21 = $fma(a2, b1, c21);
-                    let a3 = $set1(*a.add(3));
+                    let a3 = $set1(*a.add(3 * ars));
                     c30 = $fma(a3, b0, c30);
                     c31 = $fma(a3, b1, c31);
-                    let a4 = $set1(*a.add(4));
+                    let a4 = $set1(*a.add(4 * ars));
                     c40 = $fma(a4, b0, c40);
                     c41 = $fma(a4, b1, c41);
                 }
