@@ -43,7 +43,7 @@ impl Backend for TorchBackend {
         let a = Tensor::f_ones([m as i64, k as i64], (tch::Kind::Float, tch::Device::Cpu)).map_err(err)?;
         let b = Tensor::f_ones([k as i64, n as i64], (tch::Kind::Float, tch::Device::Cpu)).map_err(err)?;
         super::time_median(reps, || {
-            std::hint::black_box(a.f_matmul(&b).map_err(err)?);
+            let _ = std::hint::black_box(a.f_matmul(&b).map_err(err)?);
             Ok(())
         })
     }
