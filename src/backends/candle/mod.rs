@@ -87,7 +87,7 @@ fn train(program: &Program, inputs: &[HostTensor], lr: f64, steps: usize, dtype:
         for &i in &trainable {
             let p = vars[i].as_tensor();
             let g = match grads.get(p) {
-                Some(g) => g.clone(),
+                Some(g) => g.detach(),
                 None => p.zeros_like()?,
             };
             step_grads.push(to_host(&g)?);

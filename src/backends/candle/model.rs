@@ -136,7 +136,9 @@ impl CandleModel {
         for (i, v) in self.vars.iter().enumerate() {
             self.grads[i] = match v {
                 Some(v) => Some(match store.get(v.as_tensor()) {
-                    Some(g) => g.clone(),
+                    // Detached: a gradient keeps the backward graph (and every activation)
+                    // alive, and the momentum buffer would chain one step's graph to the next.
+                    Some(g) => g.detach(),
                     None => v.as_tensor().zeros_like()?,
                 }),
                 None => None,
