@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use backprop_parity::backends::BackendKind;
 use backprop_parity::data::{self, Dataset, DatasetKind};
-use backprop_parity::engine::ops::gemm::{gemm, gemm_each_isa};
+use backprop_parity::engine::ops::gemm::{gemm, gemm_each_isa, gemm_into};
 use backprop_parity::engine::ops::{conv, linear, norm};
 use backprop_parity::engine::{Float, RunningStats, Tensor};
 use backprop_parity::models::mnist::{ModelSpec, ParamSet, SEED_MODELS};
@@ -87,7 +87,12 @@ fn reference<F: Float>(a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
 fn assert_same_bits<F: Float>(got: &Array2<F>, want: &Array2<F>, what: &str) {
     assert_eq!(got.dim(), want.dim(), "{what}: shape");
     for ((ij, g), w) in got.indexed_iter().zip(want.iter()) {
-        assert!(g.as_f64().to_bits() == w.as_f64().to_bits(), "{what}: entry {ij:?}: {:e} != {:e}", g.as_f64(), w.as_f64());
+        assert!(
+            g.as_f64().to_bits() == w.as_f64().to_bits(),
+            "{what}: entry {ij:?}: {:e} != {:e}",
+            g.as_f64(),
+            w.as_f64()
+        );
     }
 }
 
@@ -103,6 +108,10 @@ fn gemm_case<F: Float>(rng: &mut SplitMix64, m: usize, k: usize, n: usize) {
     assert_same_bits(&gemm(at.t(), b.view()), &want, &what("tn"));
     assert_same_bits(&gemm(a.view(), bt.t()), &want, &what("nt"));
     assert_same_bits(&gemm(at.t(), bt.t()), &want, &what("tt"));
+    // Into an existing buffer (old contents overwritten), as the convolution uses it.
+    let mut into = Array2::from_elem((m, n), F::of(7.0));
+    gemm_into(a.view(), b.view(), into.view_mut());
+    assert_same_bits(&into, &want, &what("into"));
     // The kernels the dispatch does not pick on this CPU (AVX2, portable) as well.
     for (isa, got) in gemm_each_isa(at.t(), b.view()) {
         assert_same_bits(&got, &want, &what(isa));
@@ -294,7 +303,9 @@ const MODEL_GOLDEN: &[(&str, u64)] = &[
 
 fn mnist() -> &'static Dataset {
     static DATA: OnceLock<Dataset> = OnceLock::new();
-    DATA.get_or_init(|| data::load(DatasetKind::Mnist, &data::default_dir(DatasetKind::Mnist)).expect("shipped MNIST loads"))
+    DATA.get_or_init(|| {
+        data::load(DatasetKind::Mnist, &data::default_dir(DatasetKind::Mnist)).expect("shipped MNIST loads")
+    })
 }
 
 /// Two training steps (forward, backward, SGD with momentum, again on the next batch):

@@ -88,9 +88,19 @@ pub fn median(mut samples: Vec<f64>) -> f64 {
     samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// Times `f` once to warm up, then `reps` times; the median in seconds.
+/// How long a backend runs untimed after another one ran: libtorch's OpenMP workers
+/// keep spinning for milliseconds after their last parallel region (libgomp's default
+/// spin count), and would otherwise slow whatever is timed next.
+pub const SWITCH_WARMUP: std::time::Duration = std::time::Duration::from_millis(30);
+
+/// Runs `f` untimed for `SWITCH_WARMUP` (at least once), then `reps` times; the median
+/// in seconds.
 pub fn time_median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let start = std::time::Instant::now();
     f()?;
+    while start.elapsed() < SWITCH_WARMUP {
+        f()?;
+    }
     let mut samples = Vec::with_capacity(reps);
     for _ in 0..reps {
         let t = std::time::Instant::now();
@@ -125,7 +135,14 @@ pub trait Backend {
 
     /// Trains the program's trainable inputs with `p = p - lr * g` for `steps` steps,
     /// computing natively in `dtype` and keeping the parameters inside the framework.
-    fn train_sgd(&self, program: &Program, inputs: &[HostTensor], lr: f64, steps: usize, dtype: DType) -> Result<Trajectory>;
+    fn train_sgd(
+        &self,
+        program: &Program,
+        inputs: &[HostTensor],
+        lr: f64,
+        steps: usize,
+        dtype: DType,
+    ) -> Result<Trajectory>;
 
     /// Output and gradients at `inputs`: the first step of a run, without its update.
     fn evaluate(&self, program: &Program, inputs: &[HostTensor], dtype: DType) -> Result<Evaluation> {
@@ -227,7 +244,12 @@ pub(crate) fn check_inputs(program: &Program, inputs: &[HostTensor]) -> Result<(
     }
     for (decl, t) in program.inputs.iter().zip(inputs) {
         if t.data.len() != t.shape.iter().product::<usize>() {
-            return Err(Error::Shape(format!("input {}: shape {:?} does not hold {} values", decl.name, t.shape, t.data.len())));
+            return Err(Error::Shape(format!(
+                "input {}: shape {:?} does not hold {} values",
+                decl.name,
+                t.shape,
+                t.data.len()
+            )));
         }
         if !t.all_finite() {
             return Err(Error::Invalid(format!("input {} holds NaN or infinity", decl.name)));

@@ -12,12 +12,12 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use backprop_parity::backends::{BackendKind, MaxPoolMode};
 use backprop_parity::data::{self, Dataset, DatasetKind};
+use backprop_parity::engine::faults::Fault;
 use backprop_parity::models::abc::{AbcSpec, InitSource, SEED_LR, SEED_STEPS};
 use backprop_parity::models::mnist::{ModelSpec, ParamSet, SEED_MODELS};
 use backprop_parity::models::safetensors_io;
 use backprop_parity::parity::Tolerance;
 use backprop_parity::report::{self, Output};
-use backprop_parity::engine::faults::Fault;
 use backprop_parity::study::gate::{self, Baseline};
 use backprop_parity::study::suite::SuiteConfig;
 use backprop_parity::study::{self, grads::GradsOptions, lockstep::BackendOptions, mnist::MnistOptions};
@@ -67,7 +67,12 @@ struct BenchArgs {
     steps: usize,
     #[arg(long, default_value_t = 5)]
     warmup: usize,
-    /// Threads for libtorch and candle (default: every core).
+    /// Consecutive timed steps of one backend before the next runs (each block follows
+    /// 30 ms of untimed steps, which pay for the switch).
+    #[arg(long, default_value_t = 8)]
+    block: usize,
+    /// Threads for every backend: the engine's team, candle's rayon pool, libtorch's
+    /// intra-op threads (default: every core).
     #[arg(long)]
     threads: Option<usize>,
     #[command(flatten)]
@@ -246,10 +251,25 @@ fn main() -> ExitCode {
 fn run_default(full: bool, out: &Path) -> Result<()> {
     let start = Instant::now();
     // The seed's Figure 0: the correct backends next to the engine with the seed's bug.
-    run_abc(&AbcArgs { k: None, lr: SEED_LR, steps: SEED_STEPS, init: InitSource::Ones, fault: Some(Fault::VecMatInnerProduct), common: Common::with_out(out) })?;
-    let model = ModelArgs { models: None, seed: 0, params: None, dataset: DatasetKind::Mnist, data_dir: None, candle_maxpool: MaxPoolMode::Builtin };
+    run_abc(&AbcArgs {
+        k: None,
+        lr: SEED_LR,
+        steps: SEED_STEPS,
+        init: InitSource::Ones,
+        fault: Some(Fault::VecMatInnerProduct),
+        common: Common::with_out(out),
+    })?;
+    let model = ModelArgs {
+        models: None,
+        seed: 0,
+        params: None,
+        dataset: DatasetKind::Mnist,
+        data_dir: None,
+        candle_maxpool: MaxPoolMode::Builtin,
+    };
     run_grads(&GradsArgs { batch: 25, save_grads: None, model: model.clone(), common: Common::with_out(out) })?;
-    let (train_limit, test_limit, epochs) = if full { (None, None, 25) } else { (Some(QUICK_TRAIN), Some(QUICK_TEST), QUICK_EPOCHS) };
+    let (train_limit, test_limit, epochs) =
+        if full { (None, None, 25) } else { (Some(QUICK_TRAIN), Some(QUICK_TEST), QUICK_EPOCHS) };
     if !full {
         eprintln!(
             "quick profile: {QUICK_EPOCHS} epoch on the first {QUICK_TRAIN} of 60000 training images, tested on the first {QUICK_TEST} of 10000 \
@@ -368,13 +388,17 @@ fn run_mnist(args: &MnistArgs) -> Result<()> {
         resync_steps: args.resync_steps,
     };
     let bars = MultiProgress::new();
-    let style = ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} {elapsed} ETA {eta}").expect("valid template").progress_chars("=> ");
+    let style = ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} {elapsed} ETA {eta}")
+        .expect("valid template")
+        .progress_chars("=> ");
     let mut current: Vec<(String, BackendKind, ProgressBar)> = Vec::new();
     let mut progress = |model: &str, kind: BackendKind, done: usize, total: usize| {
         let bar = match current.iter().find(|(m, k, _)| m == model && *k == kind) {
             Some((_, _, b)) => b.clone(),
             None => {
-                let b = bars.add(ProgressBar::new(total as u64).with_style(style.clone()).with_prefix(format!("{model} {kind}")));
+                let b = bars.add(
+                    ProgressBar::new(total as u64).with_style(style.clone()).with_prefix(format!("{model} {kind}")),
+                );
                 current.push((model.to_string(), kind, b.clone()));
                 b
             }
@@ -386,7 +410,11 @@ fn run_mnist(args: &MnistArgs) -> Result<()> {
     };
     let result = study::mnist::run(&data, &opts, &mut progress)?;
     for (name, m) in &result.models {
-        let accs: Vec<String> = m.backends.iter().map(|(k, b)| format!("{k} {:.2}%", b.epochs.last().map_or(f64::NAN, |e| e.test_accuracy))).collect();
+        let accs: Vec<String> = m
+            .backends
+            .iter()
+            .map(|(k, b)| format!("{k} {:.2}%", b.epochs.last().map_or(f64::NAN, |e| e.test_accuracy)))
+            .collect();
         eprintln!("mnist {name:>17}: {}", accs.join(", "));
     }
     finish(c, report::mnist::outputs(&result)?)
@@ -400,7 +428,11 @@ fn suite_config(c: &Common, baseline: Option<&Baseline>) -> Result<SuiteConfig> 
         (None, None) => BackendKind::built(),
     };
     for k in &backends {
-        anyhow::ensure!(k.is_built(), "the baseline needs backend '{k}', which is not in this build: {}", backprop_parity::backends::TORCH_BUILD_HINT);
+        anyhow::ensure!(
+            k.is_built(),
+            "the baseline needs backend '{k}', which is not in this build: {}",
+            backprop_parity::backends::TORCH_BUILD_HINT
+        );
     }
     anyhow::ensure!(c.dtype.is_none(), "--dtype: the suite always runs both f32 and f64");
     Ok(SuiteConfig { backends, options: BackendOptions { candle_maxpool: MaxPoolMode::Exact } })
@@ -414,13 +446,22 @@ fn mnist_data() -> Result<Dataset> {
 fn run_check(args: &CheckArgs) -> Result<bool> {
     let c = &args.common;
     let old = if args.baseline.exists() { Some(Baseline::read(&args.baseline)?) } else { None };
-    anyhow::ensure!(old.is_some() || args.update_baseline, "{}: no baseline; create one with --update-baseline", args.baseline.display());
+    anyhow::ensure!(
+        old.is_some() || args.update_baseline,
+        "{}: no baseline; create one with --update-baseline",
+        args.baseline.display()
+    );
     let cfg = suite_config(c, if args.update_baseline { None } else { old.as_ref() })?;
     let data = mnist_data()?;
     let start = Instant::now();
     let outputs = study::suite::run(&cfg, &data)?;
     let current = study::suite::metrics(&cfg, &outputs)?;
-    eprintln!("check: {} metrics from {} in {:.0} s", current.len(), cfg.backends.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "), start.elapsed().as_secs_f64());
+    eprintln!(
+        "check: {} metrics from {} in {:.0} s",
+        current.len(),
+        cfg.backends.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
+        start.elapsed().as_secs_f64()
+    );
     if args.update_baseline {
         let new = Baseline::new(cfg.backends.clone(), current)?;
         for line in gate::describe_update(old.as_ref(), &new) {
@@ -435,7 +476,12 @@ fn run_check(args: &CheckArgs) -> Result<bool> {
     if result.passed {
         eprintln!("check: pass ({} metrics compared with {})", result.compared, args.baseline.display());
     } else {
-        eprintln!("check: FAIL, {} regression(s) against {}:\n{}", result.regressions.len(), args.baseline.display(), report::gate::regression_table(&result));
+        eprintln!(
+            "check: FAIL, {} regression(s) against {}:\n{}",
+            result.regressions.len(),
+            args.baseline.display(),
+            report::gate::regression_table(&result)
+        );
     }
     finish(c, report::gate::check_outputs(&result, &args.baseline.display().to_string())?)?;
     Ok(result.passed)
@@ -447,18 +493,28 @@ fn run_mutants(args: &MutantsArgs) -> Result<()> {
     let cfg = suite_config(c, Some(&baseline))?;
     let list: Vec<Fault> = match &args.faults {
         None => Fault::ALL.to_vec(),
-        Some(l) => l.split(',').map(|s| s.trim().parse::<Fault>().map_err(anyhow::Error::msg)).collect::<Result<_>>()?,
+        Some(l) => {
+            l.split(',').map(|s| s.trim().parse::<Fault>().map_err(anyhow::Error::msg)).collect::<Result<_>>()?
+        }
     };
     let data = mnist_data()?;
     let bar = ProgressBar::new(list.len() as u64).with_style(
-        ProgressStyle::with_template("mutants [{bar:30}] {pos}/{len} {msg} ETA {eta}").expect("valid template").progress_chars("=> "),
+        ProgressStyle::with_template("mutants [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     let result = study::mutants::run(&cfg, &data, &baseline, &list, |f| {
         bar.set_message(f.name());
         bar.inc(1);
     })?;
     bar.finish_and_clear();
-    eprintln!("mutants: caught {} of {}, localised {} of {}", result.caught, result.faults.len(), result.localised, result.faults.len());
+    eprintln!(
+        "mutants: caught {} of {}, localised {} of {}",
+        result.caught,
+        result.faults.len(),
+        result.localised,
+        result.faults.len()
+    );
     eprintln!("{}", report::gate::mutants_table(&result));
     finish(c, report::gate::mutants_outputs(&result)?)
 }
@@ -466,20 +522,30 @@ fn run_mutants(args: &MutantsArgs) -> Result<()> {
 fn run_bench(args: &BenchArgs) -> Result<()> {
     let c = &args.common;
     anyhow::ensure!(args.steps > 0, "--steps 0: at least one timed step is needed");
+    anyhow::ensure!(args.block >= 1, "--block 0: at least one step per block is needed");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = args.threads.unwrap_or(cores);
     anyhow::ensure!(threads > 0, "--threads 0: at least one thread is needed");
     // candle sizes its thread pool from this variable when it first runs.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    backprop_parity::engine::parallel::set_threads(threads);
     #[cfg(feature = "torch")]
     tch::set_num_threads(threads as i32);
-    let models = parse_models(&ModelArgs { models: args.models.clone(), seed: 0, params: None, dataset: DatasetKind::Mnist, data_dir: None, candle_maxpool: MaxPoolMode::Exact })?;
+    let models = parse_models(&ModelArgs {
+        models: args.models.clone(),
+        seed: 0,
+        params: None,
+        dataset: DatasetKind::Mnist,
+        data_dir: None,
+        candle_maxpool: MaxPoolMode::Exact,
+    })?;
     let opts = study::bench::BenchOptions {
         models,
         backends: c.backends()?,
         options: BackendOptions { candle_maxpool: MaxPoolMode::Exact },
         warmup: args.warmup,
         steps: args.steps,
+        block: args.block,
         threads,
     };
     let data = mnist_data()?;

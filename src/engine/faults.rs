@@ -103,9 +103,10 @@ impl Fault {
 impl std::str::FromStr for Fault {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Fault::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
-            format!("unknown fault '{s}': expected one of {}", Fault::ALL.map(Fault::name).join(", "))
-        })
+        Fault::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| format!("unknown fault '{s}': expected one of {}", Fault::ALL.map(Fault::name).join(", ")))
     }
 }
 
@@ -117,6 +118,18 @@ thread_local! {
 #[inline]
 pub fn on(fault: Fault) -> bool {
     ACTIVE.with(|a| a.get() & fault.bit() != 0)
+}
+
+/// The faults switched on for this thread, to hand to another thread with [`carry`].
+pub fn active() -> u32 {
+    ACTIVE.with(Cell::get)
+}
+
+/// Switches on exactly the set `active` (from [`active`] on another thread) for this
+/// thread until the guard is dropped: the engine runs a step on its worker threads and
+/// the faults of the caller must follow it there.
+pub fn carry(active: u32) -> Guard {
+    Guard { previous: ACTIVE.with(|a| a.replace(active)) }
 }
 
 /// Switches `fault` on for this thread until the guard is dropped.

@@ -23,6 +23,7 @@ mod float;
 mod graph;
 pub mod ops;
 pub mod optim;
+pub mod parallel;
 
 pub use float::Float;
 pub use graph::{Gradients, Graph, Op, Var};

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::lockstep::{backend, instantiate, make_batch, step_masks, BackendOptions};
 use super::TOOL_VERSION;
-use crate::backends::{median, BackendKind, ModelRunner};
+use crate::backends::{median, BackendKind, ModelRunner, SWITCH_WARMUP};
 use crate::data::Dataset;
 use crate::dtype::DType;
 use crate::error::Result;
@@ -23,6 +23,8 @@ pub struct BenchOptions {
     pub options: BackendOptions,
     pub warmup: usize,
     pub steps: usize,
+    /// Consecutive steps of one backend before the next one runs.
+    pub block: usize,
     pub threads: usize,
 }
 
@@ -65,36 +67,62 @@ pub const GEMM_SHAPES: [(usize, usize, usize, &str); 5] = [
     (25, 1568, 120, "CNN fc1 forward"),
 ];
 
+/// One timed training step (forward, backward, update) on the batch of `step`; seconds.
+fn train_step(runner: &mut dyn ModelRunner, data: &Dataset, spec: &ModelSpec, step: usize) -> Result<f64> {
+    let idx: Vec<usize> = (0..25).map(|i| (step * 25 + i) % data.train.n).collect();
+    let batch = make_batch(&data.train, &idx);
+    let masks = step_masks(spec, 25, 0, step);
+    let t = Instant::now();
+    runner.forward_backward(&batch, &masks, false)?;
+    runner.sgd_step(super::mnist::LR, super::mnist::MOMENTUM)?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
 pub fn run(data: &Dataset, opts: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<BenchReport> {
     let mut models = BTreeMap::new();
     let eval = make_batch(&data.test, &(0..100).collect::<Vec<_>>());
     for spec in &opts.models {
         progress(&spec.name);
         let params = ParamSet::init(spec, 0);
-        let mut runners: Vec<(BackendKind, Box<dyn ModelRunner>)> =
-            opts.backends.iter().map(|&k| Ok((k, instantiate(k, opts.options, spec, &params, DType::F32)?))).collect::<Result<_>>()?;
+        let mut runners: Vec<(BackendKind, Box<dyn ModelRunner>)> = opts
+            .backends
+            .iter()
+            .map(|&k| Ok((k, instantiate(k, opts.options, spec, &params, DType::F32)?)))
+            .collect::<Result<_>>()?;
         let mut step_samples: BTreeMap<BackendKind, Vec<f64>> = BTreeMap::new();
         let mut eval_samples: BTreeMap<BackendKind, Vec<f64>> = BTreeMap::new();
-        for step in 0..opts.warmup + opts.steps {
-            let idx: Vec<usize> = (0..25).map(|i| (step * 25 + i) % data.train.n).collect();
-            let batch = make_batch(&data.train, &idx);
-            let masks = step_masks(spec, 25, 0, step);
+        // Warm-up: every backend's first steps (allocator, thread pools, caches).
+        let mut step = 0;
+        for _ in 0..opts.warmup {
+            for (_, runner) in runners.iter_mut() {
+                train_step(runner.as_mut(), data, spec, step)?;
+            }
+            step += 1;
+        }
+        // Rounds of one block per backend (A×b, B×b, C×b, A×b, ...): drift hits all
+        // alike, and within a block each backend runs back to back as in training.
+        // Before its block, a backend runs untimed steps for `SWITCH_WARMUP` (on the
+        // same batches): they pay for the switch (the previous backend's worker threads
+        // still spinning, caches holding its data).
+        let block = opts.block.max(1);
+        let rounds = opts.steps.div_ceil(block);
+        for _ in 0..rounds {
             for (kind, runner) in runners.iter_mut() {
-                let t = Instant::now();
-                runner.forward_backward(&batch, &masks, false)?;
-                runner.sgd_step(super::mnist::LR, super::mnist::MOMENTUM)?;
-                let dt = t.elapsed().as_secs_f64();
-                if step >= opts.warmup {
+                let switched = Instant::now();
+                let mut i = 0;
+                while i == 0 || switched.elapsed() < SWITCH_WARMUP {
+                    train_step(runner.as_mut(), data, spec, step + i % block)?;
+                    i += 1;
+                }
+                for i in 0..block {
+                    let dt = train_step(runner.as_mut(), data, spec, step + i)?;
                     step_samples.entry(*kind).or_default().push(dt * 1e3);
                 }
+                let t = Instant::now();
+                runner.evaluate(&eval)?;
+                eval_samples.entry(*kind).or_default().push(t.elapsed().as_secs_f64() * 1e3);
             }
-            if step >= opts.warmup && (step - opts.warmup) % 4 == 0 {
-                for (kind, runner) in runners.iter_mut() {
-                    let t = Instant::now();
-                    runner.evaluate(&eval)?;
-                    eval_samples.entry(*kind).or_default().push(t.elapsed().as_secs_f64() * 1e3);
-                }
-            }
+            step += block;
         }
         let step_ms: BTreeMap<BackendKind, f64> = step_samples.into_iter().map(|(k, v)| (k, median(v))).collect();
         let eval_ms = eval_samples.into_iter().map(|(k, v)| (k, median(v))).collect();
@@ -116,5 +144,12 @@ pub fn run(data: &Dataset, opts: &BenchOptions, mut progress: impl FnMut(&str)) 
         }
         gemm.push(GemmBench { m, k, n, what, gflops });
     }
-    Ok(BenchReport { study: "bench", tool_version: TOOL_VERSION, threads: opts.threads, steps: opts.steps, models, gemm })
+    Ok(BenchReport {
+        study: "bench",
+        tool_version: TOOL_VERSION,
+        threads: opts.threads,
+        steps: opts.steps,
+        models,
+        gemm,
+    })
 }

@@ -6,10 +6,10 @@ mod model;
 
 use super::{check_inputs, Backend, BackendKind, ModelRunner, Trajectory};
 use crate::dtype::DType;
+use crate::engine::RunningStats;
 use crate::engine::{optim::Sgd, Float, Graph, Tensor, Var};
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
-use crate::engine::RunningStats;
 use crate::models::mnist::{ModelSpec, ParamSet, BN_EPS, BN_MOMENTUM};
 use crate::models::{Prim, Program};
 
@@ -20,7 +20,14 @@ impl Backend for EngineBackend {
         BackendKind::Engine
     }
 
-    fn train_sgd(&self, program: &Program, inputs: &[HostTensor], lr: f64, steps: usize, dtype: DType) -> Result<Trajectory> {
+    fn train_sgd(
+        &self,
+        program: &Program,
+        inputs: &[HostTensor],
+        lr: f64,
+        steps: usize,
+        dtype: DType,
+    ) -> Result<Trajectory> {
         check_inputs(program, inputs)?;
         match dtype {
             DType::F32 => train::<f32>(program, inputs, lr, steps),
@@ -49,7 +56,8 @@ fn train<F: Float>(program: &Program, inputs: &[HostTensor], lr: f64, steps: usi
     let mut values: Vec<Tensor<F>> = inputs.iter().map(to_engine).collect::<Result<_>>()?;
     let trainable: Vec<usize> = program.trainable().map(|(i, _)| i).collect();
     let sgd = Sgd { lr };
-    let mut out = Trajectory { loss: Vec::with_capacity(steps), grads: Vec::with_capacity(steps), final_params: vec![] };
+    let mut out =
+        Trajectory { loss: Vec::with_capacity(steps), grads: Vec::with_capacity(steps), final_params: vec![] };
     for _ in 0..steps {
         let mut g = Graph::<F>::new();
         let leaves: Vec<Var> =
@@ -72,7 +80,8 @@ pub fn run_program<F: Float>(g: &mut Graph<F>, program: &Program, mut values: Ve
     for instr in &program.instrs {
         let a = values[instr.args[0].0];
         let b = instr.args.get(1).map(|v| values[v.0]);
-        let binary = |g: &mut Graph<F>, f: fn(&mut Graph<F>, Var, Var) -> Result<Var>| f(g, a, b.expect("arity checked"));
+        let binary =
+            |g: &mut Graph<F>, f: fn(&mut Graph<F>, Var, Var) -> Result<Var>| f(g, a, b.expect("arity checked"));
         let v = match instr.prim {
             Prim::MatMul => binary(g, Graph::matmul)?,
             Prim::Add => binary(g, Graph::add)?,

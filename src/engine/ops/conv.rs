@@ -7,11 +7,10 @@
 //! bias is added to the finished dot product, as BLAS does with `beta = 1`.
 
 use crate::engine::faults::{self, Fault};
-use ndarray::{Array2, ArrayView2, Axis};
-use rayon::prelude::*;
+use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 
-use super::gemm::gemm;
-use crate::engine::{Float, Graph, Op, Tensor, Var};
+use super::gemm::gemm_into;
+use crate::engine::{parallel, Float, Graph, Op, Tensor, Var};
 use crate::error::{Error, Result};
 
 impl<F: Float> Graph<F> {
@@ -42,7 +41,9 @@ pub struct Geometry {
 impl Geometry {
     pub fn new(x: &[usize], w: &[usize], b: Option<&[usize]>, stride: usize, padding: usize) -> Result<Self> {
         let bad = |why: &str| {
-            Error::Shape(format!("conv2d: input {x:?}, weight {w:?}, bias {b:?}, stride {stride}, padding {padding}: {why}"))
+            Error::Shape(format!(
+                "conv2d: input {x:?}, weight {w:?}, bias {b:?}, stride {stride}, padding {padding}: {why}"
+            ))
         };
         if x.len() != 4 || w.len() != 4 {
             return Err(bad("input must be [N,C,H,W] and weight [O,C,kh,kw]"));
@@ -93,20 +94,25 @@ fn inside(count: usize, k: usize, stride: usize, padding: usize, size: usize) ->
     lo.min(hi)..hi
 }
 
-/// One image unfolded into `[C·kh·kw, OH·OW]`, zeros where the window covers padding.
+/// One image unfolded into `cols` (`[C·kh·kw, OH·OW]`, row-major), zeros where the
+/// window covers padding; every entry is written, so `cols` may hold anything before.
 /// `x` is the image's `[C, H, W]` values, row-major. Only copies, so the order of the
 /// loops is free: each output row's in-bounds run is copied at once.
-fn im2col<F: Float>(x: &[F], geo: &Geometry) -> Array2<F> {
+fn im2col_into<F: Float>(x: &[F], geo: &Geometry, cols: &mut [F]) {
     let (l, ow, s) = (geo.l(), geo.ow, geo.stride);
-    let mut cols = vec![F::zero(); geo.k() * l];
     for (row, dst) in cols.chunks_exact_mut(l).enumerate() {
         let (ci, i, j) = (row / (geo.kh * geo.kw), (row / geo.kw) % geo.kh, row % geo.kw);
         let plane = &x[ci * geo.h * geo.w..(ci + 1) * geo.h * geo.w];
         let xs = inside(ow, j, s, geo.padding, geo.w);
-        for oy in inside(geo.oh, i, s, geo.padding, geo.h) {
+        let ys = inside(geo.oh, i, s, geo.padding, geo.h);
+        dst[..ys.start * ow].fill(F::zero());
+        dst[ys.end * ow..].fill(F::zero());
+        for oy in ys {
             let y = oy * s + i - geo.padding;
             let src = &plane[y * geo.w..(y + 1) * geo.w];
             let dst_row = &mut dst[oy * ow..(oy + 1) * ow];
+            dst_row[..xs.start].fill(F::zero());
+            dst_row[xs.end..].fill(F::zero());
             if s == 1 {
                 let x0 = xs.start + j - geo.padding;
                 dst_row[xs.clone()].copy_from_slice(&src[x0..x0 + xs.len()]);
@@ -117,7 +123,38 @@ fn im2col<F: Float>(x: &[F], geo: &Geometry) -> Array2<F> {
             }
         }
     }
-    Array2::from_shape_vec((geo.k(), l), cols).expect("K×L")
+}
+
+/// `im2col` of one image into this thread's scratch buffer, handed to `f` as a
+/// `[C·kh·kw, OH·OW]` view. The buffer is kept between calls, so the steady state
+/// allocates nothing per image.
+fn with_cols<F: Float, R>(x: &[F], geo: &Geometry, f: impl FnOnce(ArrayView2<F>) -> R) -> R {
+    with_scratch(geo.k() * geo.l(), |cols: &mut [F]| {
+        im2col_into(x, geo, cols);
+        f(ArrayView2::from_shape((geo.k(), geo.l()), cols).expect("K×L"))
+    })
+}
+
+thread_local! {
+    /// Per-thread scratch for unfolded images, as 8-byte words (fits f32 and f64).
+    static SCRATCH: std::cell::Cell<Vec<u64>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A scratch slice of `len` values of `F` (contents unspecified), reused across calls
+/// on this thread. Taken out of the cell while in use, so a nested call gets its own.
+fn with_scratch<F: Float, R>(len: usize, f: impl FnOnce(&mut [F]) -> R) -> R {
+    const { assert!(std::mem::size_of::<F>() <= 8 && std::mem::align_of::<F>() <= 8) };
+    let mut buf = SCRATCH.with(|c| c.take());
+    let words = (len * std::mem::size_of::<F>()).div_ceil(8);
+    if buf.len() < words {
+        buf.resize(words, 0);
+    }
+    // SAFETY: the words are initialised, suitably aligned for F and hold at least
+    // `len` values of F; every bit pattern is a valid f32 or f64.
+    let slice = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<F>(), len) };
+    let out = f(slice);
+    SCRATCH.with(|c| c.set(buf));
+    out
 }
 
 /// ATen's col2im: adds every entry of `cols` (`[C·kh·kw, OH·OW]`) into the input pixel
@@ -153,7 +190,8 @@ fn weight_matrix<'a, F: Float>(w: &'a Tensor<F>, geo: &Geometry) -> ArrayView2<'
 }
 
 /// The images are independent, so they are shared between the cores (each image's
-/// arithmetic is unchanged; only which thread does it changes).
+/// arithmetic is unchanged; only which thread does it changes). Each product is written
+/// straight into the image's part of the output, then the bias is added to it.
 pub fn forward<F: Float>(x: &Tensor<F>, w: &Tensor<F>, b: Option<&Tensor<F>>, geo: &Geometry) -> Tensor<F> {
     let w2 = weight_matrix(w, geo);
     let x = x.as_standard_layout();
@@ -161,13 +199,13 @@ pub fn forward<F: Float>(x: &Tensor<F>, w: &Tensor<F>, b: Option<&Tensor<F>>, ge
     let bias: Option<Vec<F>> = b.map(|b| b.iter().copied().collect());
     let (image_in, image_out) = (geo.c * geo.h * geo.w, geo.o * geo.l());
     let mut out = vec![F::zero(); geo.n * image_out];
-    out.par_chunks_mut(image_out.max(1)).enumerate().for_each(|(n, dst)| {
-        let prod = gemm(w2, im2col(&x[n * image_in..(n + 1) * image_in], geo).view());
-        let prod = prod.as_slice().expect("gemm returns row-major");
-        for (o, (d, p)) in dst.chunks_exact_mut(geo.l()).zip(prod.chunks_exact(geo.l())).enumerate() {
-            match &bias {
-                Some(bias) => d.iter_mut().zip(p).for_each(|(d, &v)| *d = bias[o] + v),
-                None => d.copy_from_slice(p),
+    parallel::for_each_chunk(&mut out, image_out.max(1), |n, dst| {
+        with_cols(&x[n * image_in..(n + 1) * image_in], geo, |cols| {
+            gemm_into(w2, cols, ArrayViewMut2::from_shape((geo.o, geo.l()), &mut *dst).expect("O×L"));
+        });
+        if let Some(bias) = &bias {
+            for (row, &bo) in dst.chunks_exact_mut(geo.l()).zip(bias) {
+                row.iter_mut().for_each(|d| *d = bo + *d);
             }
         }
     });
@@ -190,9 +228,8 @@ pub fn backward<F: Float>(
     let g = g.as_standard_layout();
     let gs = g.as_slice().expect("standard layout");
     let (image_in, image_out) = (geo.c * geo.h * geo.w, geo.o * geo.l());
-    let g_image = |n: usize| {
-        ArrayView2::from_shape((geo.o, geo.l()), &gs[n * image_out..(n + 1) * image_out]).expect("O×L")
-    };
+    let g_image =
+        |n: usize| ArrayView2::from_shape((geo.o, geo.l()), &gs[n * image_out..(n + 1) * image_out]).expect("O×L");
     let xs = x.as_standard_layout();
     let xs = xs.as_slice().expect("standard layout");
 
@@ -201,9 +238,11 @@ pub fn backward<F: Float>(
     let gx = need_x.then(|| {
         let w2 = weight_matrix(w, &geo);
         let mut gx = vec![F::zero(); x.len()];
-        gx.par_chunks_mut(image_in.max(1)).enumerate().for_each(|(n, dst)| {
-            let cols = gemm(w2.t(), g_image(n));
-            col2im(cols.as_slice().expect("gemm returns row-major"), dst, &geo);
+        parallel::for_each_chunk(&mut gx, image_in.max(1), |n, dst| {
+            with_scratch(geo.k() * geo.l(), |cols: &mut [F]| {
+                gemm_into(w2.t(), g_image(n), ArrayViewMut2::from_shape((geo.k(), geo.l()), &mut *cols).expect("K×L"));
+                col2im(cols, dst, &geo);
+            });
         });
         Tensor::from_shape_vec(x.raw_dim(), gx).expect("sizes match")
     });
@@ -212,15 +251,18 @@ pub fn backward<F: Float>(
     // each product is finished on its own, then added in image order. The products are
     // computed in parallel and the sum is still taken in that order.
     let gw = need_w.then(|| {
-        let prods: Vec<Array2<F>> = (0..geo.n)
-            .into_par_iter()
-            .map(|n| gemm(g_image(n), im2col(&xs[n * image_in..(n + 1) * image_in], &geo).t()))
-            .collect();
-        let mut gw = Array2::<F>::zeros((geo.o, geo.k()));
-        for p in &prods {
-            gw += p;
+        let per_image = geo.o * geo.k();
+        let mut prods = vec![F::zero(); geo.n * per_image];
+        parallel::for_each_chunk(&mut prods, per_image.max(1), |n, dst| {
+            with_cols(&xs[n * image_in..(n + 1) * image_in], &geo, |cols| {
+                gemm_into(g_image(n), cols.t(), ArrayViewMut2::from_shape((geo.o, geo.k()), dst).expect("O×K"));
+            });
+        });
+        let mut gw = vec![F::zero(); per_image];
+        for p in prods.chunks_exact(per_image.max(1)) {
+            gw.iter_mut().zip(p).for_each(|(acc, &v)| *acc += v);
         }
-        let gw: Tensor<F> = gw.into_shape_with_order(w.raw_dim()).expect("O×K is the weight's size");
+        let gw = Tensor::from_shape_vec(w.raw_dim(), gw).expect("O×K is the weight's size");
         if faults::on(Fault::ConvWeightGradFlipped) {
             // Flipped along both kernel axes: a true convolution's gradient.
             let mut flipped = gw.clone();
@@ -230,7 +272,6 @@ pub fn backward<F: Float>(
         }
         gw
     });
-
     let gb = need_b.then(|| {
         let mut gb = vec![F::zero(); geo.o];
         for n in 0..geo.n {

@@ -8,7 +8,7 @@
 use crate::engine::faults::{self, Fault};
 use std::sync::Arc;
 
-use crate::engine::{Float, Graph, Op, Tensor, Var};
+use crate::engine::{parallel, Float, Graph, Op, Tensor, Var};
 use crate::error::{Error, Result};
 
 impl<F: Float> Graph<F> {
@@ -30,32 +30,78 @@ pub fn forward<F: Float>(x: &Tensor<F>, kernel: usize) -> Result<(Tensor<F>, Vec
     let (oh, ow) = (h / kernel, w / kernel);
     let data = x.as_standard_layout();
     let data = data.as_slice().expect("standard layout");
-    let mut out = Vec::with_capacity(n * c * oh * ow);
-    let mut argmax = Vec::with_capacity(n * c * oh * ow);
-    for plane in 0..n * c {
+    let mut out = vec![F::zero(); n * c * oh * ow];
+    let mut argmax = vec![0usize; n * c * oh * ow];
+    // Planes are independent; they are shared between the cores.
+    let plane_out = (oh * ow).max(1);
+    let arg = parallel::SendPtr(argmax.as_mut_ptr());
+    parallel::for_each_chunk(&mut out, plane_out, |plane, out| {
+        // SAFETY: plane `plane`'s indices, disjoint between tasks; `argmax` outlives the call.
+        let argmax = unsafe { std::slice::from_raw_parts_mut(arg.get().add(plane * plane_out), out.len()) };
         let base = plane * h * w;
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let first = base + oy * kernel * w + ox * kernel;
-                let (mut best, mut at) = (F::neg_infinity(), first);
-                for i in 0..kernel {
-                    for j in 0..kernel {
-                        let idx = first + i * w + j;
-                        let v = data[idx];
-                        // Branch-free select (the comparison is unpredictable on data);
-                        // same rule and scan order as before.
-                        let take = v > best || v.is_nan();
-                        best = if take { v } else { best };
-                        at = if take { idx } else { at };
-                    }
-                }
-                out.push(best);
-                argmax.push(at);
-            }
+        let input = &data[base..base + h * w];
+        match kernel {
+            2 => pool_plane::<F, 2>(input, w, ow, out, argmax, base),
+            _ => pool_plane_any(input, w, ow, kernel, out, argmax, base),
         }
-    }
+    });
     let value = Tensor::from_shape_vec(vec![n, c, oh, ow], out).expect("sizes match");
     Ok((value, argmax))
+}
+
+/// The window's first maximum (NaN wins): ATen's `val > maxval || isnan(val)` scanned in
+/// row-major order. Branch-free, since the comparison is unpredictable on data.
+#[inline(always)]
+fn take<F: Float>(v: F, idx: usize, best: &mut F, at: &mut usize) {
+    let take = v > *best || v.is_nan();
+    *best = if take { v } else { *best };
+    *at = if take { idx } else { *at };
+}
+
+/// One plane with the window size known at compile time (the models pool 2×2), so the
+/// window loops unroll. `base` is the plane's flat offset, for the recorded indices.
+fn pool_plane<F: Float, const K: usize>(
+    input: &[F],
+    w: usize,
+    ow: usize,
+    out: &mut [F],
+    argmax: &mut [usize],
+    base: usize,
+) {
+    for (oy, (out_row, arg_row)) in out.chunks_exact_mut(ow).zip(argmax.chunks_exact_mut(ow)).enumerate() {
+        let rows: [&[F]; K] = std::array::from_fn(|i| &input[(oy * K + i) * w..(oy * K + i) * w + ow * K]);
+        for (ox, (o, a)) in out_row.iter_mut().zip(arg_row.iter_mut()).enumerate() {
+            let (mut best, mut at) = (F::neg_infinity(), base + oy * K * w + ox * K);
+            for (i, row) in rows.iter().enumerate() {
+                for j in 0..K {
+                    take(row[ox * K + j], base + (oy * K + i) * w + ox * K + j, &mut best, &mut at);
+                }
+            }
+            (*o, *a) = (best, at);
+        }
+    }
+}
+
+fn pool_plane_any<F: Float>(
+    input: &[F],
+    w: usize,
+    ow: usize,
+    k: usize,
+    out: &mut [F],
+    argmax: &mut [usize],
+    base: usize,
+) {
+    for (o, (dst, arg)) in out.iter_mut().zip(argmax.iter_mut()).enumerate() {
+        let (oy, ox) = (o / ow, o % ow);
+        let first = oy * k * w + ox * k;
+        let (mut best, mut at) = (F::neg_infinity(), base + first);
+        for i in 0..k {
+            for j in 0..k {
+                take(input[first + i * w + j], base + first + i * w + j, &mut best, &mut at);
+            }
+        }
+        (*dst, *arg) = (best, at);
+    }
 }
 
 pub fn backward<F: Float>(x: &Tensor<F>, argmax: &Arc<[usize]>, g: &Tensor<F>) -> Tensor<F> {
