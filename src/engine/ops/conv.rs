@@ -236,11 +236,13 @@ pub fn backward<F: Float>(
     // ATen's slow_conv2d_backward: grad_columns = Wᵀ·G per image, then col2im adds each
     // column entry into its input pixel, visiting kernel offsets in row-major order.
     let gx = need_x.then(|| {
-        let w2 = weight_matrix(w, &geo);
+        // Wᵀ is made row-major once, so that every image's product reads it in place
+        // instead of repacking the transposed view.
+        let wt = weight_matrix(w, &geo).t().as_standard_layout().into_owned();
         let mut gx = vec![F::zero(); x.len()];
         parallel::for_each_chunk(&mut gx, image_in.max(1), |n, dst| {
             with_scratch(geo.k() * geo.l(), |cols: &mut [F]| {
-                gemm_into(w2.t(), g_image(n), ArrayViewMut2::from_shape((geo.k(), geo.l()), &mut *cols).expect("K×L"));
+                gemm_into(wt.view(), g_image(n), ArrayViewMut2::from_shape((geo.k(), geo.l()), &mut *cols).expect("K×L"));
                 col2im(cols, dst, &geo);
             });
         });
@@ -251,17 +253,22 @@ pub fn backward<F: Float>(
     // each product is finished on its own, then added in image order. The products are
     // computed in parallel and the sum is still taken in that order.
     let gw = need_w.then(|| {
+        // Each product is computed transposed, `colsᵀ`-free: (G·colsᵀ)ᵀ = cols·Gᵀ has
+        // the same products in the same order per entry, and reads the big `cols` in
+        // place. The sum over images and one transpose at the end give grad_weight.
         let per_image = geo.o * geo.k();
         let mut prods = vec![F::zero(); geo.n * per_image];
         parallel::for_each_chunk(&mut prods, per_image.max(1), |n, dst| {
             with_cols(&xs[n * image_in..(n + 1) * image_in], &geo, |cols| {
-                gemm_into(g_image(n), cols.t(), ArrayViewMut2::from_shape((geo.o, geo.k()), dst).expect("O×K"));
+                gemm_into(cols, g_image(n).t(), ArrayViewMut2::from_shape((geo.k(), geo.o), dst).expect("K×O"));
             });
         });
-        let mut gw = vec![F::zero(); per_image];
+        let mut sum_t = vec![F::zero(); per_image];
         for p in prods.chunks_exact(per_image.max(1)) {
-            gw.iter_mut().zip(p).for_each(|(acc, &v)| *acc += v);
+            sum_t.iter_mut().zip(p).for_each(|(acc, &v)| *acc += v);
         }
+        let sum_t = ArrayView2::from_shape((geo.k(), geo.o), &sum_t).expect("K×O");
+        let gw: Vec<F> = sum_t.t().iter().copied().collect();
         let gw = Tensor::from_shape_vec(w.raw_dim(), gw).expect("O×K is the weight's size");
         if faults::on(Fault::ConvWeightGradFlipped) {
             // Flipped along both kernel axes: a true convolution's gradient.

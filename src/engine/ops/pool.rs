@@ -41,7 +41,7 @@ pub fn forward<F: Float>(x: &Tensor<F>, kernel: usize) -> Result<(Tensor<F>, Vec
         let base = plane * h * w;
         let input = &data[base..base + h * w];
         match kernel {
-            2 => pool_plane::<F, 2>(input, w, ow, out, argmax, base),
+            2 => pool_plane_2x2(input, w, ow, out, argmax, base),
             _ => pool_plane_any(input, w, ow, kernel, out, argmax, base),
         }
     });
@@ -58,26 +58,23 @@ fn take<F: Float>(v: F, idx: usize, best: &mut F, at: &mut usize) {
     *at = if take { idx } else { *at };
 }
 
-/// One plane with the window size known at compile time (the models pool 2×2), so the
-/// window loops unroll. `base` is the plane's flat offset, for the recorded indices.
-fn pool_plane<F: Float, const K: usize>(
-    input: &[F],
-    w: usize,
-    ow: usize,
-    out: &mut [F],
-    argmax: &mut [usize],
-    base: usize,
-) {
+/// One plane pooled 2×2 (the models' case), written out so that the windows of a row
+/// pair are independent straight-line code. The first value needs no comparison: it
+/// beats the starting −∞ unless it is −∞ itself, and then the result is the same (−∞
+/// at the window's first position). `base` is the plane's flat offset, for the indices.
+fn pool_plane_2x2<F: Float>(input: &[F], w: usize, ow: usize, out: &mut [F], argmax: &mut [usize], base: usize) {
     for (oy, (out_row, arg_row)) in out.chunks_exact_mut(ow).zip(argmax.chunks_exact_mut(ow)).enumerate() {
-        let rows: [&[F]; K] = std::array::from_fn(|i| &input[(oy * K + i) * w..(oy * K + i) * w + ow * K]);
+        let (r0, r1) = (&input[2 * oy * w..2 * oy * w + 2 * ow], &input[(2 * oy + 1) * w..(2 * oy + 1) * w + 2 * ow]);
         for (ox, (o, a)) in out_row.iter_mut().zip(arg_row.iter_mut()).enumerate() {
-            let (mut best, mut at) = (F::neg_infinity(), base + oy * K * w + ox * K);
-            for (i, row) in rows.iter().enumerate() {
-                for j in 0..K {
-                    take(row[ox * K + j], base + (oy * K + i) * w + ox * K + j, &mut best, &mut at);
-                }
+            let mut best = r0[2 * ox];
+            let mut pos = 0;
+            for (v, p) in [(r0[2 * ox + 1], 1), (r1[2 * ox], w), (r1[2 * ox + 1], w + 1)] {
+                let take = v > best || v.is_nan();
+                best = if take { v } else { best };
+                pos = if take { p } else { pos };
             }
-            (*o, *a) = (best, at);
+            *o = best;
+            *a = base + 2 * oy * w + 2 * ox + pos;
         }
     }
 }
@@ -108,10 +105,18 @@ pub fn backward<F: Float>(x: &Tensor<F>, argmax: &Arc<[usize]>, g: &Tensor<F>) -
     if faults::on(Fault::MaxPoolGradToAllTies) {
         return backward_to_all_ties(x, argmax, g);
     }
+    let s = x.shape();
+    let (plane_in, plane_out) = ((s[2] * s[3]).max(1), (g.shape()[2] * g.shape()[3]).max(1));
+    let g = g.as_standard_layout();
+    let gs = g.as_slice().expect("standard layout");
     let mut gx = vec![F::zero(); x.len()];
-    for (&at, &gv) in argmax.iter().zip(g.iter()) {
-        gx[at] += gv;
-    }
+    // Each output's recorded input lies in its own plane, so planes are independent.
+    parallel::for_each_chunk(&mut gx, plane_in, |p, dst| {
+        let range = p * plane_out..(p + 1) * plane_out;
+        for (&at, &gv) in argmax[range.clone()].iter().zip(&gs[range]) {
+            dst[at - p * plane_in] += gv;
+        }
+    });
     Tensor::from_shape_vec(x.raw_dim(), gx).expect("sizes match")
 }
 
