@@ -228,6 +228,9 @@ struct MnistArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Freed blocks stay in the process for the next step (every backend alike; see
+    // engine::memory for why and what it costs).
+    backprop_parity::engine::memory::keep_freed_pages();
     let result = match cli.command {
         Some(Command::Abc(args)) => run_abc(&args).map(|()| true),
         Some(Command::Grads(args)) => run_grads(&args).map(|()| true),

@@ -19,6 +19,7 @@
 //! backward side by side. `graph.rs` holds the tape and the one backward loop.
 
 pub mod faults;
+pub mod memory;
 mod float;
 mod graph;
 pub mod ops;

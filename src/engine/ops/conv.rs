@@ -279,15 +279,32 @@ pub fn backward<F: Float>(
         }
         gw
     });
+    // Each channel's sum runs over images, then positions, one add at a time. Four
+    // channels advance together (independent chains, so the adds overlap instead of
+    // waiting on each other) and groups of four are shared between the threads.
     let gb = need_b.then(|| {
+        const GROUP: usize = 4;
         let mut gb = vec![F::zero(); geo.o];
-        for n in 0..geo.n {
-            for (acc, row) in gb.iter_mut().zip(gs[n * image_out..(n + 1) * image_out].chunks_exact(geo.l())) {
-                for &v in row {
-                    *acc += v;
+        let l = geo.l();
+        parallel::for_each_chunk(&mut gb, GROUP, |grp, acc| {
+            let o0 = grp * GROUP;
+            for n in 0..geo.n {
+                let rows: Vec<&[F]> =
+                    (0..acc.len()).map(|q| &gs[n * image_out + (o0 + q) * l..n * image_out + (o0 + q + 1) * l]).collect();
+                if let [r0, r1, r2, r3] = rows[..] {
+                    for j in 0..l {
+                        acc[0] += r0[j];
+                        acc[1] += r1[j];
+                        acc[2] += r2[j];
+                        acc[3] += r3[j];
+                    }
+                } else {
+                    for (a, row) in acc.iter_mut().zip(&rows) {
+                        row.iter().for_each(|&v| *a += v);
+                    }
                 }
             }
-        }
+        });
         Tensor::from_shape_vec(vec![geo.o], gb).expect("one per channel")
     });
     (gx, gw, gb)
