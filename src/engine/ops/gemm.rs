@@ -149,16 +149,18 @@ unsafe fn product_into<F: Float>(isa: Isa, a: ArrayView2<F>, b: ArrayView2<F>, c
         Isa::Avx512 => {
             let mr = mr_for(m);
             let (lanes, packed) = (if F::DTYPE == DType::F32 { 16 } else { 8 }, b.strides()[1] != 1);
-            // One vector per row of the block when `b` is narrower than one.
+            // One vector per row of the block when `b` is narrower than one; likewise for
+            // a last panel of at most one vector's width (196 = 6·32 + 4 columns).
             let nv = if n <= lanes { 1 } else { 2 };
-            run::<F>(a, b, c, Shape { mr, nr: nv * lanes, pack_b: packed }, simd::avx512_for::<F>(mr, nv));
+            let shape = Shape { mr, nr: nv * lanes, pack_b: packed };
+            run::<F>(a, b, c, shape, simd::avx512_for::<F>(mr, nv), simd::avx512_for::<F>(mr, 1));
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             let nr = if F::DTYPE == DType::F32 { 16 } else { 8 };
-            run::<F>(a, b, c, Shape { mr: MR_FIXED, nr, pack_b: true }, simd::avx2_for::<F>())
+            run::<F>(a, b, c, Shape { mr: MR_FIXED, nr, pack_b: true }, simd::avx2_for::<F>(), simd::avx2_for::<F>())
         }
-        Isa::Portable => run::<F>(a, b, c, Shape { mr: MR_FIXED, nr: 8, pack_b: true }, portable::<F>),
+        Isa::Portable => run::<F>(a, b, c, Shape { mr: MR_FIXED, nr: 8, pack_b: true }, portable::<F>, portable::<F>),
     }
 }
 
@@ -308,13 +310,16 @@ struct Job<F> {
     k: usize,
     n: usize,
     micro: Micro<F>,
+    narrow: Micro<F>,
 }
 
 // SAFETY: every tile index is handed to exactly one thread, and distinct tiles cover
 // disjoint entries of `c`, which outlives the parallel call.
 unsafe impl<F: Sync> Sync for Job<F> {}
 
-unsafe fn run<F: Float>(a: ArrayView2<F>, b: ArrayView2<F>, c: *mut F, shape: Shape, micro: Micro<F>) {
+/// `narrow` is the kernel for a last panel no wider than `shape.nr / 2` (AVX-512: one
+/// vector per row instead of two); the others pass `micro` again.
+unsafe fn run<F: Float>(a: ArrayView2<F>, b: ArrayView2<F>, c: *mut F, shape: Shape, micro: Micro<F>, narrow: Micro<F>) {
     let (m, k) = a.dim();
     let n = b.dim().1;
     let Shape { mr, nr, pack_b: packed } = shape;
@@ -335,6 +340,7 @@ unsafe fn run<F: Float>(a: ArrayView2<F>, b: ArrayView2<F>, c: *mut F, shape: Sh
         k,
         n,
         micro,
+        narrow,
     };
     let tiles = m.div_ceil(mr) * n.div_ceil(nr);
     // SAFETY (both branches): the micro-kernel was chosen for a detected ISA; every
@@ -372,7 +378,8 @@ unsafe fn tiles_in<F: Float>(job: &Job<F>, range: std::ops::Range<usize>) {
         };
         let (rows, cols) = (mr.min(job.m - i0), nr.min(job.n - j0));
         let out = job.c.add(i0 * job.n + j0);
-        (job.micro)(&Tile { k: job.k, a, ars, aps, b, ldb, rows, cols, out, ldc: job.n });
+        let micro = if cols * 2 <= nr { job.narrow } else { job.micro };
+        micro(&Tile { k: job.k, a, ars, aps, b, ldb, rows, cols, out, ldc: job.n });
     }
 }
 
