@@ -64,6 +64,9 @@ struct Node<F> {
     value: Tensor<F>,
     op: Op,
     requires_grad: bool,
+    /// Intermediate values the forward kept for the backward: a convolution's unfolded
+    /// images, so that the weight gradient does not unfold them again.
+    saved: Vec<F>,
 }
 
 /// A recorded computation over `F` (`f32` or `f64`).
@@ -93,7 +96,7 @@ impl<F: Float> Graph<F> {
     }
 
     pub fn leaf(&mut self, value: Tensor<F>, requires_grad: bool) -> Var {
-        self.nodes.push(Node { value, op: Op::Leaf, requires_grad });
+        self.nodes.push(Node { value, op: Op::Leaf, requires_grad, saved: Vec::new() });
         Var(self.nodes.len() - 1)
     }
 
@@ -121,9 +124,19 @@ impl<F: Float> Graph<F> {
 
     /// Records a computed node. It needs a gradient if any input does.
     pub(crate) fn push(&mut self, value: Tensor<F>, op: Op) -> Var {
+        self.push_saving(value, op, Vec::new())
+    }
+
+    /// `push`, keeping `saved` for the op's backward rule.
+    pub(crate) fn push_saving(&mut self, value: Tensor<F>, op: Op, saved: Vec<F>) -> Var {
         let requires_grad = op.inputs().iter().any(|i| self.nodes[i.0].requires_grad);
-        self.nodes.push(Node { value, op, requires_grad });
+        self.nodes.push(Node { value, op, requires_grad, saved });
         Var(self.nodes.len() - 1)
+    }
+
+    /// Whether `v` receives a gradient in `backward`.
+    pub fn requires_grad(&self, v: Var) -> bool {
+        self.nodes[v.0].requires_grad
     }
 
     /// Nodes reachable from `root`, each after all of its inputs (post-order DFS with an
@@ -207,7 +220,9 @@ impl<F: Float> Graph<F> {
                 Op::Conv2d { x, w, b, stride, padding } => {
                     let need_b = b.is_some_and(needs);
                     let (xv, wv) = (self.value(x), self.value(w));
-                    let (gx, gw, gb) = conv::backward(xv, wv, g, stride, padding, needs(x), needs(w), need_b);
+                    let saved = (!node.saved.is_empty()).then_some(&node.saved[..]);
+                    let needed = (needs(x), needs(w), need_b);
+                    let (gx, gw, gb) = conv::backward_with_cols(xv, wv, g, stride, padding, needed, saved);
                     let mut out = asked([(x, gx), (w, gw)]);
                     out.extend(b.zip(gb));
                     out
