@@ -8,6 +8,10 @@ use backprop_parity::engine::ops::gemm::gemm;
 use ndarray::Array2;
 
 fn main() {
+    // `THREADS=1` measures one core.
+    if let Some(t) = std::env::var("THREADS").ok().and_then(|t| t.parse().ok()) {
+        backprop_parity::engine::parallel::set_threads(t);
+    }
     for &(label, m, k, n, ta, tb) in &[
         ("mlp_fc1_fwd", 25, 784, 120, false, true),
         ("mlp_fc1_fwd_nn", 25, 784, 120, false, false),

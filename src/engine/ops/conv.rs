@@ -92,6 +92,7 @@ impl Geometry {
 
 /// The outputs `lo..hi` (of `count`) whose window offset `k` lands inside the input
 /// (`0 <= o·stride + k - padding < size`); the others read padding.
+#[inline]
 fn inside(count: usize, k: usize, stride: usize, padding: usize, size: usize) -> std::ops::Range<usize> {
     let lo = padding.saturating_sub(k).div_ceil(stride);
     let hi = (size + padding).saturating_sub(k).div_ceil(stride).min(count);
