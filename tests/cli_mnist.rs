@@ -73,13 +73,23 @@ fn bad_mnist_arguments_are_clear_errors() {
 #[test]
 fn bench_reports_step_times_ratios_and_gemm_throughput() {
     let dir = temp_dir("bench");
-    let out = parity_report(&["bench", "--models", "Softmax", "--steps", "3", "--warmup", "1", "--json", "-", "--out", dir.to_str().unwrap()]);
+    let out = parity_report(&[
+        "bench", "--models", "Softmax", "--steps", "3", "--warmup", "1", "--memory-images", "100", "--json", "-", "--out",
+        dir.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let m = &v["models"]["Softmax"];
     assert!(m["step_ms"]["engine"].as_f64().unwrap() > 0.0 && m["eval_ms"]["candle"].as_f64().unwrap() > 0.0);
     assert!(m["ratios"]["engine/candle"].as_f64().unwrap() > 0.0);
     assert!(v["gemm"].as_array().unwrap().iter().all(|g| g["gflops"]["engine"].as_f64().unwrap() > 0.0));
+    // One 100-image epoch per backend in a child process: the peak is at least the
+    // resident size it started from, and both are plausible for this program.
+    for backend in ["engine", "candle"] {
+        let (before, peak) = (m["baseline_rss_mb"][backend].as_f64().unwrap(), m["peak_rss_mb"][backend].as_f64().unwrap());
+        assert!(before > 1.0 && peak >= before && peak < 4096.0, "{backend}: before {before} MB, peak {peak} MB");
+    }
+    assert!(std::fs::read_to_string(dir.join("bench.md")).unwrap().contains("## Memory and epoch time"));
     for name in ["bench.md", "bench.json", "bench.svg"] {
         assert!(dir.join(name).exists(), "{name}");
     }

@@ -55,6 +55,21 @@ enum Command {
     Mutants(MutantsArgs),
     /// Speed: median training-step and eval times per model and backend, interleaved; matrix-product GFLOP/s.
     Bench(BenchArgs),
+    /// (internal) One training epoch of one model on one backend; prints its memory use as JSON.
+    #[command(hide = true)]
+    MemoryChild(MemoryChildArgs),
+}
+
+#[derive(Args, Clone)]
+struct MemoryChildArgs {
+    #[arg(long)]
+    model: String,
+    #[arg(long)]
+    backend: String,
+    #[arg(long)]
+    images: usize,
+    #[arg(long)]
+    threads: usize,
 }
 
 #[derive(Args, Clone)]
@@ -71,6 +86,10 @@ struct BenchArgs {
     /// 30 ms of untimed steps, which pay for the switch).
     #[arg(long, default_value_t = 8)]
     block: usize,
+    /// Training images of the epoch whose peak resident memory is measured per model and
+    /// backend, each in a child process (0: skip; the default is MNIST's full epoch).
+    #[arg(long, default_value_t = 60_000, value_name = "N")]
+    memory_images: usize,
     /// Threads for every backend: the engine's team, candle's rayon pool, libtorch's
     /// intra-op threads (default: every core).
     #[arg(long)]
@@ -238,6 +257,7 @@ fn main() -> ExitCode {
         Some(Command::Check(args)) => run_check(&args),
         Some(Command::Mutants(args)) => run_mutants(&args).map(|()| true),
         Some(Command::Bench(args)) => run_bench(&args).map(|()| true),
+        Some(Command::MemoryChild(args)) => run_memory_child(&args).map(|()| true),
         None => run_default(cli.full, &cli.out).map(|()| true),
     };
     match result {
@@ -522,6 +542,26 @@ fn run_mutants(args: &MutantsArgs) -> Result<()> {
     finish(c, report::gate::mutants_outputs(&result)?)
 }
 
+/// Sets every backend's thread count (before any of them starts its threads).
+fn set_threads(threads: usize) {
+    // candle sizes its thread pool from this variable when it first runs.
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    backprop_parity::engine::parallel::set_threads(threads);
+    #[cfg(feature = "torch")]
+    tch::set_num_threads(threads as i32);
+}
+
+fn run_memory_child(args: &MemoryChildArgs) -> Result<()> {
+    anyhow::ensure!(args.threads > 0, "--threads 0: at least one thread is needed");
+    set_threads(args.threads);
+    let spec: ModelSpec = args.model.parse()?;
+    let kind: BackendKind = args.backend.parse().map_err(|e: String| anyhow::anyhow!("--backend: {e}"))?;
+    let data = mnist_data()?;
+    let m = study::memory::epoch_here(&data, &spec, kind, BackendOptions { candle_maxpool: MaxPoolMode::Exact }, args.images)?;
+    println!("{}", serde_json::to_string(&m)?);
+    Ok(())
+}
+
 fn run_bench(args: &BenchArgs) -> Result<()> {
     let c = &args.common;
     anyhow::ensure!(args.steps > 0, "--steps 0: at least one timed step is needed");
@@ -529,11 +569,7 @@ fn run_bench(args: &BenchArgs) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = args.threads.unwrap_or(cores);
     anyhow::ensure!(threads > 0, "--threads 0: at least one thread is needed");
-    // candle sizes its thread pool from this variable when it first runs.
-    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    backprop_parity::engine::parallel::set_threads(threads);
-    #[cfg(feature = "torch")]
-    tch::set_num_threads(threads as i32);
+    set_threads(threads);
     let models = parse_models(&ModelArgs {
         models: args.models.clone(),
         seed: 0,
@@ -549,6 +585,8 @@ fn run_bench(args: &BenchArgs) -> Result<()> {
         warmup: args.warmup,
         steps: args.steps,
         block: args.block,
+        memory_images: args.memory_images,
+        exe: Some(std::env::current_exe().context("locating parity-report for the memory child processes")?),
         threads,
     };
     let data = mnist_data()?;

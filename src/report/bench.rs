@@ -47,6 +47,7 @@ fn markdown(report: &BenchReport, machine: &str) -> String {
         })
         .collect();
     md += &table(&header.iter().map(String::as_str).collect::<Vec<_>>(), &rows);
+    md += &memory_section(report, &kinds);
     md += "\n## Matrix products (f32, GFLOP/s)\n\n";
     let mut header = vec!["shape m×k·k×n".to_string(), "what".to_string()];
     header.extend(kinds.iter().map(|k| k.to_string()));
@@ -60,6 +61,55 @@ fn markdown(report: &BenchReport, machine: &str) -> String {
         })
         .collect();
     md += &table(&header.iter().map(String::as_str).collect::<Vec<_>>(), &rows);
+    md
+}
+
+/// Peak resident memory and wall time of one epoch per model and backend, and what the
+/// epochs add up to over the seed's 25 epochs.
+fn memory_section(report: &BenchReport, kinds: &[BackendKind]) -> String {
+    if report.memory_images == 0 || report.models.values().all(|m| m.peak_rss_mb.is_empty()) {
+        return String::new();
+    }
+    let mut md = format!(
+        "\n## Memory and epoch time\n\nOne training epoch of {} images (batch 25, f32) per model and backend, each in a \
+         child process of its own: resident size before the first step (program, data, the backend's libraries, the \
+         model), the resident high-water mark over the epoch (`VmHWM`, reset just before the first step), and the epoch's wall \
+         time.\n\n",
+        report.memory_images
+    );
+    let mut header = vec!["model".to_string()];
+    header.extend(kinds.iter().map(|k| format!("{k} peak MB")));
+    header.extend(kinds.iter().map(|k| format!("{k} before MB")));
+    header.extend(kinds.iter().map(|k| format!("{k} epoch s")));
+    let cell = |m: &std::collections::BTreeMap<BackendKind, f64>, k: &BackendKind, digits: usize| {
+        m.get(k).map_or("-".into(), |v| format!("{v:.digits$}"))
+    };
+    let rows: Vec<Vec<String>> = report
+        .models
+        .iter()
+        .map(|(name, m)| {
+            let mut r = vec![name.clone()];
+            r.extend(kinds.iter().map(|k| cell(&m.peak_rss_mb, k, 0)));
+            r.extend(kinds.iter().map(|k| cell(&m.baseline_rss_mb, k, 0)));
+            r.extend(kinds.iter().map(|k| cell(&m.epoch_s, k, 1)));
+            r
+        })
+        .collect();
+    md += &table(&header.iter().map(String::as_str).collect::<Vec<_>>(), &rows);
+    if report.memory_images == 60_000 && report.models.len() == 9 {
+        let totals: Vec<String> = kinds
+            .iter()
+            .filter_map(|k| {
+                let sum: Option<f64> = report.models.values().map(|m| m.epoch_s.get(k).copied()).sum();
+                sum.map(|s| format!("{k} {:.1} h", s * 25.0 / 3600.0))
+            })
+            .collect();
+        md += &format!(
+            "\nThe seed study's training (25 epochs of the nine models) at these epoch times: {} (evaluation not \
+             included).\n",
+            totals.join(", ")
+        );
+    }
     md
 }
 

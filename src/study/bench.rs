@@ -25,6 +25,10 @@ pub struct BenchOptions {
     pub steps: usize,
     /// Consecutive steps of one backend before the next one runs.
     pub block: usize,
+    /// Training images of the epoch whose peak memory is measured (0: not measured),
+    /// and the program that runs it in a child process (`parity-report` itself).
+    pub memory_images: usize,
+    pub exe: Option<std::path::PathBuf>,
     pub threads: usize,
 }
 
@@ -36,6 +40,11 @@ pub struct ModelBench {
     pub eval_ms: BTreeMap<BackendKind, f64>,
     /// engine/torch and engine/candle step-time ratios (below 1: the engine is faster).
     pub ratios: BTreeMap<String, f64>,
+    /// One epoch in a child process per backend (empty when not measured): resident
+    /// size before the first step, peak over the epoch, wall time of the epoch.
+    pub baseline_rss_mb: BTreeMap<BackendKind, f64>,
+    pub peak_rss_mb: BTreeMap<BackendKind, f64>,
+    pub epoch_s: BTreeMap<BackendKind, f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -53,6 +62,8 @@ pub struct BenchReport {
     pub tool_version: &'static str,
     pub threads: usize,
     pub steps: usize,
+    /// Training images of the epochs whose memory was measured (0: none).
+    pub memory_images: usize,
     pub models: BTreeMap<String, ModelBench>,
     pub gemm: Vec<GemmBench>,
 }
@@ -132,14 +143,24 @@ pub fn run(data: &Dataset, opts: &BenchOptions, mut progress: impl FnMut(&str)) 
                 ratios.insert(format!("engine/{other}"), e / o);
             }
         }
-        models.insert(spec.name.clone(), ModelBench { step_ms, eval_ms, ratios });
+        let (mut baseline_rss_mb, mut peak_rss_mb, mut epoch_s) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        if let (Some(exe), true) = (&opts.exe, opts.memory_images > 0) {
+            for &kind in &opts.backends {
+                progress(&format!("{} epoch memory on {kind}", spec.name));
+                let m = super::memory::epoch_in_child(exe, spec, kind, opts.memory_images, opts.threads)?;
+                baseline_rss_mb.insert(kind, m.baseline_mb);
+                peak_rss_mb.insert(kind, m.peak_mb);
+                epoch_s.insert(kind, m.seconds);
+            }
+        }
+        models.insert(spec.name.clone(), ModelBench { step_ms, eval_ms, ratios, baseline_rss_mb, peak_rss_mb, epoch_s });
     }
     progress("matrix products");
     let mut gemm = Vec::new();
     for (m, k, n, what) in GEMM_SHAPES {
         let mut gflops = BTreeMap::new();
         for &kind in &opts.backends {
-            let s = backend(kind, opts.options)?.matmul_seconds(m, k, n, 50)?;
+            let s = backend(kind, opts.options)?.matmul_seconds(m, k, n, 200)?;
             gflops.insert(kind, 2.0 * (m * k * n) as f64 / s / 1e9);
         }
         gemm.push(GemmBench { m, k, n, what, gflops });
@@ -149,6 +170,7 @@ pub fn run(data: &Dataset, opts: &BenchOptions, mut progress: impl FnMut(&str)) 
         tool_version: TOOL_VERSION,
         threads: opts.threads,
         steps: opts.steps,
+        memory_images: opts.memory_images,
         models,
         gemm,
     })

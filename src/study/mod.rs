@@ -7,6 +7,7 @@ pub mod claims;
 pub mod gate;
 pub mod grads;
 pub mod lockstep;
+pub mod memory;
 pub mod mnist;
 pub mod mutants;
 pub mod probe;
