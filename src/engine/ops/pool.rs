@@ -41,6 +41,16 @@ pub fn forward<F: Float>(x: &Tensor<F>, kernel: usize) -> Result<(Tensor<F>, Vec
         let base = plane * h * w;
         let input = &data[base..base + h * w];
         match kernel {
+            #[cfg(target_arch = "x86_64")]
+            2 if F::DTYPE == crate::dtype::DType::F32 && std::arch::is_x86_feature_detected!("avx512f") => {
+                // SAFETY: AVX-512F is present; F is f32 (checked above), so the casts
+                // only relabel the element type.
+                unsafe {
+                    let cast = |s: &[F]| std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len());
+                    let out = std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), out.len());
+                    simd::pool_plane_2x2_f32(cast(input), w, ow, out, argmax, base)
+                }
+            }
             2 => pool_plane_2x2(input, w, ow, out, argmax, base),
             _ => pool_plane_any(input, w, ow, kernel, out, argmax, base),
         }
@@ -75,6 +85,61 @@ fn pool_plane_2x2<F: Float>(input: &[F], w: usize, ow: usize, out: &mut [F], arg
             }
             *o = best;
             *a = base + 2 * oy * w + 2 * ox + pos;
+        }
+    }
+}
+
+/// The 2×2 plane with AVX-512, sixteen windows at a time: the even and odd columns of
+/// both rows are separated with permutes, and each window runs the same three
+/// compare-and-select steps as `pool_plane_2x2` (`v > best`, ordered, or `v` NaN), lane
+/// by lane, so the values and indices are the same.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX-512F must be present; `input` holds the plane (`2·oh` rows of `w`), `out` and
+    /// `argmax` its `oh·ow` outputs.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn pool_plane_2x2_f32(input: &[f32], w: usize, ow: usize, out: &mut [f32], argmax: &mut [usize], base: usize) {
+        let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+        let lanes = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);
+        let oh = out.len() / ow.max(1);
+        for oy in 0..oh {
+            let (r0, r1) = (input.as_ptr().add(2 * oy * w), input.as_ptr().add((2 * oy + 1) * w));
+            let first = (base + 2 * oy * w) as i64;
+            let mut ox = 0;
+            while ox < ow {
+                let n = (ow - ox).min(16);
+                // Input values 2·ox .. 2·ox + 2n of each row, as two vectors of 16.
+                let (lo, hi) = ((2 * n).min(16) as u32, (2 * n).saturating_sub(16) as u32);
+                let (m_lo, m_hi) = (((1u64 << lo) - 1) as u16, ((1u64 << hi) - 1) as u16);
+                let load = |r: *const f32| {
+                    let (a, b) = (_mm512_maskz_loadu_ps(m_lo, r.add(2 * ox)), _mm512_maskz_loadu_ps(m_hi, r.add(2 * ox + 16)));
+                    (_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b))
+                };
+                let ((t0, t1), (b0, b1)) = (load(r0), load(r1));
+                let mut best = t0;
+                let mut pos = _mm512_setzero_si512();
+                for (v, p) in [(t1, 1), (b0, w as i32), (b1, w as i32 + 1)] {
+                    let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                    best = _mm512_mask_blend_ps(take, best, v);
+                    pos = _mm512_mask_blend_epi32(take, pos, _mm512_set1_epi32(p));
+                }
+                let m_out = ((1u32 << n) - 1) as u16;
+                _mm512_mask_storeu_ps(out.as_mut_ptr().add(oy * ow + ox), m_out, best);
+                // Flat indices: first + 2·(ox + lane) + pos, as 64-bit lanes in two halves.
+                let start = _mm512_add_epi64(_mm512_set1_epi64(first + 2 * ox as i64), lanes);
+                let dst = argmax.as_mut_ptr().add(oy * ow + ox) as *mut i64;
+                let halves = [_mm512_castsi512_si256(pos), _mm512_extracti64x4_epi64::<1>(pos)];
+                for (h, half) in halves.into_iter().enumerate() {
+                    let idx = _mm512_add_epi64(start, _mm512_add_epi64(_mm512_cvtepi32_epi64(half), _mm512_set1_epi64(16 * h as i64)));
+                    let m = (m_out >> (8 * h)) as u8;
+                    _mm512_mask_storeu_epi64(dst.add(8 * h), m, idx);
+                }
+                ox += n;
+            }
         }
     }
 }
@@ -144,4 +209,31 @@ fn backward_to_all_ties<F: Float>(x: &Tensor<F>, argmax: &Arc<[usize]>, g: &Tens
         }
     }
     Tensor::from_shape_vec(x.raw_dim(), gx).expect("sizes match")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX-512 2×2 kernel against the scalar one, value and index, on planes with
+    /// ties, NaN, −∞ and widths around the vector length.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn simd_2x2_matches_the_scalar_kernel() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let palette = [0.0f32, 1.0, -1.0, 1.0, f32::NAN, f32::NEG_INFINITY, 2.5, 0.0];
+        for (case, &(h, w)) in [(2, 2), (4, 6), (6, 28), (8, 34), (4, 64), (2, 66), (14, 14), (28, 28)].iter().enumerate() {
+            let input: Vec<f32> = (0..h * w).map(|i| palette[(i * 7 + i / 3 + case) % palette.len()]).collect();
+            let (oh, ow) = (h / 2, w / 2);
+            let (mut v1, mut a1) = (vec![0f32; oh * ow], vec![0usize; oh * ow]);
+            let (mut v2, mut a2) = (vec![0f32; oh * ow], vec![0usize; oh * ow]);
+            pool_plane_2x2(&input, w, ow, &mut v1, &mut a1, 1000);
+            // SAFETY: AVX-512F was detected above.
+            unsafe { simd::pool_plane_2x2_f32(&input, w, ow, &mut v2, &mut a2, 1000) };
+            assert_eq!(a1, a2, "{h}x{w}: indices");
+            assert_eq!(v1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), v2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{h}x{w}");
+        }
+    }
 }
