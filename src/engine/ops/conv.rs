@@ -105,6 +105,16 @@ fn inside(count: usize, k: usize, stride: usize, padding: usize, size: usize) ->
 /// loops is free: each output row's in-bounds run is copied at once.
 fn im2col_into<'a, F: Float>(x: &[F], geo: &Geometry, cols: &'a mut [MaybeUninit<F>]) -> &'a [F] {
     let (l, ow, s) = (geo.l(), geo.ow, geo.stride);
+    #[cfg(target_arch = "x86_64")]
+    if s == 1 && F::DTYPE == crate::dtype::DType::F32 && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is present and F is f32, so the casts only relabel the type;
+        // the kernel writes every value of `cols`.
+        unsafe {
+            let xs = std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len());
+            simd::im2col_s1_f32(xs, geo, cols.as_mut_ptr().cast::<f32>());
+            return std::slice::from_raw_parts(cols.as_ptr().cast::<F>(), cols.len());
+        }
+    }
     // All-zero bits are +0.0 in f32 and f64.
     let zero = |d: &mut [MaybeUninit<F>]| unsafe { std::ptr::write_bytes(d.as_mut_ptr(), 0, d.len()) };
     for (row, dst) in cols.chunks_exact_mut(l).enumerate() {
@@ -134,6 +144,51 @@ fn im2col_into<'a, F: Float>(x: &[F], geo: &Geometry, cols: &'a mut [MaybeUninit
     }
     // SAFETY: every value of `cols` was written above.
     unsafe { std::slice::from_raw_parts(cols.as_ptr().cast::<F>(), cols.len()) }
+}
+
+/// `im2col` for stride 1 with AVX-512: each output row of a column row is one or two
+/// masked loads (lanes outside the image read as zero) and stores, instead of a
+/// `memset` and a `memcpy` call per run of 14 or 28 values.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{inside, Geometry};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX-512F must be present; `x` is one image (`C·H·W`), `cols` has room for
+    /// `K·L` values; stride 1.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn im2col_s1_f32(x: &[f32], geo: &Geometry, cols: *mut f32) {
+        let (l, ow, w, pad) = (geo.l(), geo.ow, geo.w as isize, geo.padding as isize);
+        for row in 0..geo.k() {
+            let (ci, i, j) = (row / (geo.kh * geo.kw), (row / geo.kw) % geo.kh, row % geo.kw);
+            let plane = x.as_ptr().add(ci * geo.h * geo.w);
+            let dst = cols.add(row * l);
+            let ys = inside(geo.oh, i, 1, geo.padding, geo.h);
+            for oy in 0..geo.oh {
+                let out = dst.add(oy * ow);
+                let mut ox = 0;
+                while ox < ow {
+                    let n = (ow - ox).min(16);
+                    let store = ((1u32 << n) - 1) as u16;
+                    let v = if ys.contains(&oy) {
+                        let src = plane.add((oy + i - geo.padding) * geo.w);
+                        // Lanes q with 0 <= ox + q + j - pad < w hold image values.
+                        let first = ox as isize + j as isize - pad;
+                        let lo = (-first).clamp(0, 16) as u32;
+                        let hi = (w - first).clamp(0, 16) as u32;
+                        let valid = if hi > lo { (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16 } else { 0 };
+                        // Masked-off lanes are not read, so the start may lie before the row.
+                        _mm512_maskz_loadu_ps(valid & store, src.wrapping_offset(first))
+                    } else {
+                        _mm512_setzero_ps()
+                    };
+                    _mm512_mask_storeu_ps(out.add(ox), store, v);
+                    ox += n;
+                }
+            }
+        }
+    }
 }
 
 /// `im2col` of one image into this thread's scratch buffer, handed to `f` as a
