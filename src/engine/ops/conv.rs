@@ -397,31 +397,31 @@ pub fn backward_with_cols<F: Float>(
         }
         gw
     });
-    // Each channel's sum runs over images, then positions, one add at a time. Four
+    // Each channel's sum runs over images, then positions, one add at a time. Eight
     // channels advance together (independent chains, so the adds overlap instead of
-    // waiting on each other) and groups of four are shared between the threads.
+    // waiting on each other) and groups of eight are shared between the threads.
     let gb = need_b.then(|| {
-        const GROUP: usize = 4;
+        const GROUP: usize = 8;
         let mut gb = vec![F::zero(); geo.o];
         let l = geo.l();
         parallel::for_each_chunk(&mut gb, GROUP, |grp, acc| {
             let o0 = grp * GROUP;
+            let mut sums = [F::zero(); GROUP];
             for n in 0..geo.n {
-                let rows: Vec<&[F]> =
-                    (0..acc.len()).map(|q| &gs[n * image_out + (o0 + q) * l..n * image_out + (o0 + q + 1) * l]).collect();
-                if let [r0, r1, r2, r3] = rows[..] {
-                    for j in 0..l {
-                        acc[0] += r0[j];
-                        acc[1] += r1[j];
-                        acc[2] += r2[j];
-                        acc[3] += r3[j];
+                let image = &gs[n * image_out + o0 * l..];
+                if acc.len() == GROUP {
+                    for p in 0..l {
+                        for (q, sum) in sums.iter_mut().enumerate() {
+                            *sum += image[q * l + p];
+                        }
                     }
                 } else {
-                    for (a, row) in acc.iter_mut().zip(&rows) {
-                        row.iter().for_each(|&v| *a += v);
+                    for (q, sum) in sums.iter_mut().enumerate().take(acc.len()) {
+                        image[q * l..(q + 1) * l].iter().for_each(|&v| *sum += v);
                     }
                 }
             }
+            acc.copy_from_slice(&sums[..acc.len()]);
         });
         Tensor::from_shape_vec(vec![geo.o], gb).expect("one per channel")
     });
