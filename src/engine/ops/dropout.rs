@@ -28,7 +28,10 @@ impl<F: Float> Graph<F> {
             vec![0.0; mask.len()]
         } else {
             let keep = F::of(1.0 - p);
-            mask.iter().map(|&m| (m / keep).as_f64()).collect()
+            match mask.as_slice() {
+                Some(m) => m.iter().map(|&m| (m / keep).as_f64()).collect(),
+                None => mask.iter().map(|&m| (m / keep).as_f64()).collect(),
+            }
         };
         let value = forward(xv, &noise);
         Ok(self.push(value, Op::Dropout { x, noise: noise.into() }))
@@ -37,10 +40,16 @@ impl<F: Float> Graph<F> {
 
 fn forward<F: Float>(x: &Tensor<F>, noise: &[f64]) -> Tensor<F> {
     let mut y = x.as_standard_layout().into_owned();
-    for (v, &n) in y.iter_mut().zip(noise) {
+    scale(y.as_slice_mut().expect("standard layout"), noise);
+    y
+}
+
+/// `v · noise` element by element, over plain slices (a dynamic-rank `iter_mut` walks
+/// an index per element).
+fn scale<F: Float>(values: &mut [F], noise: &[f64]) {
+    for (v, &n) in values.iter_mut().zip(noise) {
         *v = *v * F::of(n);
     }
-    y
 }
 
 /// The product rule with a constant factor: `dx = g · noise`.
@@ -50,8 +59,6 @@ pub fn backward<F: Float>(noise: &Arc<[f64]>, g: &Tensor<F>) -> Tensor<F> {
         let scale = noise.iter().fold(0.0f64, |m, &n| m.max(n));
         return gx.mapv(|v| v * F::of(scale));
     }
-    for (v, &n) in gx.iter_mut().zip(noise.iter()) {
-        *v = *v * F::of(n);
-    }
+    scale(gx.as_slice_mut().expect("standard layout"), noise);
     gx
 }

@@ -94,51 +94,66 @@ pub fn forward<F: Float>(
     let mut saved = Saved { mean: Vec::with_capacity(channels), invstd: Vec::with_capacity(channels) };
     let mf = F::of(momentum);
 
+    // Every pass walks the input in memory order (sample, channel, position) with one
+    // accumulator per channel: each channel still sums its values in the order sample,
+    // then position, as ATen does, but a `[N, C]` input (C = 784 for the softmax
+    // regression) runs as whole rows instead of one value per channel and sample.
+    let (mut sums, mut var_sums) = (vec![0.0f64; channels], vec![0.0f64; channels]);
+    let mut means = vec![F::zero(); channels];
+    let samples = xs.chunks_exact((channels * size).max(1));
+    if training {
+        for sample in samples.clone() {
+            for (acc, run) in sums.iter_mut().zip(sample.chunks_exact(size.max(1))) {
+                run.iter().for_each(|&v| *acc += v.as_f64());
+            }
+        }
+        for (mean, &sum) in means.iter_mut().zip(&sums) {
+            *mean = F::of(sum / m as f64);
+        }
+        // The difference and its square round in F; only the running sum is double.
+        for sample in samples.clone() {
+            for ((acc, run), &mean) in var_sums.iter_mut().zip(sample.chunks_exact(size.max(1))).zip(&means) {
+                run.iter().for_each(|&v| {
+                    let d = v - mean;
+                    *acc += (d * d).as_f64();
+                });
+            }
+        }
+    }
+    let (gamma, beta) = (gamma.as_standard_layout(), beta.as_standard_layout());
+    let (gamma, beta) = (gamma.as_slice().expect("[C]"), beta.as_slice().expect("[C]"));
+    let (run_mean, run_var) = (stats.mean.as_slice_mut().expect("[C]"), stats.var.as_slice_mut().expect("[C]"));
+    let (mut alpha, mut shift) = (vec![F::zero(); channels], vec![F::zero(); channels]);
+    let biased_fault = faults::on(Fault::RunningVarBiased);
     for c in 0..channels {
         let (mean, fwd_invstd, bwd_invstd) = if training {
-            let mut sum = 0.0f64;
-            for s in 0..n {
-                for &v in plane(xs, s, c, channels, size) {
-                    sum += v.as_f64();
-                }
-            }
-            let mean = F::of(sum / m as f64);
-            // The difference and its square round in F; only the running sum is double.
-            let mut var_sum = 0.0f64;
-            for s in 0..n {
-                for &v in plane(xs, s, c, channels, size) {
-                    let d = v - mean;
-                    var_sum += (d * d).as_f64();
-                }
-            }
-            let var_sum = F::of(var_sum);
+            let (mean, var_sum) = (means[c], F::of(var_sums[c]));
             let biased = var_sum / F::of(m as f64);
             let invstd =
                 if biased != F::zero() || eps != 0.0 { F::of(1.0 / (biased.as_f64() + eps).sqrt()) } else { F::zero() };
 
-            let rm = &mut stats.mean[[c]];
+            let rm = &mut run_mean[c];
             *rm = mf * mean + (F::one() - mf) * *rm;
-            let unbiased = if faults::on(Fault::RunningVarBiased) { biased.as_f64() } else { (var_sum / F::of((m - 1) as f64)).as_f64() };
-            let rv = &mut stats.var[[c]];
+            let unbiased = if biased_fault { biased.as_f64() } else { (var_sum / F::of((m - 1) as f64)).as_f64() };
+            let rv = &mut run_var[c];
             *rv = F::of(mf.as_f64() * unbiased + ((F::one() - mf) * *rv).as_f64());
             (mean, invstd, invstd)
         } else {
-            let rv = stats.var[[c]];
+            let rv = run_var[c];
             // The eval forward computes invstd in F, the eval backward in double.
             let fwd = F::one() / (rv + F::of(eps)).sqrt();
             let bwd = F::of(1.0 / (rv.as_f64() + eps).sqrt());
-            (stats.mean[[c]], fwd, bwd)
+            (run_mean[c], fwd, bwd)
         };
-        let alpha = fwd_invstd * gamma[[c]];
-        let shift = beta[[c]] - mean * alpha;
-        for s in 0..n {
-            let start = (s * channels + c) * size;
-            for (o, &v) in out[start..start + size].iter_mut().zip(plane(xs, s, c, channels, size)) {
-                *o = v * alpha + shift;
-            }
-        }
+        alpha[c] = fwd_invstd * gamma[c];
+        shift[c] = beta[c] - mean * alpha[c];
         saved.mean.push(mean.as_f64());
         saved.invstd.push(bwd_invstd.as_f64());
+    }
+    for (o, v) in out.chunks_exact_mut((channels * size).max(1)).zip(samples) {
+        for ((o, v), (&a, &b)) in o.chunks_exact_mut(size.max(1)).zip(v.chunks_exact(size.max(1))).zip(alpha.iter().zip(&shift)) {
+            o.iter_mut().zip(v).for_each(|(o, &v)| *o = v * a + b);
+        }
     }
     let value = Tensor::from_shape_vec(x.raw_dim(), out).expect("sizes match");
     Ok((value, saved))

@@ -15,7 +15,13 @@ pub fn reshaped<F: Float>(t: &Tensor<F>, shape: &[usize]) -> Result<Tensor<F>> {
     if shape.iter().product::<usize>() != t.len() {
         return Err(Error::Shape(format!("reshape: cannot view {:?} ({} elements) as {shape:?}", t.shape(), t.len())));
     }
-    Ok(Tensor::from_shape_vec(shape.to_vec(), t.iter().copied().collect()).expect("element count checked"))
+    // A contiguous tensor is one copy; `iter()` over a dynamic-rank array walks an index
+    // per element (a quarter of a softmax regression's step).
+    let values = match t.as_slice() {
+        Some(s) => s.to_vec(),
+        None => t.iter().copied().collect(),
+    };
+    Ok(Tensor::from_shape_vec(shape.to_vec(), values).expect("element count checked"))
 }
 
 pub fn reshape_backward<F: Float>(x: &Tensor<F>, g: &Tensor<F>) -> Tensor<F> {
