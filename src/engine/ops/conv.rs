@@ -11,7 +11,8 @@ use std::mem::MaybeUninit;
 
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 
-use super::gemm::gemm_into;
+use super::elementwise::from_chunks;
+use super::gemm::{gemm_into, gemm_into_uninit};
 use crate::engine::{parallel, Float, Graph, Op, Tensor, Var};
 use crate::error::{Error, Result};
 
@@ -278,24 +279,27 @@ pub fn forward_keeping<F: Float>(
     let x = x.as_slice().expect("standard layout");
     let bias: Option<Vec<F>> = b.map(|b| b.iter().copied().collect());
     let (image_in, image_out, image_cols) = (geo.c * geo.h * geo.w, geo.o * geo.l(), geo.k() * geo.l());
-    let mut out = vec![F::zero(); geo.n * image_out];
-    // Not zeroed first: `im2col_into` writes every value (zeroing 10 MB cost more than
-    // the unfolding it saves).
+    // Neither the output nor the kept columns are zeroed first: the products and
+    // `im2col_into` write every value (zeroing 10 MB cost more than the unfolding saved).
     let mut kept: Vec<F> = Vec::with_capacity(if keep { geo.n * image_cols } else { 0 });
     let kept_at = parallel::SendPtr(kept.as_mut_ptr());
-    parallel::for_each_chunk(&mut out, image_out.max(1), |n, dst| {
+    let shape = ndarray::IxDyn(&[geo.n, geo.o, geo.oh, geo.ow]);
+    let out = from_chunks(shape, image_out, |start, dst| {
+        let n = start / image_out.max(1);
         let image = &x[n * image_in..(n + 1) * image_in];
-        let mut product = |cols: ArrayView2<F>| {
-            gemm_into(w2, cols, ArrayViewMut2::from_shape((geo.o, geo.l()), &mut *dst).expect("O×L"));
-        };
         if keep {
             // SAFETY: image n's columns, inside the capacity and disjoint between tasks;
             // `kept` outlives the call.
             let spare = unsafe { std::slice::from_raw_parts_mut(kept_at.get().add(n * image_cols).cast(), image_cols) };
-            product(ArrayView2::from_shape((geo.k(), geo.l()), im2col_into(image, geo, spare)).expect("K×L"));
+            let cols = ArrayView2::from_shape((geo.k(), geo.l()), im2col_into(image, geo, spare)).expect("K×L");
+            gemm_into_uninit(w2, cols, &mut *dst);
         } else {
-            with_cols(image, geo, product);
+            with_cols(image, geo, |cols| {
+                gemm_into_uninit(w2, cols, &mut *dst);
+            });
         }
+        // SAFETY: the product wrote every value of `dst`.
+        let dst = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<F>(), dst.len()) };
         if let Some(bias) = &bias {
             for (row, &bo) in dst.chunks_exact_mut(geo.l()).zip(bias) {
                 row.iter_mut().for_each(|d| *d = bo + *d);
@@ -306,7 +310,7 @@ pub fn forward_keeping<F: Float>(
         // SAFETY: every image's columns were written above.
         unsafe { kept.set_len(geo.n * image_cols) };
     }
-    (Tensor::from_shape_vec(vec![geo.n, geo.o, geo.oh, geo.ow], out).expect("N×O×OH×OW"), kept)
+    (out, kept)
 }
 
 /// Gradients of input, weight and bias (only those asked for) given the upstream `g`.

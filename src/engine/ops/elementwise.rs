@@ -124,7 +124,7 @@ pub fn unary_backward<F: Float>(kind: UnaryOp, x: &Tensor<F>, y: &Tensor<F>, g: 
         // The fault is looked up once, not per element (a thread-local read each time
         // cost as much as the rest of the loop).
         let pass_all = faults::on(Fault::ReluGradAtZeroFlipped);
-        return from_chunks(y.raw_dim(), move |start, out| {
+        return from_chunks(y.raw_dim(), CHUNK, move |start, out| {
             let len = out.len();
             let (ys, gs) = (&ys[start..start + len], &gs[start..start + len]);
             for ((o, &y), &g) in out.iter_mut().zip(ys).zip(gs) {
@@ -142,10 +142,13 @@ pub fn unary_backward<F: Float>(kind: UnaryOp, x: &Tensor<F>, y: &Tensor<F>, g: 
 /// threads (the activations of the convolutions: 78 400 to 313 600 values at batch 25).
 const PARALLEL_MIN_LEN: usize = 1 << 15;
 
+/// Values per task of the element-wise ops.
+const CHUNK: usize = 1 << 14;
+
 /// `f` of every element, in parallel chunks when `x` is long and contiguous.
 pub fn map_each<F: Float>(x: &Tensor<F>, f: impl Fn(F) -> F + Sync + Copy) -> Tensor<F> {
     match x.as_slice() {
-        Some(xs) if xs.len() >= PARALLEL_MIN_LEN => from_chunks(x.raw_dim(), move |start, out| {
+        Some(xs) if xs.len() >= PARALLEL_MIN_LEN => from_chunks(x.raw_dim(), CHUNK, move |start, out| {
             let len = out.len();
             out.iter_mut().zip(&xs[start..start + len]).for_each(|(o, &v)| {
                 o.write(f(v));
@@ -155,15 +158,15 @@ pub fn map_each<F: Float>(x: &Tensor<F>, f: impl Fn(F) -> F + Sync + Copy) -> Te
     }
 }
 
-/// A row-major tensor of `shape` whose values `fill(start, chunk)` writes chunk by
-/// chunk (`start` is the chunk's first flat index), chunks shared between the threads.
+/// A row-major tensor of `shape` whose values `fill(start, values)` writes `chunk` at a
+/// time (`start` is the first flat index of `values`), chunks shared between the threads.
 /// `fill` must write every value of its chunk (they start uninitialised: zeroing them
 /// first was a tenth of the time of a ReLU).
-pub fn from_chunks<F: Float>(shape: IxDyn, fill: impl Fn(usize, &mut [MaybeUninit<F>]) + Sync) -> Tensor<F> {
-    const CHUNK: usize = 1 << 14;
+pub fn from_chunks<F: Float>(shape: IxDyn, chunk: usize, fill: impl Fn(usize, &mut [MaybeUninit<F>]) + Sync) -> Tensor<F> {
     let len = shape.size();
+    let chunk = chunk.max(1);
     let mut out: Vec<F> = Vec::with_capacity(len);
-    parallel::for_each_chunk(&mut out.spare_capacity_mut()[..len], CHUNK, |i, chunk| fill(i * CHUNK, chunk));
+    parallel::for_each_chunk(&mut out.spare_capacity_mut()[..len], chunk, |i, values| fill(i * chunk, values));
     // SAFETY: every chunk of the first `len` values was written by `fill`.
     unsafe { out.set_len(len) };
     Tensor::from_shape_vec(shape, out).expect("sizes match")

@@ -25,6 +25,8 @@
 //! registers and each `mul_add` onto one `vfmadd`. Without FMA hardware `mul_add` is
 //! the correctly rounded software fma, so the portable path gives the same bits.
 
+use std::mem::MaybeUninit;
+
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 use crate::dtype::DType;
@@ -65,6 +67,29 @@ pub fn gemm_into<F: Float>(a: ArrayView2<F>, b: ArrayView2<F>, mut c: ArrayViewM
     }
     // SAFETY: `c` holds m·n values.
     unsafe { product_into(isa(), a, b, c.as_mut_ptr()) };
+}
+
+/// `gemm_into` for an output buffer that may be uninitialised (`m·n` values, row-major);
+/// returns it initialised. Spares zeroing a buffer every entry of which is written.
+pub fn gemm_into_uninit<'c, F: Float>(a: ArrayView2<F>, b: ArrayView2<F>, c: &'c mut [MaybeUninit<F>]) -> &'c mut [F] {
+    let (m, k) = a.dim();
+    let n = b.dim().1;
+    assert_eq!((k, m * n), (b.dim().0, c.len()), "gemm_into_uninit: shapes differ");
+    if k == 0 || m == 0 || n == 0 || swap_pays(a, b) {
+        // The rare paths go through the initialised version.
+        c.iter_mut().for_each(|v| {
+            v.write(F::zero());
+        });
+        // SAFETY: every value was just written.
+        let c = unsafe { std::slice::from_raw_parts_mut(c.as_mut_ptr().cast::<F>(), c.len()) };
+        gemm_into(a, b, ArrayViewMut2::from_shape((m, n), &mut *c).expect("m×n"));
+        return c;
+    }
+    // SAFETY: `c` holds m·n values, all written by `product_into` (k > 0).
+    unsafe {
+        product_into(isa(), a, b, c.as_mut_ptr().cast::<F>());
+        std::slice::from_raw_parts_mut(c.as_mut_ptr().cast::<F>(), c.len())
+    }
 }
 
 /// `gemm` on every instruction set this CPU can run (`"avx512"`, `"avx2"`,

@@ -174,15 +174,18 @@ pub fn backward<F: Float>(x: &Tensor<F>, argmax: &Arc<[usize]>, g: &Tensor<F>) -
     let (plane_in, plane_out) = ((s[2] * s[3]).max(1), (g.shape()[2] * g.shape()[3]).max(1));
     let g = g.as_standard_layout();
     let gs = g.as_slice().expect("standard layout");
-    let mut gx = vec![F::zero(); x.len()];
-    // Each output's recorded input lies in its own plane, so planes are independent.
-    parallel::for_each_chunk(&mut gx, plane_in, |p, dst| {
+    // Each output's recorded input lies in its own plane, so planes are independent;
+    // each task zeroes its plane (while it is in cache) and adds the gradients in.
+    super::elementwise::from_chunks(x.raw_dim(), plane_in, |start, dst| {
+        let p = start / plane_in;
+        // SAFETY: all-zero bits are +0.0; every value is written before it is read.
+        unsafe { std::ptr::write_bytes(dst.as_mut_ptr(), 0, dst.len()) };
+        let dst = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<F>(), dst.len()) };
         let range = p * plane_out..(p + 1) * plane_out;
         for (&at, &gv) in argmax[range.clone()].iter().zip(&gs[range]) {
             dst[at - p * plane_in] += gv;
         }
-    });
-    Tensor::from_shape_vec(x.raw_dim(), gx).expect("sizes match")
+    })
 }
 
 /// The `MaxPoolGradToAllTies` fault: every position equal to its window's maximum gets
