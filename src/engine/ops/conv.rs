@@ -161,6 +161,23 @@ mod simd {
     #[target_feature(enable = "avx512f")]
     pub unsafe fn im2col_s1_f32(x: &[f32], geo: &Geometry, cols: *mut f32) {
         let (l, ow, w, pad) = (geo.l(), geo.ow, geo.w as isize, geo.padding as isize);
+        // Per kernel column j, the pieces of an output row: where each starts, which
+        // lanes it stores, which of those hold image values (0 <= ox + q + j - pad < w),
+        // and the input column of its first lane. The same for every row and channel.
+        let plan: Vec<Vec<(usize, u16, u16, isize)>> = (0..geo.kw)
+            .map(|j| {
+                (0..ow)
+                    .step_by(16)
+                    .map(|ox| {
+                        let store = ((1u32 << (ow - ox).min(16)) - 1) as u16;
+                        let first = ox as isize + j as isize - pad;
+                        let (lo, hi) = ((-first).clamp(0, 16) as u32, (w - first).clamp(0, 16) as u32);
+                        let valid = if hi > lo { (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16 } else { 0 };
+                        (ox, store, valid & store, first)
+                    })
+                    .collect()
+            })
+            .collect();
         for row in 0..geo.k() {
             let (ci, i, j) = (row / (geo.kh * geo.kw), (row / geo.kw) % geo.kh, row % geo.kw);
             let plane = x.as_ptr().add(ci * geo.h * geo.w);
@@ -168,24 +185,17 @@ mod simd {
             let ys = inside(geo.oh, i, 1, geo.padding, geo.h);
             for oy in 0..geo.oh {
                 let out = dst.add(oy * ow);
-                let mut ox = 0;
-                while ox < ow {
-                    let n = (ow - ox).min(16);
-                    let store = ((1u32 << n) - 1) as u16;
-                    let v = if ys.contains(&oy) {
-                        let src = plane.add((oy + i - geo.padding) * geo.w);
-                        // Lanes q with 0 <= ox + q + j - pad < w hold image values.
-                        let first = ox as isize + j as isize - pad;
-                        let lo = (-first).clamp(0, 16) as u32;
-                        let hi = (w - first).clamp(0, 16) as u32;
-                        let valid = if hi > lo { (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16 } else { 0 };
+                if ys.contains(&oy) {
+                    let src = plane.add((oy + i - geo.padding) * geo.w);
+                    for &(ox, store, valid, first) in &plan[j] {
                         // Masked-off lanes are not read, so the start may lie before the row.
-                        _mm512_maskz_loadu_ps(valid & store, src.wrapping_offset(first))
-                    } else {
-                        _mm512_setzero_ps()
-                    };
-                    _mm512_mask_storeu_ps(out.add(ox), store, v);
-                    ox += n;
+                        let v = _mm512_maskz_loadu_ps(valid, src.wrapping_offset(first));
+                        _mm512_mask_storeu_ps(out.add(ox), store, v);
+                    }
+                } else {
+                    for &(ox, store, ..) in &plan[j] {
+                        _mm512_mask_storeu_ps(out.add(ox), store, _mm512_setzero_ps());
+                    }
                 }
             }
         }
