@@ -8,7 +8,7 @@
 use crate::engine::faults::{self, Fault};
 use std::sync::Arc;
 
-use crate::engine::{Float, Graph, Op, Tensor, Var};
+use crate::engine::{parallel, Float, Graph, Op, Tensor, Var};
 use crate::error::{Error, Result};
 
 /// A layer's running mean and variance, each of shape `[C]`, updated by training steps.
@@ -102,22 +102,29 @@ pub fn forward<F: Float>(
     let mut means = vec![F::zero(); channels];
     let samples = xs.chunks_exact((channels * size).max(1));
     if training {
-        for sample in samples.clone() {
-            for (acc, run) in sums.iter_mut().zip(sample.chunks_exact(size.max(1))) {
-                run.iter().for_each(|&v| *acc += v.as_f64());
+        if size == 1 {
+            for sample in samples.clone() {
+                sums.iter_mut().zip(sample).for_each(|(acc, &v)| *acc += v.as_f64());
             }
+        } else {
+            sums = channel_sums(xs, (n, channels, size), |_, v| v.as_f64());
         }
         for (mean, &sum) in means.iter_mut().zip(&sums) {
             *mean = F::of(sum / m as f64);
         }
         // The difference and its square round in F; only the running sum is double.
-        for sample in samples.clone() {
-            for ((acc, run), &mean) in var_sums.iter_mut().zip(sample.chunks_exact(size.max(1))).zip(&means) {
-                run.iter().for_each(|&v| {
-                    let d = v - mean;
-                    *acc += (d * d).as_f64();
-                });
+        let square = |c: usize, v: F| {
+            let d = v - means[c];
+            (d * d).as_f64()
+        };
+        if size == 1 {
+            for sample in samples.clone() {
+                for (c, (acc, &v)) in var_sums.iter_mut().zip(sample).enumerate() {
+                    *acc += square(c, v);
+                }
             }
+        } else {
+            var_sums = channel_sums(xs, (n, channels, size), square);
         }
     }
     let (gamma, beta) = (gamma.as_standard_layout(), beta.as_standard_layout());
@@ -159,6 +166,35 @@ pub fn forward<F: Float>(
     Ok((value, saved))
 }
 
+/// Per channel of a contiguous `[N, C, size]` buffer, `Σ term(c, v)` in double, added
+/// one at a time in the order sample, then position. Eight channels advance together
+/// (independent chains overlap instead of waiting on each other's adds) and groups of
+/// eight are shared between the threads.
+fn channel_sums<F: Float>(xs: &[F], (n, channels, size): (usize, usize, usize), term: impl Fn(usize, F) -> f64 + Sync) -> Vec<f64> {
+    const GROUP: usize = 8;
+    let mut sums = vec![0.0f64; channels];
+    parallel::for_each_chunk(&mut sums, GROUP, |grp, out| {
+        let c0 = grp * GROUP;
+        let mut acc = [0.0f64; GROUP];
+        for s in 0..n {
+            let sample = &xs[(s * channels + c0) * size..];
+            if out.len() == GROUP {
+                for p in 0..size {
+                    for (q, a) in acc.iter_mut().enumerate() {
+                        *a += term(c0 + q, sample[q * size + p]);
+                    }
+                }
+            } else {
+                for (q, a) in acc.iter_mut().enumerate().take(out.len()) {
+                    sample[q * size..(q + 1) * size].iter().for_each(|&v| *a += term(c0 + q, v));
+                }
+            }
+        }
+        out.copy_from_slice(&acc[..out.len()]);
+    });
+    sums
+}
+
 /// Gradients of input, gamma and beta; only those asked for.
 #[allow(clippy::too_many_arguments)]
 pub fn backward<F: Float>(
@@ -179,39 +215,61 @@ pub fn backward<F: Float>(
     let xs = xs.as_slice().expect("standard layout");
     let gs = g.as_standard_layout();
     let gs = gs.as_slice().expect("standard layout");
-    let mut dx = vec![F::zero(); if need_x { xs.len() } else { 0 }];
-    let mut dgamma = Vec::with_capacity(channels);
-    let mut dbeta = Vec::with_capacity(channels);
     let count = F::of((n * size) as f64);
-
-    for c in 0..channels {
-        let (mean, invstd, w) = (F::of(mean[c]), F::of(invstd[c]), gamma[[c]]);
-        let (mut sum, mut dotp) = (F::zero(), F::zero());
+    let gamma = gamma.as_standard_layout();
+    let gamma = gamma.as_slice().expect("[C]");
+    // Per channel, the two sums over its values in the order sample, then position.
+    // Eight channels advance together (sixteen independent chains) and groups of eight
+    // are shared between the threads.
+    const GROUP: usize = 8;
+    let mut sums = vec![(F::zero(), F::zero()); channels];
+    parallel::for_each_chunk(&mut sums, GROUP, |grp, out| {
+        let c0 = grp * GROUP;
+        let mut acc = [(F::zero(), F::zero()); GROUP];
+        let means: [F; GROUP] = std::array::from_fn(|q| F::of(mean.get(c0 + q).copied().unwrap_or(0.0)));
         for s in 0..n {
-            for (&xv, &dy) in plane(xs, s, c, channels, size).iter().zip(plane(gs, s, c, channels, size)) {
-                sum += dy;
-                dotp += (xv - mean) * dy;
-            }
-        }
-        if need_x {
-            let k = dotp * invstd * invstd / count;
-            let grad_mean = sum / count;
-            for s in 0..n {
-                let start = (s * channels + c) * size;
-                let xp = plane(xs, s, c, channels, size);
-                let gp = plane(gs, s, c, channels, size);
-                for ((o, &xv), &dy) in dx[start..start + size].iter_mut().zip(xp).zip(gp) {
-                    *o = if training && !faults::on(Fault::BatchNormNoMeanVarTerms) {
-                        (dy - grad_mean - (xv - mean) * k) * invstd * w
-                    } else {
-                        dy * invstd * w
-                    };
+            let at = (s * channels + c0) * size;
+            let (xg, gg) = (&xs[at..], &gs[at..]);
+            if out.len() == GROUP {
+                for p in 0..size {
+                    for (q, (sum, dotp)) in acc.iter_mut().enumerate() {
+                        let (xv, dy) = (xg[q * size + p], gg[q * size + p]);
+                        *sum += dy;
+                        *dotp += (xv - means[q]) * dy;
+                    }
+                }
+            } else {
+                for (q, (sum, dotp)) in acc.iter_mut().enumerate().take(out.len()) {
+                    for p in 0..size {
+                        let (xv, dy) = (xg[q * size + p], gg[q * size + p]);
+                        *sum += dy;
+                        *dotp += (xv - means[q]) * dy;
+                    }
                 }
             }
         }
-        dgamma.push(dotp * invstd);
-        dbeta.push(sum);
+        out.copy_from_slice(&acc[..out.len()]);
+    });
+    let mut dx = vec![F::zero(); if need_x { xs.len() } else { 0 }];
+    if need_x {
+        // Looked up once: a thread-local read per element cost as much as the formula.
+        let full = training && !faults::on(Fault::BatchNormNoMeanVarTerms);
+        let per_sample = (channels * size).max(1);
+        parallel::for_each_chunk(&mut dx, per_sample, |s, out| {
+            for (c, o) in out.chunks_exact_mut(size.max(1)).enumerate() {
+                let (mean, invstd, w) = (F::of(mean[c]), F::of(invstd[c]), gamma[c]);
+                let (sum, dotp) = sums[c];
+                let k = dotp * invstd * invstd / count;
+                let grad_mean = sum / count;
+                let (xp, gp) = (plane(xs, s, c, channels, size), plane(gs, s, c, channels, size));
+                for ((o, &xv), &dy) in o.iter_mut().zip(xp).zip(gp) {
+                    *o = if full { (dy - grad_mean - (xv - mean) * k) * invstd * w } else { dy * invstd * w };
+                }
+            }
+        });
     }
+    let dgamma: Vec<F> = sums.iter().zip(invstd.iter()).map(|(&(_, dotp), &i)| dotp * F::of(i)).collect();
+    let dbeta: Vec<F> = sums.iter().map(|&(sum, _)| sum).collect();
     let vec1 = |v: Vec<F>| Tensor::from_shape_vec(vec![channels], v).expect("one per channel");
     (
         need_x.then(|| Tensor::from_shape_vec(x.raw_dim(), dx).expect("sizes match")),
