@@ -12,6 +12,7 @@ use std::mem::MaybeUninit;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 
 use super::elementwise::from_chunks;
+use super::reduce::channel_sums;
 use super::gemm::{gemm_into, gemm_into_uninit};
 use crate::engine::{parallel, Float, Graph, Op, Tensor, Var};
 use crate::error::{Error, Result};
@@ -411,32 +412,9 @@ pub fn backward_with_cols<F: Float>(
         }
         gw
     });
-    // Each channel's sum runs over images, then positions, one add at a time. Eight
-    // channels advance together (independent chains, so the adds overlap instead of
-    // waiting on each other) and groups of eight are shared between the threads.
+    // Each channel's sum runs over images, then positions, one add at a time.
     let gb = need_b.then(|| {
-        const GROUP: usize = 8;
-        let mut gb = vec![F::zero(); geo.o];
-        let l = geo.l();
-        parallel::for_each_chunk(&mut gb, GROUP, |grp, acc| {
-            let o0 = grp * GROUP;
-            let mut sums = [F::zero(); GROUP];
-            for n in 0..geo.n {
-                let image = &gs[n * image_out + o0 * l..];
-                if acc.len() == GROUP {
-                    for p in 0..l {
-                        for (q, sum) in sums.iter_mut().enumerate() {
-                            *sum += image[q * l + p];
-                        }
-                    }
-                } else {
-                    for (q, sum) in sums.iter_mut().enumerate().take(acc.len()) {
-                        image[q * l..(q + 1) * l].iter().for_each(|&v| *sum += v);
-                    }
-                }
-            }
-            acc.copy_from_slice(&sums[..acc.len()]);
-        });
+        let gb = channel_sums(gs, (geo.n, geo.o, geo.l()), |_, v: F| v);
         Tensor::from_shape_vec(vec![geo.o], gb).expect("one per channel")
     });
     (gx, gw, gb)

@@ -8,6 +8,7 @@
 use crate::engine::faults::{self, Fault};
 use std::sync::Arc;
 
+use super::reduce::channel_sums;
 use crate::engine::{parallel, Float, Graph, Op, Tensor, Var};
 use crate::error::{Error, Result};
 
@@ -164,35 +165,6 @@ pub fn forward<F: Float>(
     }
     let value = Tensor::from_shape_vec(x.raw_dim(), out).expect("sizes match");
     Ok((value, saved))
-}
-
-/// Per channel of a contiguous `[N, C, size]` buffer, `Σ term(c, v)` in double, added
-/// one at a time in the order sample, then position. Eight channels advance together
-/// (independent chains overlap instead of waiting on each other's adds) and groups of
-/// eight are shared between the threads.
-fn channel_sums<F: Float>(xs: &[F], (n, channels, size): (usize, usize, usize), term: impl Fn(usize, F) -> f64 + Sync) -> Vec<f64> {
-    const GROUP: usize = 8;
-    let mut sums = vec![0.0f64; channels];
-    parallel::for_each_chunk(&mut sums, GROUP, |grp, out| {
-        let c0 = grp * GROUP;
-        let mut acc = [0.0f64; GROUP];
-        for s in 0..n {
-            let sample = &xs[(s * channels + c0) * size..];
-            if out.len() == GROUP {
-                for p in 0..size {
-                    for (q, a) in acc.iter_mut().enumerate() {
-                        *a += term(c0 + q, sample[q * size + p]);
-                    }
-                }
-            } else {
-                for (q, a) in acc.iter_mut().enumerate().take(out.len()) {
-                    sample[q * size..(q + 1) * size].iter().for_each(|&v| *a += term(c0 + q, v));
-                }
-            }
-        }
-        out.copy_from_slice(&acc[..out.len()]);
-    });
-    sums
 }
 
 /// Gradients of input, gamma and beta; only those asked for.

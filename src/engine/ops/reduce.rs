@@ -68,6 +68,41 @@ pub fn cascade_sum<F: Float>(values: impl ExactSizeIterator<Item = F>) -> F {
     acc[0]
 }
 
+/// Per channel of a contiguous `[N, C, size]` buffer, `Σ term(c, v)` accumulated in `A`
+/// from `A::default()`, one add at a time in the order sample, then position (the
+/// order ATen's per-channel reductions use). Eight channels advance together, so eight
+/// independent chains overlap instead of waiting on each other's adds, and groups of
+/// eight are shared between the engine's threads. Used by the convolution's bias
+/// gradient (in F) and batch norm's statistics (in double).
+pub fn channel_sums<F, A>(xs: &[F], (n, channels, size): (usize, usize, usize), term: impl Fn(usize, F) -> A + Sync) -> Vec<A>
+where
+    F: Float,
+    A: Copy + Default + std::ops::AddAssign + Send,
+{
+    const GROUP: usize = 8;
+    let mut sums = vec![A::default(); channels];
+    crate::engine::parallel::for_each_chunk(&mut sums, GROUP, |grp, out| {
+        let c0 = grp * GROUP;
+        let mut acc = [A::default(); GROUP];
+        for s in 0..n {
+            let sample = &xs[(s * channels + c0) * size..];
+            if out.len() == GROUP {
+                for p in 0..size {
+                    for (q, a) in acc.iter_mut().enumerate() {
+                        *a += term(c0 + q, sample[q * size + p]);
+                    }
+                }
+            } else {
+                for (q, a) in acc.iter_mut().enumerate().take(out.len()) {
+                    sample[q * size..(q + 1) * size].iter().for_each(|&v| *a += term(c0 + q, v));
+                }
+            }
+        }
+        out.copy_from_slice(&acc[..out.len()]);
+    });
+    sums
+}
+
 #[cfg(test)]
 mod tests {
     use super::cascade_sum;
