@@ -22,6 +22,10 @@ fn main() {
         ("conv2_fwd", 32, 400, 196, false, false),
         ("conv2_dw", 32, 196, 400, false, true),
         ("cnn_fc1_fwd_nn", 25, 1568, 120, false, false),
+        // Per image inside the convolution's backward (one thread each): Wᵀ·G, cols·Gᵀ.
+        ("conv2_dx_image", 400, 32, 196, false, false),
+        ("conv2_dw_image", 400, 196, 32, false, true),
+        ("conv1_dw_image", 25, 784, 16, false, true),
     ] {
         if std::env::args().nth(1).is_some_and(|only| only != label) {
             continue;

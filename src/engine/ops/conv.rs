@@ -6,6 +6,9 @@
 //! product with the weight goes through the engine's sequential-k FMA `gemm`, and the
 //! bias is added to the finished dot product, as BLAS does with `beta = 1`.
 
+#[cfg(target_arch = "x86_64")]
+mod implicit;
+
 use crate::engine::faults::{self, Fault};
 use std::mem::MaybeUninit;
 
@@ -272,6 +275,8 @@ fn with_cols<F: Float, R>(x: &[F], geo: &Geometry, f: impl FnOnce(ArrayView2<F>)
 }
 
 thread_local! {
+    /// Per-thread `Gᵀ` of one image for the implicit weight-gradient kernel.
+    static GRAD_T: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Per-thread scratch for unfolded images, as 8-byte words (fits f32 and f64).
     static SCRATCH: std::cell::Cell<Vec<u64>> = const { std::cell::Cell::new(Vec::new()) };
 }
@@ -298,9 +303,8 @@ fn with_scratch<F: Float, R>(len: usize, f: impl FnOnce(&mut [F]) -> R) -> R {
 /// entries go to distinct pixels, so each pixel receives its contributions in the same
 /// order as the entry-by-entry loop.
 fn col2im<F: Float>(cols: &[F], gx: &mut [F], geo: &Geometry) {
-    let (l, ow, s) = (geo.l(), geo.ow, geo.stride);
     #[cfg(target_arch = "x86_64")]
-    if s == 1 && F::DTYPE == crate::dtype::DType::F32 && std::arch::is_x86_feature_detected!("avx512f") {
+    if geo.stride == 1 && F::DTYPE == crate::dtype::DType::F32 && std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: AVX-512F is present and F is f32, so the casts only relabel the type.
         unsafe {
             let cs = std::slice::from_raw_parts(cols.as_ptr().cast::<f32>(), cols.len());
@@ -335,6 +339,17 @@ fn col2im_scalar<F: Float>(cols: &[F], gx: &mut [F], geo: &Geometry) {
     }
 }
 
+/// `s` as f32 values when `F` is f32 (the implicit kernels are f32 only).
+fn as_f32<F: Float>(s: &[F]) -> Option<&[f32]> {
+    // SAFETY: F is f32 when its dtype says so, so the cast only relabels the type.
+    (F::DTYPE == crate::dtype::DType::F32).then(|| unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) })
+}
+
+fn as_f32_mut<F: Float>(s: &mut [F]) -> Option<&mut [f32]> {
+    // SAFETY: as in `as_f32`.
+    (F::DTYPE == crate::dtype::DType::F32).then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) })
+}
+
 fn weight_matrix<'a, F: Float>(w: &'a Tensor<F>, geo: &Geometry) -> ArrayView2<'a, F> {
     w.view().into_shape_with_order((geo.o, geo.k())).expect("checked [O,C,kh,kw]")
 }
@@ -360,6 +375,24 @@ pub fn forward_keeping<F: Float>(
     let x = x.as_standard_layout();
     let x = x.as_slice().expect("standard layout");
     let bias: Option<Vec<F>> = b.map(|b| b.iter().copied().collect());
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(xf), true) = (as_f32(x), implicit::available(geo)) {
+        // Nothing to keep: the weight gradient reads the image again the same way.
+        let w_std = w2.as_standard_layout();
+        let wpack = implicit::pack_weights(as_f32(w_std.as_slice().expect("standard layout")).expect("f32"), geo);
+        let bias_f = bias.as_deref().map(|b| as_f32(b).expect("f32"));
+        let (image_in, image_out) = (geo.c * geo.h * geo.w, geo.o * geo.l());
+        let out = from_chunks(ndarray::IxDyn(&[geo.n, geo.o, geo.oh, geo.ow]), image_out, |start, dst| {
+            let n = start / image_out.max(1);
+            with_scratch(implicit::padded_len(geo), |xpad: &mut [f32]| {
+                implicit::pad_image(&xf[n * image_in..(n + 1) * image_in], geo, xpad);
+                // SAFETY: AVX-512F checked by `available`; the buffers are sized for `geo`
+                // and the kernel writes every value of `dst`.
+                unsafe { implicit::forward_image(xpad, &wpack, bias_f, geo, dst.as_mut_ptr().cast()) };
+            });
+        });
+        return (out, Vec::new());
+    }
     let (image_in, image_out, image_cols) = (geo.c * geo.h * geo.w, geo.o * geo.l(), geo.k() * geo.l());
     // Neither the output nor the kept columns are zeroed first: the products and
     // `im2col_into` write every value (zeroing 10 MB cost more than the unfolding saved).
@@ -460,6 +493,19 @@ pub fn backward_with_cols<F: Float>(
         let per_image = geo.o * geo.k();
         let mut prods = vec![F::zero(); geo.n * per_image];
         parallel::for_each_chunk(&mut prods, per_image.max(1), |n, dst| {
+            #[cfg(target_arch = "x86_64")]
+            if let (Some(xf), Some(gf), true) = (as_f32(xs), as_f32(gs), implicit::weight_grad_available(&geo)) {
+                let dst = as_f32_mut(dst).expect("f32");
+                return with_scratch(implicit::padded_len(&geo), |xpad: &mut [f32]| {
+                    implicit::pad_image(&xf[n * image_in..(n + 1) * image_in], &geo, xpad);
+                    GRAD_T.with_borrow_mut(|gt| {
+                        implicit::transpose_grad(&gf[n * image_out..(n + 1) * image_out], &geo, gt);
+                        // SAFETY: `weight_grad_available` checked AVX-512F and the shape;
+                        // the buffers are sized for `geo`.
+                        unsafe { implicit::weight_grad_image(xpad, gt, &geo, dst) };
+                    });
+                });
+            }
             let mut product = |c: ArrayView2<F>| {
                 gemm_into(c, g_image(n).t(), ArrayViewMut2::from_shape((geo.k(), geo.o), dst).expect("K×O"));
             };
@@ -525,6 +571,59 @@ mod tests {
             unsafe { simd::col2im_s1_f32(&cols, &mut simd, &geo) };
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&scalar), bits(&simd), "{c}x{h}x{w}, kernel {k}, padding {pad}");
+        }
+    }
+
+    /// The implicit-GEMM kernels against `im2col` + `gemm`, bit for bit: forward with
+    /// bias, and the transposed weight-gradient product, over channel counts that do
+    /// and do not fill a register block, widths around 16, kernels 3 and 5.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn implicit_kernels_match_im2col_and_gemm() {
+        use super::implicit;
+        let value = |i: usize, salt: usize| ((i * 7919 + salt * 31) % 201) as f32 / 37.0 - 2.7;
+        for &(c, h, w, o, k, pad) in &[
+            (1, 28, 28, 16, 5, 2),
+            (16, 14, 14, 32, 5, 2),
+            (3, 9, 17, 5, 3, 1),
+            (2, 6, 20, 20, 3, 0),
+            (4, 5, 33, 12, 5, 3),
+        ] {
+            let geo = Geometry::new(&[1, c, h, w], &[o, c, k, k], Some(&[o]), 1, pad).unwrap();
+            if !implicit::available(&geo) {
+                return;
+            }
+            let x: Vec<f32> = (0..c * h * w).map(|i| value(i, 1)).collect();
+            let wt: Vec<f32> = (0..o * geo.k()).map(|i| value(i, 2)).collect();
+            let bias: Vec<f32> = (0..o).map(|i| value(i, 3)).collect();
+            let g: Vec<f32> = (0..o * geo.l()).map(|i| value(i, 4)).collect();
+            let mut cols = vec![MaybeUninit::new(0f32); geo.k() * geo.l()];
+            let cols = ArrayView2::from_shape((geo.k(), geo.l()), im2col_into(&x, &geo, &mut cols)).unwrap().to_owned();
+            let w2 = ArrayView2::from_shape((o, geo.k()), &wt).unwrap();
+            let g2 = ArrayView2::from_shape((o, geo.l()), &g).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+
+            let mut expected = super::super::gemm::gemm(w2, cols.view());
+            for (mut row, &b) in expected.rows_mut().into_iter().zip(&bias) {
+                row.iter_mut().for_each(|d| *d = b + *d);
+            }
+            let mut xpad = vec![0f32; implicit::padded_len(&geo)];
+            implicit::pad_image(&x, &geo, &mut xpad);
+            let wpack = implicit::pack_weights(&wt, &geo);
+            let mut out = vec![f32::NAN; o * geo.l()];
+            // SAFETY: AVX-512F checked by `available`; buffers sized for `geo`.
+            unsafe { implicit::forward_image(&xpad, &wpack, Some(&bias), &geo, out.as_mut_ptr()) };
+            assert_eq!(bits(expected.as_slice().unwrap()), bits(&out), "forward {c}x{h}x{w}, {o} out, kernel {k}");
+
+            if implicit::weight_grad_available(&geo) {
+                let expected = super::super::gemm::gemm(cols.view(), g2.t());
+                let mut gt = Vec::new();
+                implicit::transpose_grad(&g, &geo, &mut gt);
+                let mut prods = vec![f32::NAN; geo.k() * o];
+                // SAFETY: checked by `weight_grad_available`; buffers sized for `geo`.
+                unsafe { implicit::weight_grad_image(&xpad, &gt, &geo, &mut prods) };
+                assert_eq!(bits(expected.as_slice().unwrap()), bits(&prods), "weight grad {c}x{h}x{w}, {o} out, kernel {k}");
+            }
         }
     }
 }

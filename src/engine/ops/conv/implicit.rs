@@ -1,0 +1,212 @@
+//! Implicit-GEMM convolution for f32, stride 1, with AVX-512: the same products as
+//! `im2col` followed by the engine's `gemm`, with the same FMA chain per output entry,
+//! but the column matrix is never written. Its entries are read straight from a
+//! zero-padded copy of the image (20 KB for the CNN's conv2, in L1) where `im2col` would
+//! write 313 KB per image and the product read it back.
+//!
+//! Why the bits cannot move: `im2col` puts `+0.0` where a window covers padding, and the
+//! padded copy holds `+0.0` there too, so every FMA sees the same two operands in the
+//! same k order, starting from `+0.0`; lanes beyond the output's edge compute values
+//! that are never stored. `tests` below check both kernels against the im2col path bit
+//! for bit.
+
+use std::arch::x86_64::*;
+
+use super::Geometry;
+
+/// Output channels per register block of the forward kernel.
+const MR: usize = 8;
+
+/// Whether the kernels cover this convolution and this machine.
+pub fn available(geo: &Geometry) -> bool {
+    geo.stride == 1 && std::arch::is_x86_feature_detected!("avx512f")
+}
+
+/// Whether `weight_grad_image` covers this convolution (beyond `available`).
+pub fn weight_grad_available(geo: &Geometry) -> bool {
+    available(geo) && matches!(geo.kw, 3 | 5) && geo.o <= 32
+}
+
+/// Values in the padded copy of one image (with slack for the widest vector read).
+pub fn padded_len(geo: &Geometry) -> usize {
+    geo.c * (geo.h + 2 * geo.padding) * (geo.w + 2 * geo.padding) + 32
+}
+
+/// Copies one `[C, H, W]` image into `dst` (`padded_len` values) with `padding` zeros
+/// around each plane and zeros in the slack.
+pub fn pad_image(x: &[f32], geo: &Geometry, dst: &mut [f32]) {
+    let (pw, ph, p) = (geo.w + 2 * geo.padding, geo.h + 2 * geo.padding, geo.padding);
+    dst.fill(0.0);
+    for c in 0..geo.c {
+        for y in 0..geo.h {
+            let from = &x[(c * geo.h + y) * geo.w..][..geo.w];
+            dst[(c * ph + y + p) * pw + p..][..geo.w].copy_from_slice(from);
+        }
+    }
+}
+
+/// The weights `[O, K]` rearranged for the forward kernel: blocks of `MR` output
+/// channels, each `[K][MR]` (zeros past the last channel).
+pub fn pack_weights(w: &[f32], geo: &Geometry) -> Vec<f32> {
+    let k = geo.k();
+    let blocks = geo.o.div_ceil(MR);
+    let mut packed = vec![0.0; blocks * k * MR];
+    for (o, row) in w.chunks_exact(k).enumerate() {
+        let block = &mut packed[(o / MR) * k * MR..][..k * MR];
+        for (kk, &v) in row.iter().enumerate() {
+            block[kk * MR + o % MR] = v;
+        }
+    }
+    packed
+}
+
+/// A mask of the lowest `n` (at most 16) lanes.
+fn lanes(n: usize) -> u16 {
+    ((1u32 << n.min(16)) - 1) as u16
+}
+
+/// One image's output `[O, OH·OW]` into `out`, `bias[o] + Σ_k w[o][k]·col[k][l]`:
+/// blocks of 8 channels × two 16-wide pieces of output rows in 16 registers, k walked
+/// as (channel, kernel row, kernel column) like `im2col`'s rows.
+///
+/// # Safety
+/// AVX-512F must be present (`available`); `xpad` comes from `pad_image`, `wpack` from
+/// `pack_weights` for this geometry; `out` has room for `O·OH·OW` values.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn forward_image(xpad: &[f32], wpack: &[f32], bias: Option<&[f32]>, geo: &Geometry, out: *mut f32) {
+    let (pw, ph, k, l, ow) = (geo.w + 2 * geo.padding, geo.h + 2 * geo.padding, geo.k(), geo.l(), geo.ow);
+    assert!(xpad.len() >= padded_len(geo) && wpack.len() >= geo.o.div_ceil(MR) * k * MR);
+    // The output as 16-wide pieces of rows: (output row, first column, lanes stored).
+    let pieces: Vec<(usize, usize, u16)> = (0..geo.oh)
+        .flat_map(|oy| (0..ow).step_by(16).map(move |x0| (oy, x0, lanes(ow - x0))))
+        .collect();
+    // Where row k of the column matrix starts in the padded image: one flat loop over
+    // k keeps the 16 accumulators in registers (nested loops made LLVM spill them).
+    let starts: Vec<usize> = (0..geo.c)
+        .flat_map(|c| (0..geo.kh).flat_map(move |i| (0..geo.kw).map(move |j| (c * ph + i) * pw + j)))
+        .collect();
+    for block in 0..geo.o.div_ceil(MR) {
+        let a = wpack.as_ptr().add(block * k * MR);
+        for pair in pieces.chunks(2) {
+            // An odd last piece is computed twice and stored once.
+            let (p0, p1) = (pair[0], pair[pair.len() - 1]);
+            let (x0, x1) = (xpad.as_ptr().add(p0.0 * pw + p0.1), xpad.as_ptr().add(p1.0 * pw + p1.1));
+            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            for (kk, &start) in starts.iter().enumerate() {
+                let b0 = _mm512_loadu_ps(x0.add(start));
+                let b1 = _mm512_loadu_ps(x1.add(start));
+                let ak = a.add(kk * MR);
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let ar = _mm512_set1_ps(*ak.add(r));
+                    acc_r[0] = _mm512_fmadd_ps(ar, b0, acc_r[0]);
+                    acc_r[1] = _mm512_fmadd_ps(ar, b1, acc_r[1]);
+                }
+            }
+            for (r, acc_r) in acc.iter().enumerate().take(geo.o - block * MR) {
+                let o = block * MR + r;
+                for (&(oy, x0, store), &v) in pair.iter().zip(acc_r) {
+                    // As the im2col path: the bias is added to the finished dot product.
+                    let v = match bias {
+                        Some(b) => _mm512_add_ps(_mm512_set1_ps(b[o]), v),
+                        None => v,
+                    };
+                    _mm512_mask_storeu_ps(out.add(o * l + oy * ow + x0), store, v);
+                }
+            }
+        }
+    }
+}
+
+/// `G` of one image (`[O, L]`) transposed to `[L][16·NV]` (zeros past channel O), the
+/// weight-gradient kernel's right operand.
+pub fn transpose_grad(g: &[f32], geo: &Geometry, dst: &mut Vec<f32>) {
+    let (l, width) = (geo.l(), geo.o.div_ceil(16) * 16);
+    dst.clear();
+    dst.resize(l * width, 0.0);
+    // Written in order (16 rows of `G` read side by side), not scattered by row.
+    for (p, out) in dst.chunks_exact_mut(width).enumerate() {
+        for (o, d) in out[..geo.o].iter_mut().enumerate() {
+            *d = g[o * l + p];
+        }
+    }
+}
+
+/// One image's weight-gradient product, transposed: `dst[k][o] = Σ_l col[k][l]·G[o][l]`
+/// (`[K, O]`, row-major), each entry's chain over l in increasing order like the
+/// engine's `gemm` of `cols · Gᵀ`.
+///
+/// # Safety
+/// `weight_grad_available(geo)`; `xpad` from `pad_image`, `gt` from `transpose_grad`,
+/// `dst` has `K·O` values.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn weight_grad_image(xpad: &[f32], gt: &[f32], geo: &Geometry, dst: &mut [f32]) {
+    assert!(xpad.len() >= padded_len(geo) && gt.len() >= geo.l() * geo.o.div_ceil(16) * 16);
+    assert!(dst.len() >= geo.k() * geo.o && weight_grad_available(geo));
+    match (geo.kw, geo.o.div_ceil(16)) {
+        (3, 1) => weight_grad_rows::<3, 1>(xpad, gt, geo, dst),
+        (3, 2) => weight_grad_rows::<3, 2>(xpad, gt, geo, dst),
+        (5, 1) => weight_grad_rows::<5, 1>(xpad, gt, geo, dst),
+        (5, 2) => weight_grad_rows::<5, 2>(xpad, gt, geo, dst),
+        _ => unreachable!("checked by weight_grad_available"),
+    }
+}
+
+/// The rows of `dst` come in runs of `KW` (one channel and kernel row, every kernel
+/// column); two runs share a register block, so a step of l costs `NV` loads of `Gᵀ`,
+/// `2·KW` broadcasts from the padded image and `2·KW·NV` FMAs.
+#[target_feature(enable = "avx512f")]
+unsafe fn weight_grad_rows<const KW: usize, const NV: usize>(xpad: &[f32], gt: &[f32], geo: &Geometry, dst: &mut [f32]) {
+    let runs = geo.c * geo.kh;
+    let mut run = 0;
+    while run < runs {
+        if run + 1 < runs {
+            weight_grad_block::<KW, NV, 2>(xpad, gt, geo, dst, run);
+            run += 2;
+        } else {
+            weight_grad_block::<KW, NV, 1>(xpad, gt, geo, dst, run);
+            run += 1;
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn weight_grad_block<const KW: usize, const NV: usize, const RUNS: usize>(
+    xpad: &[f32],
+    gt: &[f32],
+    geo: &Geometry,
+    dst: &mut [f32],
+    first_run: usize,
+) {
+    let (pw, ph, width) = (geo.w + 2 * geo.padding, geo.h + 2 * geo.padding, NV * 16);
+    // Where each run's window starts in the padded image: channel c, kernel row i.
+    let base: [*const f32; RUNS] = std::array::from_fn(|q| {
+        let (c, i) = ((first_run + q) / geo.kh, (first_run + q) % geo.kh);
+        xpad.as_ptr().add((c * ph + i) * pw)
+    });
+    let mut acc = [[[_mm512_setzero_ps(); NV]; KW]; RUNS];
+    let mut b = gt.as_ptr();
+    for oy in 0..geo.oh {
+        for ox in 0..geo.ow {
+            let at = oy * pw + ox;
+            let bv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(b.add(v * 16)));
+            for q in 0..RUNS {
+                for j in 0..KW {
+                    let a = _mm512_set1_ps(*base[q].add(at + j));
+                    for v in 0..NV {
+                        acc[q][j][v] = _mm512_fmadd_ps(a, bv[v], acc[q][j][v]);
+                    }
+                }
+            }
+            b = b.add(width);
+        }
+    }
+    for (q, acc_q) in acc.iter().enumerate() {
+        for (j, acc_j) in acc_q.iter().enumerate() {
+            let row = dst.as_mut_ptr().add(((first_run + q) * KW + j) * geo.o);
+            for (v, &val) in acc_j.iter().enumerate() {
+                _mm512_mask_storeu_ps(row.add(v * 16), lanes(geo.o - v * 16), val);
+            }
+        }
+    }
+}
