@@ -517,10 +517,15 @@ pub fn backward_with_cols<F: Float>(
                 None => with_cols(&xs[n * image_in..(n + 1) * image_in], &geo, product),
             }
         });
+        // Entries are independent, so they are split between the cores; each entry still
+        // adds its images in order.
         let mut sum_t = vec![F::zero(); per_image];
-        for p in prods.chunks_exact(per_image.max(1)) {
-            sum_t.iter_mut().zip(p).for_each(|(acc, &v)| *acc += v);
-        }
+        parallel::for_each_chunk(&mut sum_t, 1024, |part, acc| {
+            let start = part * 1024;
+            for p in prods.chunks_exact(per_image.max(1)) {
+                acc.iter_mut().zip(&p[start..]).for_each(|(acc, &v)| *acc += v);
+            }
+        });
         let sum_t = ArrayView2::from_shape((geo.k(), geo.o), &sum_t).expect("K×O");
         let gw: Vec<F> = sum_t.t().iter().copied().collect();
         let gw = Tensor::from_shape_vec(w.raw_dim(), gw).expect("O×K is the weight's size");
