@@ -83,13 +83,17 @@ fn bench_reports_step_times_ratios_and_gemm_throughput() {
     assert!(m["step_ms"]["engine"].as_f64().unwrap() > 0.0 && m["eval_ms"]["candle"].as_f64().unwrap() > 0.0);
     assert!(m["ratios"]["engine/candle"].as_f64().unwrap() > 0.0);
     assert!(v["gemm"].as_array().unwrap().iter().all(|g| g["gflops"]["engine"].as_f64().unwrap() > 0.0));
+    // The machine's peak sits next to the products' rates.
+    assert!(v["peak"]["one_thread_gflops"].as_f64().unwrap() > 0.0);
+    assert!(v["peak"]["all_threads_gflops"].as_f64().unwrap() > 0.0);
     // One 100-image epoch per backend in a child process: the peak is at least the
     // resident size it started from, and both are plausible for this program.
     for backend in ["engine", "candle"] {
         let (before, peak) = (m["baseline_rss_mb"][backend].as_f64().unwrap(), m["peak_rss_mb"][backend].as_f64().unwrap());
         assert!(before > 1.0 && peak >= before && peak < 4096.0, "{backend}: before {before} MB, peak {peak} MB");
     }
-    assert!(std::fs::read_to_string(dir.join("bench.md")).unwrap().contains("## Memory and epoch time"));
+    let md = std::fs::read_to_string(dir.join("bench.md")).unwrap();
+    assert!(md.contains("## Memory and epoch time") && md.contains("Machine peak, measured"));
     for name in ["bench.md", "bench.json", "bench.svg"] {
         assert!(dir.join(name).exists(), "{name}");
     }

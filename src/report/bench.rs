@@ -61,6 +61,12 @@ fn markdown(report: &BenchReport, machine: &str) -> String {
         })
         .collect();
     md += &table(&header.iter().map(String::as_str).collect::<Vec<_>>(), &rows);
+    let p = &report.peak;
+    md += &format!(
+        "\nMachine peak, measured (a loop of independent {} FMAs, f32): {:.1} GFLOP/s on one thread, {:.1} on {} \
+         thread(s) at once. The products above run on {} thread(s).\n",
+        p.isa, p.one_thread_gflops, p.all_threads_gflops, p.threads, report.threads
+    );
     md
 }
 

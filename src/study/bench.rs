@@ -2,7 +2,7 @@
 //! step (forward, backward, optimiser update) at batch 25 and of an evaluation batch of
 //! 100, with the backends interleaved step by step (A, B, C, A, B, C, ...) so that drift
 //! in the machine's speed hits all of them alike; and matrix-product throughput on the
-//! shapes these models use.
+//! shapes these models use, next to the machine's measured FMA peak.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -66,6 +66,8 @@ pub struct BenchReport {
     pub memory_images: usize,
     pub models: BTreeMap<String, ModelBench>,
     pub gemm: Vec<GemmBench>,
+    /// The machine's f32 FMA peak, next to which the `gemm` rates are read.
+    pub peak: super::peak::Peak,
 }
 
 /// The matrix products of the nine models (f32): a linear layer's forward and its
@@ -165,6 +167,8 @@ pub fn run(data: &Dataset, opts: &BenchOptions, mut progress: impl FnMut(&str)) 
         }
         gemm.push(GemmBench { m, k, n, what, gflops });
     }
+    progress("machine peak");
+    let peak = super::peak::measure(opts.threads);
     Ok(BenchReport {
         study: "bench",
         tool_version: TOOL_VERSION,
@@ -173,5 +177,6 @@ pub fn run(data: &Dataset, opts: &BenchOptions, mut progress: impl FnMut(&str)) 
         memory_images: opts.memory_images,
         models,
         gemm,
+        peak,
     })
 }

@@ -10,6 +10,7 @@ pub mod lockstep;
 pub mod memory;
 pub mod mnist;
 pub mod mutants;
+pub mod peak;
 pub mod probe;
 pub mod suite;
 
