@@ -272,6 +272,36 @@ fn candles_released_max_pool_backward_scales_a_unique_maximum_by_a_quarter() {
     }
 }
 
+/// NaN, infinities and signed zeros through ReLU as PyTorch treats them: relu is
+/// clamp_min(x, 0), so NaN and -0.0 come out unchanged, and threshold_backward passes
+/// the gradient where the output is not <= 0, NaN included. (The backends' `evaluate`
+/// refuses non-finite inputs, so the engine's graph and libtorch are called directly.)
+#[test]
+fn relu_treats_nan_and_signed_zeros_as_pytorch_does() {
+    use backprop_parity::engine::{Graph, Tensor};
+    let input = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.0, 0.0, 2.0];
+    let mut g = Graph::<f64>::new();
+    let x = g.param(Tensor::from_shape_vec(vec![6], input.to_vec()).unwrap());
+    let y = g.relu(x);
+    let loss = g.sum(y);
+    let grads = g.backward(loss).unwrap();
+    let engine_y: Vec<f64> = g.value(y).iter().copied().collect();
+    let engine_g: Vec<f64> = grads.get(x).unwrap().iter().copied().collect();
+    let bits = |v: &[f64]| v.iter().map(|v| if v.is_nan() { u64::MAX } else { v.to_bits() }).collect::<Vec<_>>();
+    assert_eq!(bits(&engine_y), bits(&[f64::NAN, f64::INFINITY, 0.0, -0.0, 0.0, 2.0]), "engine relu {engine_y:?}");
+    assert_eq!(engine_g, [1.0, 1.0, 0.0, 0.0, 0.0, 1.0], "engine relu gradient");
+    #[cfg(feature = "torch")]
+    {
+        let tx = tch::Tensor::from_slice(&input).set_requires_grad(true);
+        let ty = tx.relu();
+        ty.sum(tch::Kind::Double).backward();
+        let torch_y: Vec<f64> = Vec::try_from(&ty.detach()).unwrap();
+        let torch_g: Vec<f64> = Vec::try_from(&tx.grad()).unwrap();
+        assert_eq!(bits(&engine_y), bits(&torch_y), "relu: engine {engine_y:?} vs libtorch {torch_y:?}");
+        assert_eq!(engine_g, torch_g, "relu gradient: engine vs libtorch");
+    }
+}
+
 #[test]
 fn every_primitive_has_its_op_tests() {
     for prim in Prim::ALL {

@@ -68,8 +68,8 @@ impl<F: Float> Graph<F> {
 
     pub fn unary(&mut self, kind: UnaryOp, a: Var) -> Var {
         let value = match kind {
-            // Written out so that the loop is a vector max, not a call per element.
-            UnaryOp::Relu => map_each(self.value(a), |x| if x > F::zero() { x } else { F::zero() }),
+            // Written out so that the loop is a vector select, not a call per element.
+            UnaryOp::Relu => map_each(self.value(a), |x| if x < F::zero() { F::zero() } else { x }),
             _ => map_each(self.value(a), move |x| kind.forward(x)),
         };
         self.push(value, Op::Unary(kind, a))
@@ -83,11 +83,13 @@ impl UnaryOp {
             UnaryOp::Neg => -x,
             UnaryOp::Sigmoid => one / (one + (-x).exp()),
             UnaryOp::Square => x * x,
+            // ATen's relu is clamp_min(x, 0), `x < 0 ? 0 : x`: NaN stays NaN and -0.0
+            // stays -0.0.
             UnaryOp::Relu => {
-                if x > F::zero() {
-                    x
-                } else {
+                if x < F::zero() {
                     F::zero()
+                } else {
+                    x
                 }
             }
             UnaryOp::Tanh => x.tanh(),
@@ -104,9 +106,10 @@ impl UnaryOp {
             UnaryOp::Sigmoid if faults::on(Fault::SigmoidDerivativeOnInput) => g * (one - x) * x,
             UnaryOp::Sigmoid => g * (one - y) * y,
             UnaryOp::Square => g * (F::of(2.0) * x),
-            // PyTorch's threshold_backward: the gradient passes where the output is > 0.
+            // ATen's threshold_backward, `y <= 0 ? 0 : g`: the gradient passes where the
+            // output is positive or NaN.
             UnaryOp::Relu => {
-                if y > F::zero() || faults::on(Fault::ReluGradAtZeroFlipped) {
+                if !(y <= F::zero()) || faults::on(Fault::ReluGradAtZeroFlipped) {
                     g
                 } else {
                     F::zero()
@@ -129,7 +132,7 @@ pub fn unary_backward<F: Float>(kind: UnaryOp, x: &Tensor<F>, y: &Tensor<F>, g: 
             let (ys, gs) = (&ys[start..start + len], &gs[start..start + len]);
             for ((o, &y), &g) in out.iter_mut().zip(ys).zip(gs) {
                 // `|` rather than `||`: a select the loop can vectorise.
-                o.write(if (y > F::zero()) | pass_all { g } else { F::zero() });
+                o.write(if !(y <= F::zero()) | pass_all { g } else { F::zero() });
             }
         });
     }
