@@ -5,6 +5,11 @@
 //! unfolded into columns (`im2col`, rows ordered channel, kernel row, kernel column), the
 //! product with the weight goes through the engine's sequential-k FMA `gemm`, and the
 //! bias is added to the finished dot product, as BLAS does with `beta = 1`.
+//!
+//! For f32 with stride 1 on AVX-512 the same chains are computed by the implicit-GEMM
+//! kernels in `implicit` (forward, input and weight gradient), which read the image or
+//! the gradient in place instead of materialising the column matrix; unit tests below
+//! pin them bit for bit to the im2col path, which f64 and other machines still take.
 
 #[cfg(target_arch = "x86_64")]
 mod implicit;
@@ -204,63 +209,6 @@ mod simd {
             }
         }
     }
-
-    /// `col2im` (see there) for stride 1 with AVX-512, gathered per input pixel instead
-    /// of scattered per column entry: 16 pixels of an input row sit in one register, and
-    /// the entries that land on them are added in the same (channel, kernel row, kernel
-    /// column) order as the scatter loop does, each lane only where an entry exists
-    /// (a masked add, so no lane ever gains a `+ 0.0`). Same bits, no store-to-load
-    /// round trip per kernel column.
-    ///
-    /// # Safety
-    /// AVX-512F must be present; `cols` is `[C·kh·kw, OH·OW]` and `gx` one image's
-    /// `C·H·W` gradient; stride 1.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn col2im_s1_f32(cols: &[f32], gx: &mut [f32], geo: &Geometry) {
-        assert!(cols.len() >= geo.k() * geo.l() && gx.len() >= geo.c * geo.h * geo.w);
-        let (l, ow, pad) = (geo.l(), geo.ow as isize, geo.padding as isize);
-        // Per kernel column j, per 16 pixels of a row from x0: which lanes are stored
-        // (x < w), which receive an entry (0 <= x + pad - j < ow), and the output column
-        // of lane 0. The same for every row and channel.
-        let plan: Vec<Vec<(usize, u16, u16, isize)>> = (0..geo.kw)
-            .map(|j| {
-                (0..geo.w)
-                    .step_by(16)
-                    .map(|x0| {
-                        let store = ((1u32 << (geo.w - x0).min(16)) - 1) as u16;
-                        let first = x0 as isize + pad - j as isize;
-                        let (lo, hi) = ((-first).clamp(0, 16) as u32, (ow - first).clamp(0, 16) as u32);
-                        let valid = if hi > lo { (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16 } else { 0 };
-                        (x0, store, valid & store, first)
-                    })
-                    .collect()
-            })
-            .collect();
-        for ci in 0..geo.c {
-            for y in 0..geo.h {
-                let out = gx.as_mut_ptr().add((ci * geo.h + y) * geo.w);
-                for chunk in 0..plan[0].len() {
-                    let (x0, store, ..) = plan[0][chunk];
-                    let mut acc = _mm512_maskz_loadu_ps(store, out.add(x0));
-                    for i in 0..geo.kh {
-                        // The output row this kernel row reads the pixel in, if any.
-                        let oy = y as isize + pad - i as isize;
-                        if oy < 0 || oy >= geo.oh as isize {
-                            continue;
-                        }
-                        let row = cols.as_ptr().add((ci * geo.kh + i) * geo.kw * l + oy as usize * geo.ow);
-                        for (j, per_j) in plan.iter().enumerate() {
-                            let (_, _, valid, first) = per_j[chunk];
-                            // Masked-off lanes are not read, so the start may lie before the row.
-                            let v = _mm512_maskz_loadu_ps(valid, row.add(j * l).wrapping_offset(first));
-                            acc = _mm512_mask_add_ps(acc, valid, acc, v);
-                        }
-                    }
-                    _mm512_mask_storeu_ps(out.add(x0), store, acc);
-                }
-            }
-        }
-    }
 }
 
 /// `im2col` of one image into this thread's scratch buffer, handed to `f` as a
@@ -303,19 +251,6 @@ fn with_scratch<F: Float, R>(len: usize, f: impl FnOnce(&mut [F]) -> R) -> R {
 /// entries go to distinct pixels, so each pixel receives its contributions in the same
 /// order as the entry-by-entry loop.
 fn col2im<F: Float>(cols: &[F], gx: &mut [F], geo: &Geometry) {
-    #[cfg(target_arch = "x86_64")]
-    if geo.stride == 1 && F::DTYPE == crate::dtype::DType::F32 && std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F is present and F is f32, so the casts only relabel the type.
-        unsafe {
-            let cs = std::slice::from_raw_parts(cols.as_ptr().cast::<f32>(), cols.len());
-            let gs = std::slice::from_raw_parts_mut(gx.as_mut_ptr().cast::<f32>(), gx.len());
-            return simd::col2im_s1_f32(cs, gs, geo);
-        }
-    }
-    col2im_scalar(cols, gx, geo)
-}
-
-fn col2im_scalar<F: Float>(cols: &[F], gx: &mut [F], geo: &Geometry) {
     let (l, ow, s) = (geo.l(), geo.ow, geo.stride);
     for (row, src) in cols.chunks_exact(l).enumerate() {
         let (ci, i, j) = (row / (geo.kh * geo.kw), (row / geo.kw) % geo.kh, row % geo.kw);
@@ -464,12 +399,23 @@ pub fn backward_with_cols<F: Float>(
     let xs = xs.as_slice().expect("standard layout");
 
     // ATen's slow_conv2d_backward: grad_columns = Wᵀ·G per image, then col2im adds each
-    // column entry into its input pixel, visiting kernel offsets in row-major order.
+    // column entry into its input pixel, visiting kernel offsets in row-major order (fused
+    // into one kernel for f32 on AVX-512).
     let gx = need_x.then(|| {
+        let mut gx = vec![F::zero(); x.len()];
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(gf), true) = (as_f32(gs), implicit::available(&geo)) {
+            let w_std = w.as_standard_layout();
+            let wpack = implicit::pack_weights_for_input_grad(as_f32(w_std.as_slice().expect("standard layout")).expect("f32"), &geo);
+            parallel::for_each_chunk(&mut gx, image_in.max(1), |n, dst| {
+                // SAFETY: AVX-512F checked by `available`; the buffers are sized for `geo`.
+                unsafe { implicit::input_grad_image(&gf[n * image_out..(n + 1) * image_out], &wpack, &geo, as_f32_mut(dst).expect("f32")) };
+            });
+            return Tensor::from_shape_vec(x.raw_dim(), gx).expect("sizes match");
+        }
         // Wᵀ is made row-major once, so that every image's product reads it in place
         // instead of repacking the transposed view.
         let wt = weight_matrix(w, &geo).t().as_standard_layout().into_owned();
-        let mut gx = vec![F::zero(); x.len()];
         parallel::for_each_chunk(&mut gx, image_in.max(1), |n, dst| {
             with_scratch(geo.k() * geo.l(), |cols: &mut [F]| {
                 gemm_into(
@@ -550,37 +496,9 @@ pub fn backward_with_cols<F: Float>(
 mod tests {
     use super::*;
 
-    /// The AVX-512 col2im against the scalar one, bit for bit, over paddings, kernel
-    /// sizes and widths around the vector length, with signed zeros among the entries.
-    #[test]
-    #[cfg(target_arch = "x86_64")]
-    fn simd_col2im_matches_the_scalar_loop() {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
-            return;
-        }
-        let palette = [0.5f32, -0.0, 1.25, 0.0, -3.0, 1e-8, 7.0, -1e8];
-        for &(c, h, w, k, pad) in &[
-            (1, 5, 5, 5, 2),
-            (2, 14, 14, 5, 2),
-            (3, 7, 9, 3, 1),
-            (2, 6, 20, 3, 0),
-            (1, 4, 33, 5, 4),
-            (2, 28, 28, 5, 2),
-        ] {
-            let geo = Geometry::new(&[1, c, h, w], &[1, c, k, k], None, 1, pad).unwrap();
-            let cols: Vec<f32> = (0..geo.k() * geo.l()).map(|i| palette[(i * 5 + i / 7) % palette.len()]).collect();
-            let mut scalar = vec![0f32; c * h * w];
-            let mut simd = vec![0f32; c * h * w];
-            col2im_scalar(&cols, &mut scalar, &geo);
-            // SAFETY: AVX-512F was detected above.
-            unsafe { simd::col2im_s1_f32(&cols, &mut simd, &geo) };
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&scalar), bits(&simd), "{c}x{h}x{w}, kernel {k}, padding {pad}");
-        }
-    }
-
     /// The implicit-GEMM kernels against `im2col` + `gemm`, bit for bit: forward with
-    /// bias, and the transposed weight-gradient product, over channel counts that do
+    /// bias, the input gradient (against `gemm` + `col2im`) and the transposed
+    /// weight-gradient product, over channel counts that do
     /// and do not fill a register block, widths around 16, kernels 3 and 5.
     #[test]
     #[cfg(target_arch = "x86_64")]
@@ -619,6 +537,15 @@ mod tests {
             // SAFETY: AVX-512F checked by `available`; buffers sized for `geo`.
             unsafe { implicit::forward_image(&xpad, &wpack, Some(&bias), &geo, out.as_mut_ptr()) };
             assert_eq!(bits(expected.as_slice().unwrap()), bits(&out), "forward {c}x{h}x{w}, {o} out, kernel {k}");
+
+            let mut cols_dx = super::super::gemm::gemm(w2.t(), g2);
+            let mut expected_dx = vec![0f32; c * h * w];
+            col2im(cols_dx.as_slice_mut().unwrap(), &mut expected_dx, &geo);
+            let mut gx = vec![f32::NAN; c * h * w];
+            let wpack_dx = implicit::pack_weights_for_input_grad(&wt, &geo);
+            // SAFETY: AVX-512F checked by `available`; buffers sized for `geo`.
+            unsafe { implicit::input_grad_image(&g, &wpack_dx, &geo, &mut gx) };
+            assert_eq!(bits(&expected_dx), bits(&gx), "input grad {c}x{h}x{w}, {o} out, kernel {k}");
 
             if implicit::weight_grad_available(&geo) {
                 let expected = super::super::gemm::gemm(cols.view(), g2.t());

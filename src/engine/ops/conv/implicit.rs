@@ -210,3 +210,97 @@ unsafe fn weight_grad_block<const KW: usize, const NV: usize, const RUNS: usize>
         }
     }
 }
+
+/// Input channels per register block of the input-gradient kernel.
+const CB: usize = 8;
+
+/// The weights `[O, C, kh, kw]` rearranged for `input_grad_image`: blocks of `CB` input
+/// channels, each `[kh][kw][O][CB]` (zeros past the last channel), so that one kernel
+/// offset and one output channel give the block's weights side by side.
+pub fn pack_weights_for_input_grad(w: &[f32], geo: &Geometry) -> Vec<f32> {
+    let (kk, taps) = (geo.k(), geo.kh * geo.kw);
+    let blocks = geo.c.div_ceil(CB);
+    let mut packed = vec![0.0; blocks * taps * geo.o * CB];
+    for o in 0..geo.o {
+        for c in 0..geo.c {
+            for tap in 0..taps {
+                packed[(((c / CB) * taps + tap) * geo.o + o) * CB + c % CB] = w[o * kk + c * taps + tap];
+            }
+        }
+    }
+    packed
+}
+
+/// One image's input gradient `[C, H, W]` into `gx` (every value written): ATen's
+/// `col2im(Wᵀ·G)` fused. For 16 pixels of an input row and 8 input channels, each
+/// kernel offset (i, j) that reaches them computes its column entries, the chains
+/// `Σ_o w[o][c][i][j]·G[o][oy][ox]` in increasing o from `+0.0` exactly as the product
+/// `Wᵀ·G` does, and adds them to the pixels in (i, j) order with a masked add, exactly
+/// as `col2im` does; the column matrix never exists. (Sharing each weight broadcast
+/// between two rows measured no faster.)
+///
+/// # Safety
+/// AVX-512F must be present (`available`); `g` is the image's `[O, OH·OW]` gradient,
+/// `wpack` from `pack_weights_for_input_grad`, `gx` has `C·H·W` values.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn input_grad_image(g: &[f32], wpack: &[f32], geo: &Geometry, gx: &mut [f32]) {
+    let (l, ow, pad, taps) = (geo.l(), geo.ow as isize, geo.padding as isize, geo.kh * geo.kw);
+    assert!(g.len() >= geo.o * l && gx.len() >= geo.c * geo.h * geo.w);
+    assert!(wpack.len() >= geo.c.div_ceil(CB) * taps * geo.o * CB);
+    // Per kernel column j and 16 pixels from x0: lanes stored (x < w), lanes that
+    // receive an entry (0 <= x + pad - j < ow), the output column of lane 0.
+    let plan: Vec<Vec<(usize, u16, u16, isize)>> = (0..geo.kw)
+        .map(|j| {
+            (0..geo.w)
+                .step_by(16)
+                .map(|x0| {
+                    let store = lanes(geo.w - x0);
+                    let first = x0 as isize + pad - j as isize;
+                    let (lo, hi) = ((-first).clamp(0, 16) as u32, (ow - first).clamp(0, 16) as u32);
+                    let valid = if hi > lo { (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16 } else { 0 };
+                    (x0, store, valid & store, first)
+                })
+                .collect()
+        })
+        .collect();
+    for block in 0..geo.c.div_ceil(CB) {
+        let channels = (geo.c - block * CB).min(CB);
+        for y in 0..geo.h {
+            for chunk in 0..plan[0].len() {
+                let (x0, store, ..) = plan[0][chunk];
+                let mut acc = [_mm512_setzero_ps(); CB];
+                for i in 0..geo.kh {
+                    // The output row whose window reaches input row y at kernel row i.
+                    let oy = y as isize + pad - i as isize;
+                    if oy < 0 || oy >= geo.oh as isize {
+                        continue;
+                    }
+                    for (j, per_j) in plan.iter().enumerate() {
+                        let (_, _, valid, first) = per_j[chunk];
+                        if valid == 0 {
+                            continue;
+                        }
+                        // Masked-off lanes are not read, so the start may lie before the row.
+                        let gp = g.as_ptr().add(oy as usize * geo.ow).wrapping_offset(first);
+                        let mut wp = wpack.as_ptr().add(((block * taps) + i * geo.kw + j) * geo.o * CB);
+                        let mut chains = [_mm512_setzero_ps(); CB];
+                        for o in 0..geo.o {
+                            let gv = _mm512_maskz_loadu_ps(valid, gp.wrapping_add(o * l));
+                            for (r, chain) in chains.iter_mut().enumerate() {
+                                *chain = _mm512_fmadd_ps(_mm512_set1_ps(*wp.add(r)), gv, *chain);
+                            }
+                            wp = wp.add(CB);
+                        }
+                        for (a, chain) in acc.iter_mut().zip(chains) {
+                            *a = _mm512_mask_add_ps(*a, valid, *a, chain);
+                        }
+                    }
+                }
+                for (r, a) in acc.iter().enumerate().take(channels) {
+                    let c = block * CB + r;
+                    _mm512_mask_storeu_ps(gx.as_mut_ptr().add((c * geo.h + y) * geo.w + x0), store, *a);
+                }
+            }
+        }
+    }
+}
