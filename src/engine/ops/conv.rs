@@ -505,14 +505,23 @@ mod tests {
     fn implicit_kernels_match_im2col_and_gemm() {
         use super::implicit;
         let value = |i: usize, salt: usize| ((i * 7919 + salt * 31) % 201) as f32 / 37.0 - 2.7;
-        for &(c, h, w, o, k, pad) in &[
-            (1, 28, 28, 16, 5, 2),
-            (16, 14, 14, 32, 5, 2),
-            (3, 9, 17, 5, 3, 1),
-            (2, 6, 20, 20, 3, 0),
-            (4, 5, 33, 12, 5, 3),
+        // (channels, height, width, outputs, kernel height, kernel width, padding): the CNN's
+        // two layers, then remainders of the register blocks, padding beyond k - 1, a
+        // non-square kernel, a one-column output, an image narrower than the kernel, more
+        // than 32 outputs (no implicit weight gradient there).
+        for &(c, h, w, o, kh, kw, pad) in &[
+            (1, 28, 28, 16, 5, 5, 2),
+            (16, 14, 14, 32, 5, 5, 2),
+            (3, 9, 17, 5, 3, 3, 1),
+            (2, 6, 20, 20, 3, 3, 0),
+            (4, 5, 33, 12, 5, 5, 3),
+            (9, 7, 6, 3, 3, 3, 3),
+            (2, 8, 11, 17, 2, 5, 1),
+            (3, 4, 1, 4, 3, 3, 1),
+            (2, 3, 2, 6, 5, 5, 2),
+            (5, 6, 7, 40, 3, 3, 1),
         ] {
-            let geo = Geometry::new(&[1, c, h, w], &[o, c, k, k], Some(&[o]), 1, pad).unwrap();
+            let geo = Geometry::new(&[1, c, h, w], &[o, c, kh, kw], Some(&[o]), 1, pad).unwrap();
             if !implicit::available(&geo) {
                 return;
             }
@@ -536,7 +545,7 @@ mod tests {
             let mut out = vec![f32::NAN; o * geo.l()];
             // SAFETY: AVX-512F checked by `available`; buffers sized for `geo`.
             unsafe { implicit::forward_image(&xpad, &wpack, Some(&bias), &geo, out.as_mut_ptr()) };
-            assert_eq!(bits(expected.as_slice().unwrap()), bits(&out), "forward {c}x{h}x{w}, {o} out, kernel {k}");
+            assert_eq!(bits(expected.as_slice().unwrap()), bits(&out), "forward {c}x{h}x{w}, {o} out, kernel {kh}x{kw}, padding {pad}");
 
             let mut cols_dx = super::super::gemm::gemm(w2.t(), g2);
             let mut expected_dx = vec![0f32; c * h * w];
@@ -545,7 +554,7 @@ mod tests {
             let wpack_dx = implicit::pack_weights_for_input_grad(&wt, &geo);
             // SAFETY: AVX-512F checked by `available`; buffers sized for `geo`.
             unsafe { implicit::input_grad_image(&g, &wpack_dx, &geo, &mut gx) };
-            assert_eq!(bits(&expected_dx), bits(&gx), "input grad {c}x{h}x{w}, {o} out, kernel {k}");
+            assert_eq!(bits(&expected_dx), bits(&gx), "input grad {c}x{h}x{w}, {o} out, kernel {kh}x{kw}, padding {pad}");
 
             if implicit::weight_grad_available(&geo) {
                 let expected = super::super::gemm::gemm(cols.view(), g2.t());
@@ -554,7 +563,7 @@ mod tests {
                 let mut prods = vec![f32::NAN; geo.k() * o];
                 // SAFETY: checked by `weight_grad_available`; buffers sized for `geo`.
                 unsafe { implicit::weight_grad_image(&xpad, &gt, &geo, &mut prods) };
-                assert_eq!(bits(expected.as_slice().unwrap()), bits(&prods), "weight grad {c}x{h}x{w}, {o} out, kernel {k}");
+                assert_eq!(bits(expected.as_slice().unwrap()), bits(&prods), "weight grad {c}x{h}x{w}, {o} out, kernel {kh}x{kw}, padding {pad}");
             }
         }
     }

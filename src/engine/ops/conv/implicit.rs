@@ -19,7 +19,8 @@ const MR: usize = 8;
 
 /// Whether the kernels cover this convolution and this machine.
 pub fn available(geo: &Geometry) -> bool {
-    geo.stride == 1 && std::arch::is_x86_feature_detected!("avx512f")
+    // Empty channel counts are left to the im2col path (nothing to pack or transpose).
+    geo.stride == 1 && geo.c > 0 && geo.o > 0 && std::arch::is_x86_feature_detected!("avx512f")
 }
 
 /// Whether `weight_grad_image` covers this convolution (beyond `available`).
