@@ -70,6 +70,9 @@ pub struct BenchReport {
     pub peak: super::peak::Peak,
 }
 
+/// Rounds of the interleaved matrix-product timing.
+const GEMM_ROUNDS: usize = 8;
+
 /// The matrix products of the nine models (f32): a linear layer's forward and its
 /// weight gradient at batch 25, and the CNN's convolutions as im2col products.
 pub const GEMM_SHAPES: [(usize, usize, usize, &str); 5] = [
@@ -158,13 +161,20 @@ pub fn run(data: &Dataset, opts: &BenchOptions, mut progress: impl FnMut(&str)) 
         models.insert(spec.name.clone(), ModelBench { step_ms, eval_ms, ratios, baseline_rss_mb, peak_rss_mb, epoch_s });
     }
     progress("matrix products");
+    // Interleaved like the steps: rounds of 25 timed products per backend (each after the
+    // 30 ms switch warm-up), the median of the round medians per backend, so that a slow
+    // stretch of the machine does not land on one backend's products only.
+    let backends: Vec<(BackendKind, Box<dyn crate::backends::Backend>)> =
+        opts.backends.iter().map(|&kind| Ok((kind, backend(kind, opts.options)?))).collect::<Result<_>>()?;
     let mut gemm = Vec::new();
     for (m, k, n, what) in GEMM_SHAPES {
-        let mut gflops = BTreeMap::new();
-        for &kind in &opts.backends {
-            let s = backend(kind, opts.options)?.matmul_seconds(m, k, n, 200)?;
-            gflops.insert(kind, 2.0 * (m * k * n) as f64 / s / 1e9);
+        let mut rounds: BTreeMap<BackendKind, Vec<f64>> = BTreeMap::new();
+        for _ in 0..GEMM_ROUNDS {
+            for (kind, b) in &backends {
+                rounds.entry(*kind).or_default().push(b.matmul_seconds(m, k, n, 25)?);
+            }
         }
+        let gflops = rounds.into_iter().map(|(kind, r)| (kind, 2.0 * (m * k * n) as f64 / median(r) / 1e9)).collect();
         gemm.push(GemmBench { m, k, n, what, gflops });
     }
     progress("machine peak");
