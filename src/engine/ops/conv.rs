@@ -164,29 +164,47 @@ mod simd {
     use super::{inside, Geometry};
     use std::arch::x86_64::*;
 
+    /// A mask of the lowest `n` (at most 16) lanes.
+    pub fn lanes(n: usize) -> u16 {
+        ((1u32 << n.min(16)) - 1) as u16
+    }
+
+    /// For each kernel column j, a row of `len` values cut into 16-lane pieces: where
+    /// each piece starts, the lanes it stores (inside `len`), the lanes whose partner
+    /// index `first(start, j) + q` lies inside `0..limit`, and `first` itself. The row
+    /// loops of im2col (partner: the input column) and of the fused input gradient
+    /// (partner: the output column) are masked by these.
+    pub fn lane_plan(
+        kw: usize,
+        len: usize,
+        limit: usize,
+        first: impl Fn(usize, usize) -> isize,
+    ) -> Vec<Vec<(usize, u16, u16, isize)>> {
+        (0..kw)
+            .map(|j| {
+                (0..len)
+                    .step_by(16)
+                    .map(|start| {
+                        let store = lanes(len - start);
+                        let first = first(start, j);
+                        let (lo, hi) = ((-first).clamp(0, 16) as u32, (limit as isize - first).clamp(0, 16) as u32);
+                        let valid = if hi > lo { (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16 } else { 0 };
+                        (start, store, valid & store, first)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     /// # Safety
     /// AVX-512F must be present; `x` is one image (`C·H·W`), `cols` has room for
     /// `K·L` values; stride 1.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn im2col_s1_f32(x: &[f32], geo: &Geometry, cols: *mut f32) {
-        let (l, ow, w, pad) = (geo.l(), geo.ow, geo.w as isize, geo.padding as isize);
-        // Per kernel column j, the pieces of an output row: where each starts, which
-        // lanes it stores, which of those hold image values (0 <= ox + q + j - pad < w),
-        // and the input column of its first lane. The same for every row and channel.
-        let plan: Vec<Vec<(usize, u16, u16, isize)>> = (0..geo.kw)
-            .map(|j| {
-                (0..ow)
-                    .step_by(16)
-                    .map(|ox| {
-                        let store = ((1u32 << (ow - ox).min(16)) - 1) as u16;
-                        let first = ox as isize + j as isize - pad;
-                        let (lo, hi) = ((-first).clamp(0, 16) as u32, (w - first).clamp(0, 16) as u32);
-                        let valid = if hi > lo { (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16 } else { 0 };
-                        (ox, store, valid & store, first)
-                    })
-                    .collect()
-            })
-            .collect();
+        let (l, ow, pad) = (geo.l(), geo.ow, geo.padding as isize);
+        // The pieces of an output row per kernel column j; lane q of the piece at ox
+        // reads input column ox + q + j - pad (an image value when inside 0..w).
+        let plan = lane_plan(geo.kw, ow, geo.w, |ox, j| ox as isize + j as isize - pad);
         for row in 0..geo.k() {
             let (ci, i, j) = (row / (geo.kh * geo.kw), (row / geo.kw) % geo.kh, row % geo.kw);
             let plane = x.as_ptr().add(ci * geo.h * geo.w);

@@ -12,6 +12,7 @@
 
 use std::arch::x86_64::*;
 
+use super::simd::{lane_plan, lanes};
 use super::Geometry;
 
 /// Output channels per register block of the forward kernel.
@@ -59,11 +60,6 @@ pub fn pack_weights(w: &[f32], geo: &Geometry) -> Vec<f32> {
         }
     }
     packed
-}
-
-/// A mask of the lowest `n` (at most 16) lanes.
-fn lanes(n: usize) -> u16 {
-    ((1u32 << n.min(16)) - 1) as u16
 }
 
 /// One image's output `[O, OH·OW]` into `out`, `bias[o] + Σ_k w[o][k]·col[k][l]`:
@@ -245,25 +241,12 @@ pub fn pack_weights_for_input_grad(w: &[f32], geo: &Geometry) -> Vec<f32> {
 /// `wpack` from `pack_weights_for_input_grad`, `gx` has `C·H·W` values.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn input_grad_image(g: &[f32], wpack: &[f32], geo: &Geometry, gx: &mut [f32]) {
-    let (l, ow, pad, taps) = (geo.l(), geo.ow as isize, geo.padding as isize, geo.kh * geo.kw);
+    let (l, pad, taps) = (geo.l(), geo.padding as isize, geo.kh * geo.kw);
     assert!(g.len() >= geo.o * l && gx.len() >= geo.c * geo.h * geo.w);
     assert!(wpack.len() >= geo.c.div_ceil(CB) * taps * geo.o * CB);
     // Per kernel column j and 16 pixels from x0: lanes stored (x < w), lanes that
     // receive an entry (0 <= x + pad - j < ow), the output column of lane 0.
-    let plan: Vec<Vec<(usize, u16, u16, isize)>> = (0..geo.kw)
-        .map(|j| {
-            (0..geo.w)
-                .step_by(16)
-                .map(|x0| {
-                    let store = lanes(geo.w - x0);
-                    let first = x0 as isize + pad - j as isize;
-                    let (lo, hi) = ((-first).clamp(0, 16) as u32, (ow - first).clamp(0, 16) as u32);
-                    let valid = if hi > lo { (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16 } else { 0 };
-                    (x0, store, valid & store, first)
-                })
-                .collect()
-        })
-        .collect();
+    let plan = lane_plan(geo.kw, geo.w, geo.ow, |x0, j| x0 as isize + pad - j as isize);
     for block in 0..geo.c.div_ceil(CB) {
         let channels = (geo.c - block * CB).min(CB);
         for y in 0..geo.h {
