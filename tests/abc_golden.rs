@@ -10,9 +10,9 @@ use backprop_parity::study;
 use common::{golden, loss_rtol, max_rel, GoldenCase};
 
 fn check_backend_against_golden(kind: BackendKind) {
-    let program = abc::program();
     let backend = kind.create().unwrap();
     for case in golden().cases {
+        let program = abc::program(case.init.k());
         let inputs: Vec<_> = case.init.tensors().iter().map(|t| t.rounded(case.dtype)).collect();
         let run = backend.train_sgd(&program, &inputs, case.lr, case.steps, case.dtype).unwrap();
         let rel = max_rel(&run.loss, &case.loss);

@@ -4,6 +4,8 @@
 
 mod candle;
 mod engine;
+pub mod executor;
+mod guard;
 #[cfg(feature = "torch")]
 mod torch;
 
@@ -19,6 +21,8 @@ use crate::models::mnist::{ModelSpec, ParamSet};
 use crate::models::Program;
 
 pub use self::candle::{CandleBackend, MaxPoolMode};
+pub use self::executor::{Executor, Outcome, Request};
+pub use self::guard::guarded;
 pub use self::engine::EngineBackend;
 #[cfg(feature = "torch")]
 pub use self::torch::TorchBackend;
@@ -130,24 +134,28 @@ pub trait Backend {
     /// warm-up), for the throughput table of `parity-report bench`.
     fn matmul_seconds(&self, m: usize, k: usize, n: usize, reps: usize) -> Result<f64>;
 
-    /// Instantiates `spec` with `params` (rounded to `dtype` by the caller).
-    fn model(&self, spec: &ModelSpec, params: &ParamSet, dtype: DType) -> Result<Box<dyn ModelRunner>>;
+    /// The program instantiated in this framework with `inputs` as its starting values,
+    /// computing natively in `dtype`.
+    fn executor(&self, program: &Program, inputs: &[HostTensor], dtype: DType) -> Result<Box<dyn Executor>>;
 
-    /// Trains the program's trainable inputs with `p = p - lr * g` for `steps` steps,
+    /// Instantiates `spec` with `params` (rounded to `dtype` by the caller): its program,
+    /// fed a batch at a time.
+    fn model(&self, spec: &ModelSpec, params: &ParamSet, dtype: DType) -> Result<Box<dyn ModelRunner>>
+    {
+        Ok(Box::new(executor::ProgramModel::new(self, spec, params, dtype)?))
+    }
+
+    /// Trains the program's parameters with `p = p - lr * g` for `steps` steps,
     /// computing natively in `dtype` and keeping the parameters inside the framework.
-    fn train_sgd(
-        &self,
-        program: &Program,
-        inputs: &[HostTensor],
-        lr: f64,
-        steps: usize,
-        dtype: DType,
-    ) -> Result<Trajectory>;
+    fn train_sgd(&self, program: &Program, inputs: &[HostTensor], lr: f64, steps: usize, dtype: DType) -> Result<Trajectory>
+    {
+        executor::train_sgd(self, program, inputs, lr, steps, dtype)
+    }
 
     /// Output and gradients at `inputs`: the first step of a run, without its update.
-    fn evaluate(&self, program: &Program, inputs: &[HostTensor], dtype: DType) -> Result<Evaluation> {
-        let mut t = self.train_sgd(program, inputs, 0.0, 1, dtype)?;
-        Ok(Evaluation { output: t.loss[0], grads: t.grads.swap_remove(0) })
+    fn evaluate(&self, program: &Program, inputs: &[HostTensor], dtype: DType) -> Result<Evaluation>
+    {
+        executor::evaluate(self, program, inputs, dtype)
     }
 }
 
@@ -236,24 +244,13 @@ impl FromStr for BackendKind {
 /// Checks that inputs match the program before a backend sees them.
 pub(crate) fn check_inputs(program: &Program, inputs: &[HostTensor]) -> Result<()> {
     if program.inputs.len() != inputs.len() {
-        return Err(Error::Invalid(format!(
-            "the program takes {} inputs, {} were given",
-            program.inputs.len(),
-            inputs.len()
-        )));
+        return Err(Error::Invalid(format!("the program takes {} inputs, {} were given", program.inputs.len(), inputs.len())));
     }
     for (decl, t) in program.inputs.iter().zip(inputs) {
         if t.data.len() != t.shape.iter().product::<usize>() {
-            return Err(Error::Shape(format!(
-                "input {}: shape {:?} does not hold {} values",
-                decl.name,
-                t.shape,
-                t.data.len()
-            )));
+            return Err(Error::Shape(format!("input {}: shape {:?} does not hold {} values", decl.name, t.shape, t.data.len())));
         }
-        if !t.all_finite() {
-            return Err(Error::Invalid(format!("input {} holds NaN or infinity", decl.name)));
-        }
+        crate::models::program::check_input_value(decl, t, "the caller")?;
     }
     Ok(())
 }

@@ -15,7 +15,10 @@ use backprop_parity::data::{self, Dataset, DatasetKind};
 use backprop_parity::engine::faults::Fault;
 use backprop_parity::models::abc::{AbcSpec, InitSource, SEED_LR, SEED_STEPS};
 use backprop_parity::models::mnist::{ModelSpec, ParamSet, SEED_MODELS};
+use backprop_parity::models::program::{check as check_program, resolve_inputs};
 use backprop_parity::models::safetensors_io;
+use backprop_parity::models::Program;
+use backprop_parity::study::run::RunOptions;
 use backprop_parity::parity::Tolerance;
 use backprop_parity::report::{self, Output};
 use backprop_parity::study::gate::{self, Baseline};
@@ -55,9 +58,45 @@ enum Command {
     Mutants(MutantsArgs),
     /// Speed: median training-step and eval times per model and backend, interleaved; matrix-product GFLOP/s.
     Bench(BenchArgs),
+    /// Runs a program file on every backend; compares every output and gradient (exit 0: agree, 1: disagree, 2: bad input, 3: a backend failed).
+    Run(RunArgs),
+    /// Prints a seed model (or `abc`) as a program file to edit and run; --write-inputs saves its parameters and first batch.
+    Program(ProgramArgs),
     /// (internal) One training epoch of one model on one backend; prints its memory use as JSON.
     #[command(hide = true)]
     MemoryChild(MemoryChildArgs),
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// The program (JSON, format `backprop-parity/program`, version 1; see the README).
+    file: PathBuf,
+    /// A safetensors file with values for inputs by name (they take precedence over the program's own values).
+    #[arg(long, value_name = "FILE.safetensors")]
+    inputs: Option<PathBuf>,
+    /// candle's max-pool backward: `builtin` (candle-core as released) or `exact` (PyTorch's rule).
+    #[arg(long, default_value = "builtin", value_name = "builtin|exact")]
+    candle_maxpool: MaxPoolMode,
+    /// Write each backend's gradients as DIR/<program>-<backend>.safetensors.
+    #[arg(long, value_name = "DIR")]
+    save_grads: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Clone)]
+struct ProgramArgs {
+    /// A seed model (CNN, CNN_Dropout, ..., Softmax_BatchNorm) or `abc`.
+    model: String,
+    /// Batch size of the model's program.
+    #[arg(long, default_value_t = 25)]
+    batch: usize,
+    /// Also write the values `parity-report grads` starts from (seeded or --params parameters, the first
+    /// --batch training images and labels, step-0 dropout masks) as a safetensors file for `run --inputs`.
+    #[arg(long, value_name = "FILE.safetensors")]
+    write_inputs: Option<PathBuf>,
+    #[command(flatten)]
+    model_args: ModelArgs,
 }
 
 #[derive(Args, Clone)]
@@ -258,6 +297,16 @@ fn main() -> ExitCode {
         Some(Command::Mutants(args)) => run_mutants(&args).map(|()| true),
         Some(Command::Bench(args)) => run_bench(&args).map(|()| true),
         Some(Command::MemoryChild(args)) => run_memory_child(&args).map(|()| true),
+        Some(Command::Run(args)) => {
+            return match run_program(&args) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some(Command::Program(args)) => print_program(&args).map(|()| true),
         None => run_default(cli.full, &cli.out).map(|()| true),
     };
     match result {
@@ -597,6 +646,88 @@ fn run_bench(args: &BenchArgs) -> Result<()> {
     }
     let machine = format!("{cores} cores, {}", std::env::consts::ARCH);
     finish(c, report::bench::outputs(&result, &machine)?)
+}
+
+/// `run FILE`: exit 0 when every backend agrees, 1 when they disagree, 3 when a backend
+/// refused or failed (its message is in the report), 2 (from the caller) on bad input.
+fn run_program(args: &RunArgs) -> Result<u8> {
+    let c = &args.common;
+    let path = &args.file;
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let program = Program::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    check_program(&program).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let file_inputs = match &args.inputs {
+        Some(p) => Some((safetensors_io::read(p)?, format!("--inputs {}", p.display()))),
+        None => None,
+    };
+    let inputs = resolve_inputs(&program, file_inputs.as_ref().map(|(s, o)| (s, o.as_str()))).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let dtype = c.dtype(DType::F64);
+    let opts = RunOptions {
+        program,
+        origin: path.display().to_string(),
+        inputs,
+        dtype,
+        backends: c.backends()?,
+        backend_options: BackendOptions { candle_maxpool: args.candle_maxpool },
+    };
+    let result = study::run::run(&opts)?;
+    if let Some(dir) = &args.save_grads {
+        std::fs::create_dir_all(dir).with_context(|| format!("--save-grads {}", dir.display()))?;
+        let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "program".into());
+        for (kind, r) in result.backends.iter().filter(|(_, r)| r.ok) {
+            let set = ParamSet { tensors: r.grads.iter().map(|(n, t)| (n.clone(), t.clone())).collect() };
+            safetensors_io::write(&dir.join(format!("{stem}-{kind}.safetensors")), &set, dtype)?;
+        }
+    }
+    eprintln!("run {}: {}", path.display(), report::run::summary(&result));
+    finish(c, report::run::outputs(&result)?)?;
+    Ok(if result.backend_failed {
+        3
+    } else if result.agree {
+        0
+    } else {
+        1
+    })
+}
+
+/// `program MODEL`: the model's program on stdout, and with --write-inputs the values
+/// `grads` would start from.
+fn print_program(args: &ProgramArgs) -> Result<()> {
+    if args.model == "abc" {
+        let mut p = backprop_parity::models::abc::program(3);
+        for d in &mut p.inputs {
+            d.fill = Some(1.0);
+        }
+        p.description = Some("the seed's A/B/C problem with its starting values (all ones, K = 3)".into());
+        println!("{}", p.to_json());
+        return Ok(());
+    }
+    let spec: ModelSpec = args.model.parse().map_err(|e| anyhow::anyhow!("{e}").context("program MODEL"))?;
+    anyhow::ensure!(args.batch >= 2, "--batch {}: expected at least 2 (batch norm trains on more than one value per channel)", args.batch);
+    let program = spec.program(args.batch);
+    if let Some(path) = &args.write_inputs {
+        let m = &args.model_args;
+        let params = match load_params(m)? {
+            (Some(p), origin) => p.ordered(&spec).with_context(|| format!("--params {}", origin.unwrap_or_default()))?,
+            (None, _) => ParamSet::init(&spec, m.seed),
+        };
+        let data = load_data(m)?;
+        anyhow::ensure!(args.batch <= data.train.n, "--batch {}: expected at most {}", args.batch, data.train.n);
+        let batch = study::lockstep::make_batch(&data.train, &(0..args.batch).collect::<Vec<_>>());
+        let mut tensors = vec![
+            ("x".to_string(), batch.images),
+            ("labels".to_string(), backprop_parity::host::HostTensor { shape: vec![args.batch], data: batch.labels.iter().map(|&l| l as f64).collect() }),
+        ];
+        tensors.extend(params.tensors);
+        for (site, mask) in study::lockstep::step_masks(&spec, args.batch, m.seed, 0).into_iter().enumerate() {
+            tensors.push((backprop_parity::models::mnist::mask_name(site), mask));
+        }
+        // f64 holds the f32 pixels and the f64 parameters exactly; `run` rounds to its dtype.
+        safetensors_io::write(path, &ParamSet { tensors }, DType::F64).with_context(|| format!("--write-inputs {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    println!("{}", program.to_json());
+    Ok(())
 }
 
 /// Emits the JSON where asked, then writes the report files.

@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::program::{Prim, Program};
+use super::program::{Op, Program};
 use super::rng::SplitMix64;
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
@@ -26,19 +26,20 @@ pub const SEED_STEPS: usize = 30;
 pub const INPUTS: [&str; 4] = ["x", "A", "B", "C"];
 
 /// The computation, once, for every backend.
-pub fn program() -> Program {
-    let mut p = Program::default();
-    let x = p.input("x");
-    let a = p.param("A");
-    let b = p.param("B");
-    let c = p.param("C");
-    let y = p.op(Prim::MatMul, &[x, a]);
-    let u = p.op(Prim::Sigmoid, &[y]);
-    let v = p.op(Prim::MatMul, &[x, b]);
-    let z = p.op(Prim::Add, &[u, v]);
-    let w = p.op(Prim::MatMul, &[z, c]);
-    let w2 = p.op(Prim::Square, &[w]);
-    p.op(Prim::Sum, &[w2]);
+pub fn program(k: usize) -> Program {
+    let mut p = Program { description: Some("the seed's A/B/C problem: loss = Σ ((sigmoid(x·A) + x·B)·C)²".into()), ..Program::default() };
+    let x = p.input("x", &[k]);
+    let a = p.param("A", &[k, k]);
+    let b = p.param("B", &[k, k]);
+    let c = p.param("C", &[k, k]);
+    let y = p.node("y", Op::MatMul {}, &[Some(&x), Some(&a)]);
+    let u = p.node("u", Op::Sigmoid {}, &[Some(&y)]);
+    let v = p.node("v", Op::MatMul {}, &[Some(&x), Some(&b)]);
+    let z = p.node("z", Op::Add {}, &[Some(&u), Some(&v)]);
+    let w = p.node("w", Op::MatMul {}, &[Some(&z), Some(&c)]);
+    let w2 = p.node("w2", Op::Square {}, &[Some(&w)]);
+    let loss = p.node("loss", Op::Sum {}, &[Some(&w2)]);
+    p.set_loss(&loss);
     p
 }
 

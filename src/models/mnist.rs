@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
+use super::program::{Op, Program, ValueId};
 use super::rng::SplitMix64;
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
@@ -250,9 +251,68 @@ impl ModelSpec {
         out
     }
 
+    /// The model as a program for a batch of `n`: inputs `x` `[n, 1, 28, 28]`, `labels`
+    /// `[n]`, then every parameter and buffer under its state_dict name (state_dict
+    /// order), then one mask per dropout site (`dropout<site>.mask`); nodes named after
+    /// the seed's modules; output: the last layer's value (the logits), loss `loss` (mean cross-entropy).
+    pub fn program(&self, n: usize) -> Program {
+        let mut p = Program { description: Some(format!("the seed study's {} model, batch {n}", self.name)), ..Program::default() };
+        let mut x = p.input("x", &[n, 1, IMAGE_SIDE, IMAGE_SIDE]);
+        let labels = p.labels("labels", n);
+        let mut ids = std::collections::HashMap::new();
+        for d in self.params() {
+            let v = if d.kind.trainable() { p.param(&d.name, &d.shape) } else { p.state(&d.name, &d.shape) };
+            ids.insert(d.name.clone(), v);
+        }
+        let masks: Vec<ValueId> = {
+            let mut sites = self.dropout_shapes(n);
+            sites.sort_by_key(|s| s.0);
+            sites.into_iter().map(|(site, _, shape)| p.state(&mask_name(site), &shape)).collect()
+        };
+        let get = |ids: &std::collections::HashMap<String, ValueId>, layer: &str, field: &str| ids[&format!("{layer}.{field}")].clone();
+        let mut count: std::collections::HashMap<&'static str, usize> = std::collections::HashMap::new();
+        let mut fresh = |op: &'static str| {
+            let c = count.entry(op).or_insert(0);
+            *c += 1;
+            format!("{op}{c}")
+        };
+        for layer in &self.layers {
+            x = match *layer {
+                Layer::Conv2d { name, padding, .. } => {
+                    let (w, b) = (get(&ids, name, "weight"), get(&ids, name, "bias"));
+                    p.node(name, Op::Conv2d { stride: 1, padding }, &[Some(&x), Some(&w), Some(&b)])
+                }
+                Layer::MaxPool2d { kernel } => p.node(&fresh("pool"), Op::MaxPool2d { kernel, stride: Some(kernel), padding: 0 }, &[Some(&x)]),
+                Layer::Relu => p.node(&fresh("relu"), Op::Relu {}, &[Some(&x)]),
+                Layer::Flatten => p.node("flatten", Op::Flatten { start_dim: 1, end_dim: -1 }, &[Some(&x)]),
+                Layer::Dropout { site, p: prob } => p.node(&format!("dropout{site}"), Op::Dropout { p: prob, training: true }, &[Some(&x), Some(&masks[site])]),
+                Layer::BatchNorm { name, .. } => {
+                    let [w, b, rm, rv] = ["weight", "bias", "running_mean", "running_var"].map(|f| get(&ids, name, f));
+                    let op = Op::BatchNorm { training: true, momentum: BN_MOMENTUM, eps: BN_EPS };
+                    p.node(name, op, &[Some(&x), Some(&w), Some(&b), Some(&rm), Some(&rv)])
+                }
+                Layer::Linear { name, .. } => {
+                    let (w, b) = (get(&ids, name, "weight"), get(&ids, name, "bias"));
+                    p.node(name, Op::Linear {}, &[Some(&x), Some(&w), Some(&b)])
+                }
+                Layer::Softmax => p.node("softmax", Op::Softmax { dim: 1 }, &[Some(&x)]),
+            };
+        }
+        let loss = p.node("loss", Op::CrossEntropy { reduction: Default::default() }, &[Some(&x), Some(&labels)]);
+        p.set_loss(&loss);
+        // The last layer's output: the logits (the softmax probabilities for Softmax models).
+        p.add_output(&x);
+        p
+    }
+
     pub fn has_dropout(&self) -> bool {
         self.layers.iter().any(|l| matches!(l, Layer::Dropout { .. }))
     }
+}
+
+/// The program input that holds dropout site `site`'s mask.
+pub fn mask_name(site: usize) -> String {
+    format!("dropout{site}.mask")
 }
 
 struct Builder {

@@ -3,10 +3,14 @@
 
 mod gradcheck;
 mod metrics;
+mod scaled;
 mod tolerance;
 mod trace;
+mod verdict;
 
 pub use gradcheck::numeric_gradient;
 pub use metrics::{compare, ulp_distance, TensorDiff};
+pub use scaled::{compare_floored, largest_magnitude, max_nan, worst_scaled_over};
 pub use tolerance::Tolerance;
 pub use trace::{compare_traces, TraceDiff};
+pub use verdict::odd_one_out;

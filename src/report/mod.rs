@@ -9,6 +9,7 @@ pub mod gate;
 pub mod grads;
 pub mod mnist;
 pub mod plot;
+pub mod run;
 
 use std::path::{Path, PathBuf};
 

@@ -89,7 +89,7 @@ pub fn run(spec: &AbcSpec, dtype: DType, kinds: &[BackendKind], tol: Tolerance) 
 /// `run`, plus the engine once more with `fault` switched on (the seed's Figure 0 with
 /// `Fault::VecMatInnerProduct`).
 pub fn run_with_fault(spec: &AbcSpec, dtype: DType, kinds: &[BackendKind], tol: Tolerance, fault: Option<Fault>) -> Result<AbcStudy> {
-    let program = abc::program();
+    let program = abc::program(spec.init.k());
     // Every backend starts from the same values, already rounded to the run's dtype.
     let inputs: Vec<HostTensor> = spec.init.tensors().iter().map(|t| t.rounded(dtype)).collect();
     let mut backends = BTreeMap::new();

@@ -16,9 +16,8 @@ use crate::data::Dataset;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::models::mnist::{Layer, ModelSpec, ParamSet};
-use crate::models::Prim;
 use crate::models::safetensors_io;
-use crate::parity::{compare, TensorDiff, Tolerance};
+use crate::parity::{compare_floored, largest_magnitude, max_nan, odd_one_out, TensorDiff};
 
 /// A parameter whose gradients are all smaller than this fraction (a hundredth) of the model's largest
 /// gradient entry is measured against that floor: a bias followed by batch norm has a
@@ -168,25 +167,15 @@ pub fn compare_model(spec: &ModelSpec, grads: &BTreeMap<BackendKind, ParamSet>, 
     let mut worst_scaled: BTreeMap<String, f64> = BTreeMap::new();
     // The assert_close verdict inside TensorDiff uses PyTorch's defaults; the study's own
     // verdict is the scaled rule, which suits tensors of very different magnitudes.
-    let close = Tolerance::torch_default(dtype);
-    let mut model_scale: BTreeMap<BackendKind, f64> = BTreeMap::new();
-    for (kind, set) in grads {
-        let m = set.tensors.iter().flat_map(|(_, t)| t.data.iter()).fold(0.0f64, |m, v| m.max(v.abs()));
-        model_scale.insert(*kind, m);
-    }
+    let model_scale: BTreeMap<BackendKind, f64> = grads.iter().map(|(k, set)| (*k, largest_magnitude(set.tensors.iter().map(|(_, t)| t)))).collect();
     for name in &order {
         let mut per_pair = BTreeMap::new();
         for &(a, b) in &pairs {
             let ta = grads[&a].get(name).ok_or_else(|| Error::backend(a.name(), format!("no gradient for {name}")))?;
             let tb = grads[&b].get(name).ok_or_else(|| Error::backend(b.name(), format!("no gradient for {name}")))?;
-            let mut d = compare(ta, tb, dtype, close)?;
-            let tensor_scale = tb.data.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            let floor = MODEL_SCALE_FLOOR * model_scale[&b];
-            if !d.non_finite && tensor_scale < floor {
-                d.scaled = d.max_abs / floor;
-            }
+            let d = compare_floored(ta, tb, dtype, model_scale[&b], MODEL_SCALE_FLOOR)?;
             let w = worst_scaled.entry(pair_name(a, b)).or_insert(0.0);
-            *w = if d.scaled.is_nan() || w.is_nan() { f64::NAN } else { w.max(d.scaled) };
+            *w = max_nan(*w, d.scaled);
             per_pair.insert(pair_name(a, b), d);
         }
         params.insert(name.clone(), per_pair);
@@ -203,16 +192,13 @@ fn diagnose(spec: &ModelSpec, order: &[String], params: &BTreeMap<String, BTreeM
     let pairs = backend_pairs(kinds);
     let failing_pairs: Vec<String> = pairs.iter().map(|&(a, b)| pair_name(a, b)).filter(|p| pair_fails(p)).collect();
     // The odd one out: every pair it is in fails, every pair without it holds.
-    let odd_one_out = if kinds.len() >= 3 {
-        kinds.iter().copied().find(|&k| {
-            pairs.iter().all(|&(a, b)| {
-                let involved = a == k || b == k;
-                pair_fails(&pair_name(a, b)) == involved
-            })
-        })
-    } else {
-        None
-    };
+    let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+    let odd_one_out = odd_one_out(&names, |a, b| {
+        let (a, b): (BackendKind, BackendKind) = (a.parse().expect("a backend name"), b.parse().expect("a backend name"));
+        let (a, b) = if a < b { (a, b) } else { (b, a) };
+        pair_fails(&pair_name(a, b))
+    })
+    .map(|n| n.parse::<BackendKind>().expect("a backend name"));
     let param_fails = |name: &str| {
         params[name].iter().any(|(pair, d)| {
             let relevant = match odd_one_out {
@@ -298,8 +284,8 @@ pub fn localise(spec: &ModelSpec, d: &mut Diagnosis, kinds: &[BackendKind], opts
 fn probe(suspect_kinds: &[String], kinds: &[BackendKind], opts: BackendOptions, dtype: DType, tol: f64) -> Result<Vec<Probe>> {
     suspect_kinds
         .iter()
-        .filter_map(|k| Prim::ALL.into_iter().find(|p| p.name() == k.as_str()))
-        .map(|prim| probe::run(prim, false, kinds, opts, dtype, tol))
+        .filter(|k| probe::SUITE_OPS.contains(&k.as_str()))
+        .map(|op| probe::run(op, false, kinds, opts, dtype, tol))
         .collect()
 }
 

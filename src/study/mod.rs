@@ -12,6 +12,7 @@ pub mod mnist;
 pub mod mutants;
 pub mod peak;
 pub mod probe;
+pub mod run;
 pub mod suite;
 
 use crate::backends::BackendKind;

@@ -26,8 +26,8 @@ use crate::error::{Error, Result};
 use crate::host::HostTensor;
 use crate::models::abc::{self, AbcInit};
 use crate::models::mnist::{ModelSpec, ParamSet};
-use crate::models::{Prim, Program};
-use crate::parity::{compare, compare_traces, Tolerance};
+use crate::models::{Op, Program};
+use crate::parity::{compare_traces, max_nan, worst_scaled_over, Tolerance};
 
 pub const SEED: u64 = 0;
 pub const GRAD_BATCH: usize = 8;
@@ -101,13 +101,14 @@ pub struct BackendOutputs {
 /// before the long path has delivered its gradient; dropping accumulation loses one.
 pub fn fan_out_program() -> Program {
     let mut p = Program::default();
-    let a = p.param("a");
-    let h = p.op(Prim::Sigmoid, &[a]);
-    let l1 = p.op(Prim::Tanh, &[h]);
-    let l2 = p.op(Prim::Exp, &[l1]);
-    let l3 = p.op(Prim::Mul, &[l2, h]);
-    let s = p.op(Prim::Add, &[h, l3]);
-    p.op(Prim::Sum, &[s]);
+    let a = p.param("a", &[2, 3]);
+    let h = p.op(Op::Sigmoid {}, &[&a]);
+    let l1 = p.op(Op::Tanh {}, &[&h]);
+    let l2 = p.op(Op::Exp {}, &[&l1]);
+    let l3 = p.op(Op::Mul {}, &[&l2, &h]);
+    let s = p.op(Op::Add {}, &[&h, &l3]);
+    let loss = p.op(Op::Sum {}, &[&s]);
+    p.set_loss(&loss);
     p
 }
 
@@ -115,10 +116,11 @@ fn fan_out_input() -> HostTensor {
     HostTensor { shape: vec![2, 3], data: vec![0.3, -1.2, 0.7, 2.0, -0.4, 1.1] }
 }
 
-/// The op cases: every primitive, plus max-pool on tied inputs.
-pub fn op_cases() -> Vec<(String, Prim, bool)> {
-    let mut cases: Vec<(String, Prim, bool)> = Prim::ALL.iter().map(|p| (p.name().to_string(), *p, false)).collect();
-    cases.push(("max_pool2d:ties".into(), Prim::MaxPool2d, true));
+/// The op cases: (case name, op name, ties): every probed op, plus max-pool on tied
+/// inputs.
+pub fn op_cases() -> Vec<(String, &'static str, bool)> {
+    let mut cases: Vec<(String, &'static str, bool)> = probe::SUITE_OPS.iter().map(|p| (p.to_string(), *p, false)).collect();
+    cases.push(("max_pool2d:ties".into(), "max_pool2d", true));
     cases
 }
 
@@ -129,7 +131,7 @@ const ABC_STARTS: [(&str, u64); 2] = [("ones", 0), ("seed:1", 1)];
 pub fn collect(kind: BackendKind, cfg: &SuiteConfig, data: &Dataset, reference_params: Option<&BTreeMap<String, Vec<ParamSet>>>) -> Result<BackendOutputs> {
     let be = backend(kind, cfg.options)?;
     let mut out = BackendOutputs::default();
-    let program = abc::program();
+    let program = abc::program(3);
     for dtype in DType::ALL {
         for (name, seed) in ABC_STARTS {
             let init = if seed == 0 { AbcInit::ones(3) } else { AbcInit::seeded(3, seed) };
@@ -137,9 +139,11 @@ pub fn collect(kind: BackendKind, cfg: &SuiteConfig, data: &Dataset, reference_p
             out.abc.insert((name.to_string(), dtype), be.train_sgd(&program, &inputs, abc::SEED_LR, abc::SEED_STEPS, dtype)?);
         }
         out.graph.insert(dtype, be.evaluate(&fan_out_program(), &[fan_out_input().rounded(dtype)], dtype)?);
-        for (name, prim, ties) in op_cases() {
-            let inputs: Vec<HostTensor> = probe::inputs(prim, ties).iter().map(|t| t.rounded(dtype)).collect();
-            out.ops.insert((name, dtype), be.evaluate(&Program::single(prim), &inputs, dtype)?);
+        for (name, op, ties) in op_cases() {
+            let (op, inputs) = probe::case(op, ties).expect("suite ops have probes");
+            let program = probe::program(&op, &inputs);
+            let inputs: Vec<HostTensor> = inputs.iter().map(|t| t.rounded(dtype)).collect();
+            out.ops.insert((name, dtype), be.evaluate(&program, &inputs, dtype)?);
         }
     }
     let grad_batch = make_batch(&data.train, &(0..GRAD_BATCH).collect::<Vec<_>>());
@@ -209,25 +213,6 @@ pub fn run(cfg: &SuiteConfig, data: &Dataset) -> Result<BTreeMap<BackendKind, Ba
     Ok(outputs)
 }
 
-fn max_nan(a: f64, b: f64) -> f64 {
-    if a.is_nan() || b.is_nan() {
-        f64::NAN
-    } else {
-        a.max(b)
-    }
-}
-
-/// Worst `max|a-b| / max|b|` over a list of tensors (NaN if anything is not finite).
-fn worst_scaled(a: &[HostTensor], b: &[HostTensor], dtype: DType) -> Result<f64> {
-    let scale = b.iter().flat_map(|t| t.data.iter()).fold(0.0f64, |m, v| m.max(v.abs())).max(f64::MIN_POSITIVE);
-    let mut worst = 0.0f64;
-    for (x, y) in a.iter().zip(b) {
-        let d = compare(x, y, dtype, Tolerance::torch_default(dtype))?;
-        worst = max_nan(worst, if d.non_finite { f64::NAN } else { d.max_abs / scale });
-    }
-    Ok(worst)
-}
-
 fn tensors(set: &ParamSet) -> Vec<HostTensor> {
     set.tensors.iter().map(|(_, t)| t.clone()).collect()
 }
@@ -258,7 +243,7 @@ pub fn metrics(cfg: &SuiteConfig, outputs: &BTreeMap<BackendKind, BackendOutputs
                 let mut worst = 0.0f64;
                 let mut first = None;
                 for (step, (ga, gb)) in ta.grads.iter().zip(&tb.grads).enumerate() {
-                    let w = worst_scaled(ga, gb, dtype)?;
+                    let w = worst_scaled_over(ga, gb, dtype)?;
                     if first.is_none() && !(w <= tol) {
                         first = Some(step);
                     }
@@ -267,10 +252,10 @@ pub fn metrics(cfg: &SuiteConfig, outputs: &BTreeMap<BackendKind, BackendOutputs
                 out.push(m("abc", name, dtype, &pair, "grad", worst, first, None));
             }
             let (ga, gb) = (&oa.graph[&dtype], &ob.graph[&dtype]);
-            out.push(m("graph", "fan-out", dtype, &pair, "grad", worst_scaled(&ga.grads, &gb.grads, dtype)?, Some(0), Some("graph")));
-            for (name, prim, _) in op_cases() {
+            out.push(m("graph", "fan-out", dtype, &pair, "grad", worst_scaled_over(&ga.grads, &gb.grads, dtype)?, Some(0), Some("graph")));
+            for (name, op, _) in op_cases() {
                 let (ea, eb) = (&oa.ops[&(name.clone(), dtype)], &ob.ops[&(name.clone(), dtype)]);
-                out.push(m("op", &name, dtype, &pair, "grad", worst_scaled(&ea.grads, &eb.grads, dtype)?, Some(0), Some(prim.name())));
+                out.push(m("op", &name, dtype, &pair, "grad", worst_scaled_over(&ea.grads, &eb.grads, dtype)?, Some(0), Some(op)));
             }
         }
     }
@@ -300,7 +285,7 @@ pub fn metrics(cfg: &SuiteConfig, outputs: &BTreeMap<BackendKind, BackendOutputs
             let mut resync = 0.0f64;
             let mut resync_first = None;
             for (step, (ga, gb)) in ra.resync_grads.iter().zip(&rb.resync_grads).enumerate() {
-                let w = worst_scaled(&tensors(ga), &tensors(gb), dtype)?;
+                let w = worst_scaled_over(&tensors(ga), &tensors(gb), dtype)?;
                 if resync_first.is_none() && !(w <= tol) {
                     resync_first = Some(step);
                 }
@@ -317,7 +302,7 @@ pub fn metrics(cfg: &SuiteConfig, outputs: &BTreeMap<BackendKind, BackendOutputs
             out.push(m("train", &spec.name, dtype, &pair, "eval_loss", eval_rel, None, eval_site));
             for (name, ta) in &ra.final_params.tensors {
                 let tb = rb.final_params.get(name).ok_or_else(|| Error::backend(b.name(), format!("no final {name}")))?;
-                let w = worst_scaled(std::slice::from_ref(ta), std::slice::from_ref(tb), dtype)?;
+                let w = worst_scaled_over(std::slice::from_ref(ta), std::slice::from_ref(tb), dtype)?;
                 let layer = name.rsplit_once('.').map_or(name.as_str(), |(l, _)| l);
                 let kind = layer_kind(&spec, layer);
                 out.push(m("train", &spec.name, dtype, &pair, &format!("final:{name}"), w, None, Some(&kind)));

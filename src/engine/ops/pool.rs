@@ -16,6 +16,16 @@ impl<F: Float> Graph<F> {
         let (value, argmax) = forward(self.value(x), kernel)?;
         Ok(self.push(value, Op::MaxPool2d { x, argmax: argmax.into() }))
     }
+
+    /// Max-pooling with any stride and padding (PyTorch's `max_pool2d`, floor mode).
+    /// Window = stride without padding takes the fast kernels above.
+    pub fn max_pool2d_with(&mut self, x: Var, kernel: usize, stride: usize, padding: usize) -> Result<Var> {
+        if stride == kernel && padding == 0 {
+            return self.max_pool2d(x, kernel);
+        }
+        let (value, argmax) = forward_strided(self.value(x), kernel, stride, padding)?;
+        Ok(self.push(value, Op::MaxPool2d { x, argmax: argmax.into() }))
+    }
 }
 
 /// The pooled tensor and, per output element, the flat index of the input it came from.
@@ -164,6 +174,52 @@ fn pool_plane_any<F: Float>(
         }
         (*dst, *arg) = (best, at);
     }
+}
+
+/// The reference form of the forward: every window scanned in row-major order, padding
+/// as -inf (never taken: a window always holds a real entry when padding <= kernel/2).
+pub fn forward_strided<F: Float>(x: &Tensor<F>, kernel: usize, stride: usize, padding: usize) -> Result<(Tensor<F>, Vec<usize>)> {
+    let s = x.shape();
+    if s.len() != 4 || kernel == 0 || stride == 0 || 2 * padding > kernel || s[2] + 2 * padding < kernel || s[3] + 2 * padding < kernel {
+        return Err(Error::Shape(format!(
+            "max_pool2d: input {s:?} with kernel {kernel}, stride {stride}, padding {padding}: need [N,C,H,W], kernel and stride >= 1, padding <= kernel/2 and H, W + 2·padding >= kernel"
+        )));
+    }
+    let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
+    let (oh, ow) = ((h + 2 * padding - kernel) / stride + 1, (w + 2 * padding - kernel) / stride + 1);
+    let data = x.as_standard_layout();
+    let data = data.as_slice().expect("standard layout");
+    let mut out = Vec::with_capacity(n * c * oh * ow);
+    let mut argmax = Vec::with_capacity(n * c * oh * ow);
+    for plane in 0..n * c {
+        let base = plane * h * w;
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (mut best, mut at) = (F::neg_infinity(), usize::MAX);
+                for i in 0..kernel {
+                    let y = (oy * stride + i) as isize - padding as isize;
+                    if y < 0 || y >= h as isize {
+                        continue;
+                    }
+                    for j in 0..kernel {
+                        let xx = (ox * stride + j) as isize - padding as isize;
+                        if xx < 0 || xx >= w as isize {
+                            continue;
+                        }
+                        let idx = base + y as usize * w + xx as usize;
+                        let v = data[idx];
+                        // ATen: `val > maxval || isnan(val)` from the first real entry.
+                        if at == usize::MAX || v > best || v.is_nan() {
+                            (best, at) = (v, idx);
+                        }
+                    }
+                }
+                out.push(best);
+                argmax.push(at);
+            }
+        }
+    }
+    Ok((Tensor::from_shape_vec(vec![n, c, oh, ow], out).expect("sizes match"), argmax))
 }
 
 pub fn backward<F: Float>(x: &Tensor<F>, argmax: &Arc<[usize]>, g: &Tensor<F>) -> Tensor<F> {

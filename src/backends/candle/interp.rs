@@ -1,0 +1,316 @@
+//! The program interpreter of candle: each node is the candle-core (or candle-nn) op a
+//! candle user would write, differentiated by candle's autograd.
+
+use candle_core::{Device, Tensor, Var, D};
+
+use super::maxpool::exact_max_pool2d;
+use super::{err, to_candle, to_host, MaxPoolMode};
+use crate::backends::executor::{Executor, Outcome, Request};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::host::HostTensor;
+use crate::models::program::{check, labels_of, Checked};
+use crate::models::{Op, Program, Role, ValueType};
+
+enum Slot {
+    Empty,
+    /// An input that needs a gradient.
+    Var(Var),
+    /// Data, state, or labels (as u32).
+    Tensor(Tensor),
+}
+
+pub struct CandleExecutor {
+    program: Program,
+    checked: Checked,
+    dtype: DType,
+    maxpool: MaxPoolMode,
+    slots: Vec<Slot>,
+    grads: Vec<Option<Tensor>>,
+    velocity: Vec<Option<Tensor>>,
+}
+
+impl CandleExecutor {
+    pub fn new(program: &Program, inputs: &[HostTensor], dtype: DType, maxpool: MaxPoolMode) -> Result<Self> {
+        let checked = check(program)?;
+        let n = program.inputs.len();
+        let mut e = CandleExecutor {
+            program: program.clone(),
+            checked,
+            dtype,
+            maxpool,
+            slots: (0..n).map(|_| Slot::Empty).collect(),
+            grads: vec![None; n],
+            velocity: vec![None; n],
+        };
+        for (i, t) in inputs.iter().enumerate() {
+            e.set_input(i, t)?;
+        }
+        Ok(e)
+    }
+
+    fn tensor(&self, i: usize, backward: bool) -> Result<Tensor> {
+        match &self.slots[i] {
+            // Without a backward pass, parameters enter detached, so candle records nothing.
+            Slot::Var(v) => Ok(if backward { v.as_tensor().clone() } else { v.as_detached_tensor() }),
+            Slot::Tensor(t) => Ok(t.clone()),
+            Slot::Empty => Err(Error::Invalid(format!("input '{}' has no value", self.program.inputs[i].name))),
+        }
+    }
+
+    fn forward(&mut self, req: Request) -> candle_core::Result<(Vec<Tensor>, Option<Tensor>)> {
+        let n_inputs = self.program.inputs.len();
+        let mut values: Vec<Option<Tensor>> = Vec::with_capacity(n_inputs + self.program.nodes.len());
+        for i in 0..n_inputs {
+            values.push(self.tensor(i, req.backward).ok());
+        }
+        let nodes = self.program.nodes.clone();
+        for (k, node) in nodes.iter().enumerate() {
+            let args = self.checked.args[k].clone();
+            let op = if req.eval { node.op.in_eval_mode() } else { node.op.clone() };
+            let a = |i: usize| args.get(i).copied().flatten().map(|v| values[v].clone().expect("computed"));
+            let x = a(0).expect("checked");
+            let y = match op {
+                Op::MatMul {} => matmul(&x, &a(1).expect("checked"))?,
+                Op::Add {} => x.broadcast_add(&a(1).expect("checked"))?,
+                Op::Sub {} => x.broadcast_sub(&a(1).expect("checked"))?,
+                Op::Mul {} => x.broadcast_mul(&a(1).expect("checked"))?,
+                Op::Neg {} => x.neg()?,
+                Op::Sigmoid {} => candle_nn::ops::sigmoid(&x)?,
+                Op::Square {} => x.sqr()?,
+                Op::Relu {} => x.relu()?,
+                Op::Tanh {} => x.tanh()?,
+                Op::Exp {} => x.exp()?,
+                Op::Log {} => x.log()?,
+                Op::Sum {} => x.sum_all()?,
+                Op::Mean {} => x.mean_all()?,
+                Op::MaxPool2d { kernel, stride, padding } => {
+                    let stride = stride.unwrap_or(kernel);
+                    if padding > 0 {
+                        candle_core::bail!("max_pool2d: candle's max-pooling has no padding (padding {padding} asked for)");
+                    }
+                    match self.maxpool {
+                        MaxPoolMode::Builtin => x.max_pool2d_with_stride(kernel, stride)?,
+                        MaxPoolMode::Exact if stride == kernel => exact_max_pool2d(&x, kernel)?,
+                        MaxPoolMode::Exact => candle_core::bail!("max_pool2d: the exact max-pool covers stride = kernel only (kernel {kernel}, stride {stride})"),
+                    }
+                }
+                Op::Conv2d { stride, padding } => {
+                    let y = x.conv2d(&a(1).expect("checked"), padding, stride, 1, 1)?;
+                    match a(2) {
+                        Some(b) => {
+                            let o = b.dim(0)?;
+                            y.broadcast_add(&b.reshape((1, o, 1, 1))?)?
+                        }
+                        None => y,
+                    }
+                }
+                Op::Linear {} => {
+                    let y = x.matmul(&a(1).expect("checked").t()?)?;
+                    match a(2) {
+                        Some(b) => y.broadcast_add(&b)?,
+                        None => y,
+                    }
+                }
+                Op::BatchNorm { training, momentum, eps } => {
+                    let stats = match (args.get(3).copied().flatten(), args.get(4).copied().flatten()) {
+                        (Some(rm), Some(rv)) => Some((rm, rv)),
+                        _ => None,
+                    };
+                    self.batch_norm(&x, a(1), a(2), stats, training, momentum, eps)?
+                }
+                Op::Softmax { .. } => candle_nn::ops::softmax(&x, 1)?,
+                Op::LogSoftmax { .. } => candle_nn::ops::log_softmax(&x, D::Minus1)?,
+                Op::NllLoss { .. } => candle_nn::loss::nll(&x, &a(1).expect("checked"))?,
+                Op::CrossEntropy { .. } => candle_nn::loss::cross_entropy(&x, &a(1).expect("checked"))?,
+                Op::Dropout { p, training } => {
+                    if training {
+                        // torch: input * (mask / (1 - p))
+                        x.broadcast_mul(&a(1).expect("checked").affine(1.0 / (1.0 - p), 0.0)?)?
+                    } else {
+                        x
+                    }
+                }
+                Op::Reshape { .. } | Op::Flatten { .. } => {
+                    let shape = crate::models::program::infer(&op, &[Some(x.dims())]).map_err(candle_core::Error::msg)?;
+                    x.reshape(shape)?
+                }
+            };
+            values.push(Some(y));
+        }
+        let out: Vec<Tensor> = if req.all_values {
+            values[n_inputs..].iter().map(|v| v.clone().expect("computed")).collect()
+        } else {
+            self.checked.outputs.iter().map(|(v, _)| values[*v].clone().expect("computed")).collect()
+        };
+        let root = match self.checked.loss {
+            Some(l) => values[l].clone(),
+            None => {
+                let mut total: Option<Tensor> = None;
+                for (v, cot) in &self.checked.outputs {
+                    let Some(cot) = cot else { continue };
+                    let s = values[*v].as_ref().expect("computed").mul(&to_candle(cot, self.dtype)?)?.sum_all()?;
+                    total = Some(match total {
+                        None => s,
+                        Some(t) => (t + s)?,
+                    });
+                }
+                total
+            }
+        };
+        Ok((out, root))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm(&mut self, x: &Tensor, w: Option<Tensor>, b: Option<Tensor>, stats: Option<(usize, usize)>, training: bool, momentum: f64, eps: f64) -> candle_core::Result<Tensor> {
+        let c = x.dim(1)?;
+        let bshape: Vec<usize> = (0..x.rank()).map(|i| if i == 1 { c } else { 1 }).collect();
+        let (mean, var) = if training {
+            let (mean, var, m) = batch_stats(x)?;
+            if let Some((rm_i, rv_i)) = stats {
+                let unbiased = var.affine(m as f64 / (m as f64 - 1.0), 0.0)?;
+                let (Slot::Tensor(rm), Slot::Tensor(rv)) = (&self.slots[rm_i], &self.slots[rv_i]) else { candle_core::bail!("running statistics are state") };
+                let new_rm = (mean.detach().affine(momentum, 0.0)? + rm.affine(1.0 - momentum, 0.0)?)?;
+                let new_rv = (unbiased.detach().affine(momentum, 0.0)? + rv.affine(1.0 - momentum, 0.0)?)?;
+                self.slots[rm_i] = Slot::Tensor(new_rm);
+                self.slots[rv_i] = Slot::Tensor(new_rv);
+            }
+            (mean, var)
+        } else {
+            let (rm_i, rv_i) = stats.expect("checked: eval mode has running statistics");
+            let (Slot::Tensor(rm), Slot::Tensor(rv)) = (&self.slots[rm_i], &self.slots[rv_i]) else { candle_core::bail!("running statistics are state") };
+            (rm.clone(), rv.clone())
+        };
+        let mean = mean.reshape(bshape.as_slice())?;
+        let inv_std = (var + eps)?.sqrt()?.recip()?.reshape(bshape.as_slice())?;
+        let y = x.broadcast_sub(&mean)?.broadcast_mul(&inv_std)?;
+        match (w, b) {
+            (Some(w), Some(b)) => y.broadcast_mul(&w.reshape(bshape.as_slice())?)?.broadcast_add(&b.reshape(bshape.as_slice())?),
+            _ => Ok(y),
+        }
+    }
+}
+
+impl Executor for CandleExecutor {
+    fn set_input(&mut self, index: usize, value: &HostTensor) -> Result<()> {
+        let d = self.program.inputs.get(index).ok_or_else(|| Error::Invalid(format!("no input {index}")))?;
+        self.slots[index] = if d.value_type == ValueType::Index {
+            let l: Vec<u32> = labels_of(value, u32::MAX as usize, &d.name)?.into_iter().map(|v| v as u32).collect();
+            Slot::Tensor(Tensor::from_vec(l, value.shape.as_slice(), &Device::Cpu).map_err(err)?)
+        } else {
+            let t = to_candle(value, self.dtype).map_err(err)?;
+            match &self.slots[index] {
+                // In place, so the variable (and the optimiser's view of it) stays the same.
+                Slot::Var(v) if v.dims() == t.dims() => {
+                    v.set(&t).map_err(err)?;
+                    return Ok(());
+                }
+                _ if d.needs_grad() => Slot::Var(Var::from_tensor(&t).map_err(err)?),
+                _ => Slot::Tensor(t),
+            }
+        };
+        Ok(())
+    }
+
+    fn input(&self, index: usize) -> Result<HostTensor> {
+        match &self.slots[index] {
+            Slot::Var(v) => to_host(v.as_tensor()).map_err(err),
+            Slot::Tensor(t) => to_host(t).map_err(err),
+            Slot::Empty => Err(Error::Invalid(format!("input '{}' has no value", self.program.inputs[index].name))),
+        }
+    }
+
+    fn run(&mut self, req: Request) -> Result<Outcome> {
+        crate::backends::guarded("candle", || self.run_unguarded(req))
+    }
+
+    fn sgd_step(&mut self, lr: f64, momentum: Option<f64>) -> Result<()> {
+        crate::backends::guarded("candle", || self.sgd_unguarded(lr, momentum))
+    }
+}
+
+impl CandleExecutor {
+    fn run_unguarded(&mut self, req: Request) -> Result<Outcome> {
+        let n = self.program.inputs.len();
+        let (values, root) = self.forward(req).map_err(err)?;
+        let mut out = Outcome { loss: None, values: values.iter().map(to_host).collect::<candle_core::Result<_>>().map_err(err)?, grads: vec![None; n] };
+        if let (Some(l), Some(root)) = (self.checked.loss, root.as_ref()) {
+            let _ = l;
+            out.loss = Some(to_host(root).map_err(err)?.data[0]);
+        }
+        if let (true, Some(root)) = (req.backward, root) {
+            let store = root.backward().map_err(err)?;
+            for i in 0..n {
+                if let Slot::Var(v) = &self.slots[i] {
+                    // Detached: a gradient keeps the backward graph (and every activation)
+                    // alive, and the momentum buffer would chain one step's graph to the next.
+                    let g = match store.get(v.as_tensor()) {
+                        Some(g) => g.detach(),
+                        None => v.as_tensor().zeros_like().map_err(err)?,
+                    };
+                    if req.host_grads {
+                        out.grads[i] = Some(to_host(&g).map_err(err)?);
+                    }
+                    self.grads[i] = Some(g);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn sgd_unguarded(&mut self, lr: f64, momentum: Option<f64>) -> Result<()> {
+        let step = |slot: &Slot, g: &Tensor, velocity: &mut Option<Tensor>| -> candle_core::Result<()> {
+            let Slot::Var(var) = slot else { return Ok(()) };
+            match momentum {
+                // p - lr * g: candle's scalar multiply rounds lr to the dtype first, like torch.
+                None => var.set(&var.as_tensor().sub(&(g * lr)?)?),
+                Some(m) => {
+                    // PyTorch's rule: the first step's buffer is the gradient itself.
+                    let v = match velocity.as_ref() {
+                        None => g.clone(),
+                        Some(v) => (v.affine(m, 0.0)? + g)?,
+                    };
+                    var.set(&(var.as_tensor() - v.affine(lr, 0.0)?)?)?;
+                    *velocity = Some(v);
+                    Ok(())
+                }
+            }
+        };
+        for i in 0..self.slots.len() {
+            if self.program.inputs[i].role != Role::Param {
+                continue;
+            }
+            if let Some(g) = &self.grads[i] {
+                step(&self.slots[i], g, &mut self.velocity[i]).map_err(err)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-channel batch mean and biased variance over every axis but 1, with the number of
+/// values per channel. Built from candle ops, so candle's autograd differentiates them.
+fn batch_stats(x: &Tensor) -> candle_core::Result<(Tensor, Tensor, usize)> {
+    let per_channel = x.transpose(0, 1)?.flatten_from(1)?;
+    let m = per_channel.dim(1)?;
+    let mean = per_channel.mean_keepdim(D::Minus1)?;
+    let var = per_channel.broadcast_sub(&mean)?.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok((mean.flatten_all()?, var.flatten_all()?, m))
+}
+
+/// candle's matmul takes matrices only: a vector operand becomes a one-row (left) or
+/// one-column (right) matrix and the added axis is dropped again, as torch.matmul does.
+fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    let (va, vb) = (a.rank() == 1, b.rank() == 1);
+    let a2 = if va { a.unsqueeze(0)? } else { a.clone() };
+    let b2 = if vb { b.unsqueeze(1)? } else { b.clone() };
+    let mut y = a2.matmul(&b2)?;
+    if vb {
+        y = y.squeeze(1)?;
+    }
+    if va {
+        y = y.squeeze(0)?;
+    }
+    Ok(y)
+}
+

@@ -1,0 +1,222 @@
+//! The program interpreter of the from-scratch engine: each node is one engine op with
+//! its handwritten backward.
+
+use super::{to_engine, to_host};
+use crate::backends::executor::{Executor, Outcome, Request};
+use crate::engine::optim::{Sgd, SgdMomentum};
+use crate::engine::{Float, Graph, RunningStats, Tensor, Var};
+use crate::error::{Error, Result};
+use crate::host::HostTensor;
+use crate::models::program::{check, labels_of, Checked};
+use crate::models::{Op, Program, Role, ValueType};
+
+pub struct EngineExecutor<F: Float> {
+    program: Program,
+    checked: Checked,
+    /// Float inputs (parameters, data, state); `None` for label inputs.
+    values: Vec<Option<Tensor<F>>>,
+    labels: Vec<Option<Vec<usize>>>,
+    grads: Vec<Option<Tensor<F>>>,
+    velocity: Vec<Option<Tensor<F>>>,
+}
+
+impl<F: Float> EngineExecutor<F> {
+    pub fn new(program: &Program, inputs: &[HostTensor]) -> Result<Self> {
+        let checked = check(program)?;
+        let n = program.inputs.len();
+        let mut e = EngineExecutor { program: program.clone(), checked, values: vec![None; n], labels: vec![None; n], grads: vec![None; n], velocity: vec![None; n] };
+        for (i, t) in inputs.iter().enumerate() {
+            e.set_input(i, t)?;
+        }
+        Ok(e)
+    }
+
+    /// Class count of the node that reads labels `v`, for the label check.
+    fn labels_for(&self, v: usize, classes: usize) -> Result<&[usize]> {
+        let labels = self.labels[v].as_deref().ok_or_else(|| Error::Invalid(format!("input '{}' is not labels", self.program.inputs[v].name)))?;
+        if let Some(bad) = labels.iter().find(|&&l| l >= classes) {
+            return Err(Error::Invalid(format!("input '{}': label {bad} is not a class index in 0..{classes}", self.program.inputs[v].name)));
+        }
+        Ok(labels)
+    }
+}
+
+impl<F: Float> Executor for EngineExecutor<F> {
+    fn set_input(&mut self, index: usize, value: &HostTensor) -> Result<()> {
+        let d = self.program.inputs.get(index).ok_or_else(|| Error::Invalid(format!("no input {index}")))?;
+        if d.value_type == ValueType::Index {
+            self.labels[index] = Some(labels_of(value, usize::MAX, &d.name)?);
+        } else {
+            self.values[index] = Some(to_engine(value)?);
+        }
+        Ok(())
+    }
+
+    fn input(&self, index: usize) -> Result<HostTensor> {
+        match (&self.values[index], &self.labels[index]) {
+            (Some(t), _) => Ok(to_host(t)),
+            (None, Some(l)) => Ok(HostTensor { shape: vec![l.len()], data: l.iter().map(|&v| v as f64).collect() }),
+            _ => Err(Error::Invalid(format!("input '{}' has no value", self.program.inputs[index].name))),
+        }
+    }
+
+    fn run(&mut self, req: Request) -> Result<Outcome> {
+        crate::backends::guarded("engine", || self.run_unguarded(req))
+    }
+
+    fn sgd_step(&mut self, lr: f64, momentum: Option<f64>) -> Result<()> {
+        self.sgd_unguarded(lr, momentum);
+        Ok(())
+    }
+}
+
+impl<F: Float> EngineExecutor<F> {
+    fn run_unguarded(&mut self, req: Request) -> Result<Outcome> {
+        let mut g = Graph::<F>::new();
+        let n_inputs = self.program.inputs.len();
+        let mut vars: Vec<Option<Var>> = Vec::with_capacity(n_inputs + self.program.nodes.len());
+        // Float inputs move into the graph and back out afterwards (also when a node
+        // fails), instead of being copied into every run's graph. State stays outside.
+        for (i, d) in self.program.inputs.iter().enumerate() {
+            let on_graph = d.value_type == ValueType::Float && d.role != Role::State;
+            if !on_graph {
+                vars.push(None);
+                continue;
+            }
+            let v = self.values[i].take().ok_or_else(|| Error::Invalid(format!("input '{}' has no value", d.name)))?;
+            vars.push(Some(g.leaf(v, d.needs_grad() && req.backward)));
+        }
+        // Backward reads the leaves' values, so they come back out only after it.
+        let result = self.record(&mut g, &mut vars, req).and_then(|root| match (req.backward, root) {
+            (true, Some(root)) => Ok(Some(g.backward(root)?)),
+            _ => Ok(None),
+        });
+        for (i, d) in self.program.inputs.iter().enumerate() {
+            if d.value_type == ValueType::Float && d.role != Role::State {
+                self.values[i] = Some(g.take_value(vars[i].expect("on the graph")));
+            }
+        }
+        let grads = result?;
+        let mut out = Outcome { loss: None, values: vec![], grads: vec![None; n_inputs] };
+        if let Some(l) = self.checked.loss {
+            out.loss = Some(g.value(vars[l].expect("computed")).iter().next().copied().unwrap_or_else(F::zero).as_f64());
+        }
+        let wanted: Vec<usize> = if req.all_values { (n_inputs..vars.len()).collect() } else { self.checked.outputs.iter().map(|(v, _)| *v).collect() };
+        out.values = wanted.into_iter().map(|v| to_host(g.value(vars[v].expect("computed")))).collect();
+        if let Some(mut grads) = grads {
+            for (i, d) in self.program.inputs.iter().enumerate() {
+                if d.needs_grad() {
+                    let like = self.values[i].as_ref().expect("just returned");
+                    let grad = grads.take_or_zeros(vars[i].expect("on the graph"), like);
+                    if req.host_grads {
+                        out.grads[i] = Some(to_host(&grad));
+                    }
+                    self.grads[i] = Some(grad);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn sgd_unguarded(&mut self, lr: f64, momentum: Option<f64>) {
+        for (i, d) in self.program.inputs.iter().enumerate() {
+            if d.role != Role::Param {
+                continue;
+            }
+            let (Some(p), Some(grad)) = (self.values[i].as_mut(), self.grads[i].as_ref()) else { continue };
+            match momentum {
+                None => Sgd { lr }.step(p, grad),
+                Some(m) => SgdMomentum { lr, momentum: m }.step(p, grad, &mut self.velocity[i]),
+            }
+        }
+    }
+}
+
+impl<F: Float> EngineExecutor<F> {
+    /// Records every node; returns the scalar to differentiate.
+    fn record(&mut self, g: &mut Graph<F>, vars: &mut Vec<Option<Var>>, req: Request) -> Result<Option<Var>> {
+        let nodes = self.program.nodes.clone();
+        for (k, node) in nodes.iter().enumerate() {
+            let args = &self.checked.args[k];
+            let op = if req.eval { node.op.in_eval_mode() } else { node.op.clone() };
+            let a = |i: usize| args.get(i).copied().flatten().map(|v| vars[v].expect("float value"));
+            let x = a(0).expect("checked");
+            let v = match op {
+                Op::MatMul {} => g.matmul(x, a(1).expect("checked"))?,
+                Op::Add {} => g.add(x, a(1).expect("checked"))?,
+                Op::Sub {} => g.sub(x, a(1).expect("checked"))?,
+                Op::Mul {} => g.mul(x, a(1).expect("checked"))?,
+                Op::Neg {} => g.neg(x),
+                Op::Sigmoid {} => g.sigmoid(x),
+                Op::Square {} => g.square(x),
+                Op::Relu {} => g.relu(x),
+                Op::Tanh {} => g.tanh(x),
+                Op::Exp {} => g.exp(x),
+                Op::Log {} => g.log(x),
+                Op::Sum {} => g.sum(x),
+                Op::Mean {} => g.mean(x),
+                Op::MaxPool2d { kernel, stride, padding } => g.max_pool2d_with(x, kernel, stride.unwrap_or(kernel), padding)?,
+                Op::Conv2d { stride, padding } => g.conv2d(x, a(1).expect("checked"), a(2), stride, padding)?,
+                Op::Linear {} => g.linear(x, a(1).expect("checked"), a(2))?,
+                Op::BatchNorm { training, momentum, eps } => {
+                    let c = g.value(x).shape()[1];
+                    let gamma = a(1).unwrap_or_else(|| g.constant(Tensor::from_elem(vec![c], F::one())));
+                    let beta = a(2).unwrap_or_else(|| g.constant(Tensor::zeros(vec![c])));
+                    match (args.get(3).copied().flatten(), args.get(4).copied().flatten()) {
+                        (Some(rm), Some(rv)) => {
+                            let mut stats = RunningStats {
+                                mean: self.values[rm].take().expect("state has a value"),
+                                var: self.values[rv].take().expect("state has a value"),
+                            };
+                            let r = g.batch_norm(x, gamma, beta, &mut stats, training, momentum, eps);
+                            self.values[rm] = Some(stats.mean);
+                            self.values[rv] = Some(stats.var);
+                            r?
+                        }
+                        _ => g.batch_norm(x, gamma, beta, &mut RunningStats::new(c), training, momentum, eps)?,
+                    }
+                }
+                Op::Softmax { .. } => g.softmax(x)?,
+                Op::LogSoftmax { .. } => g.log_softmax(x)?,
+                Op::NllLoss { .. } | Op::CrossEntropy { .. } => {
+                    let classes = g.value(x).shape()[1];
+                    let labels = self.labels_for(args[1].expect("checked"), classes)?.to_vec();
+                    if matches!(op, Op::NllLoss { .. }) {
+                        g.nll_loss(x, &labels)?
+                    } else {
+                        g.cross_entropy(x, &labels)?
+                    }
+                }
+                Op::Dropout { p, training } => {
+                    if training {
+                        let mask = self.values[args[1].expect("checked")].as_ref().expect("state has a value");
+                        g.dropout(x, mask, p)?
+                    } else {
+                        x
+                    }
+                }
+                Op::Reshape { .. } | Op::Flatten { .. } => {
+                    let shape = crate::models::program::infer(&op, &[Some(g.value(x).shape())]).map_err(|m| Error::Shape(format!("{}: {m}", node.id)))?;
+                    g.reshape(x, &shape)?
+                }
+            };
+            vars.push(Some(v));
+        }
+        if let Some(l) = self.checked.loss {
+            return Ok(Some(vars[l].expect("computed")));
+        }
+        // Without a loss: Σ output ⊙ cotangent, the vector-Jacobian product's scalar.
+        let mut total: Option<Var> = None;
+        for (v, cot) in &self.checked.outputs {
+            let Some(cot) = cot else { continue };
+            let c = g.constant(to_engine(cot)?);
+            let prod = g.mul(vars[*v].expect("computed"), c)?;
+            let s = g.sum(prod);
+            total = Some(match total {
+                None => s,
+                Some(t) => g.add(t, s)?,
+            });
+        }
+        Ok(total)
+    }
+}

@@ -1,0 +1,210 @@
+//! The program interpreter of libtorch: each node is the ATen op a PyTorch user would
+//! call (`torch.nn.functional`), differentiated by PyTorch's autograd; the momentum SGD
+//! is `torch::optim::SGD` itself.
+
+use tch::{COptimizer, Kind, TchError, Tensor};
+
+use super::{err, to_host, to_torch};
+use crate::backends::executor::{Executor, Outcome, Request};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::host::HostTensor;
+use crate::models::program::{check, labels_of, Checked};
+use crate::models::{Op, Program, Role, ValueType};
+
+pub struct TorchExecutor {
+    program: Program,
+    checked: Checked,
+    dtype: DType,
+    /// Per input: parameters and other inputs that need a gradient have requires_grad.
+    tensors: Vec<Option<Tensor>>,
+    /// Created on the first momentum step, so its hyper-parameters come from `sgd_step`.
+    optimizer: Option<(COptimizer, f64, f64)>,
+}
+
+impl TorchExecutor {
+    pub fn new(program: &Program, inputs: &[HostTensor], dtype: DType) -> Result<Self> {
+        let checked = check(program)?;
+        let n = program.inputs.len();
+        let mut e = TorchExecutor { program: program.clone(), checked, dtype, tensors: (0..n).map(|_| None).collect(), optimizer: None };
+        for (i, t) in inputs.iter().enumerate() {
+            e.set_input(i, t)?;
+        }
+        Ok(e)
+    }
+
+    fn forward(&self, req: Request) -> Result<(Vec<Tensor>, Option<Tensor>), TchError> {
+        let n_inputs = self.program.inputs.len();
+        let mut values: Vec<Option<Tensor>> = self.tensors.iter().map(|t| t.as_ref().map(Tensor::shallow_clone)).collect();
+        for (k, node) in self.program.nodes.iter().enumerate() {
+            let args = &self.checked.args[k];
+            let op = if req.eval { node.op.in_eval_mode() } else { node.op.clone() };
+            let a = |i: usize| args.get(i).copied().flatten().map(|v| values[v].as_ref().expect("computed"));
+            let x = a(0).expect("checked");
+            let y = match op {
+                Op::MatMul {} => x.f_matmul(a(1).expect("checked"))?,
+                Op::Add {} => x.f_add(a(1).expect("checked"))?,
+                Op::Sub {} => x.f_sub(a(1).expect("checked"))?,
+                Op::Mul {} => x.f_mul(a(1).expect("checked"))?,
+                Op::Neg {} => x.f_neg()?,
+                Op::Sigmoid {} => x.f_sigmoid()?,
+                Op::Square {} => x.f_square()?,
+                Op::Relu {} => x.f_relu()?,
+                Op::Tanh {} => x.f_tanh()?,
+                Op::Exp {} => x.f_exp()?,
+                Op::Log {} => x.f_log()?,
+                Op::Sum {} => x.f_sum(x.kind())?,
+                Op::Mean {} => x.f_mean(x.kind())?,
+                Op::MaxPool2d { kernel, stride, padding } => {
+                    let (k, s, p) = (kernel as i64, stride.unwrap_or(kernel) as i64, padding as i64);
+                    x.f_max_pool2d([k, k], [s, s], [p, p], [1, 1], false)?
+                }
+                Op::Conv2d { stride, padding } => {
+                    let (s, p) = (stride as i64, padding as i64);
+                    x.f_conv2d(a(1).expect("checked"), a(2), [s, s], [p, p], [1, 1], 1)?
+                }
+                Op::Linear {} => x.f_linear(a(1).expect("checked"), a(2))?,
+                Op::BatchNorm { training, momentum, eps } => x.f_batch_norm(a(1), a(2), a(3), a(4), training, momentum, eps, false)?,
+                Op::Softmax { dim } => x.f_softmax(dim, None::<Kind>)?,
+                Op::LogSoftmax { dim } => x.f_log_softmax(dim, None::<Kind>)?,
+                Op::NllLoss { .. } => x.f_nll_loss(a(1).expect("checked"), None::<Tensor>, tch::Reduction::Mean, -100)?,
+                Op::CrossEntropy { .. } => x.f_cross_entropy_loss(a(1).expect("checked"), None::<Tensor>, tch::Reduction::Mean, -100, 0.0)?,
+                Op::Dropout { p, training } => {
+                    if training {
+                        // ATen's dropout: input * (mask / (1 - p))
+                        x.f_mul(&a(1).expect("checked").f_div_scalar(1.0 - p)?)?
+                    } else {
+                        x.shallow_clone()
+                    }
+                }
+                Op::Reshape { shape } => x.f_reshape(&shape)?,
+                Op::Flatten { start_dim, end_dim } => x.f_flatten(start_dim, end_dim)?,
+            };
+            values.push(Some(y));
+        }
+        let out: Vec<Tensor> = if req.all_values {
+            values[n_inputs..].iter().map(|v| v.as_ref().expect("computed").shallow_clone()).collect()
+        } else {
+            self.checked.outputs.iter().map(|(v, _)| values[*v].as_ref().expect("computed").shallow_clone()).collect()
+        };
+        let root = match self.checked.loss {
+            Some(l) => values[l].as_ref().map(Tensor::shallow_clone),
+            None => {
+                let mut total: Option<Tensor> = None;
+                for (v, cot) in &self.checked.outputs {
+                    let Some(cot) = cot else { continue };
+                    let s = values[*v].as_ref().expect("computed").f_mul(&to_torch(cot, self.dtype)?)?.f_sum(tch::Kind::from(self.kind()))?;
+                    total = Some(match total {
+                        None => s,
+                        Some(t) => t.f_add(&s)?,
+                    });
+                }
+                total
+            }
+        };
+        Ok((out, root))
+    }
+
+    fn kind(&self) -> Kind {
+        match self.dtype {
+            DType::F32 => Kind::Float,
+            DType::F64 => Kind::Double,
+        }
+    }
+
+    fn step(&mut self, req: Request) -> Result<Outcome, TchError> {
+        let n = self.program.inputs.len();
+        for (t, d) in self.tensors.iter_mut().zip(&self.program.inputs) {
+            if d.needs_grad() {
+                if let Some(t) = t {
+                    t.zero_grad();
+                }
+            }
+        }
+        let (values, root) = if req.backward { self.forward(req)? } else { tch::no_grad(|| self.forward(req))? };
+        let mut out = Outcome { loss: None, values: values.iter().map(to_host).collect::<Result<_, _>>()?, grads: vec![None; n] };
+        if self.checked.loss.is_some() {
+            out.loss = root.as_ref().map(|r| r.f_double_value(&[])).transpose()?;
+        }
+        if let (true, Some(root)) = (req.backward, root) {
+            root.f_backward()?;
+            if req.host_grads {
+                for (i, d) in self.program.inputs.iter().enumerate() {
+                    if d.needs_grad() {
+                        let t = self.tensors[i].as_ref().expect("has a value");
+                        let g = t.grad();
+                        let g = if g.defined() { g } else { t.f_zeros_like()? };
+                        out.grads[i] = Some(to_host(&g)?);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn sgd(&mut self, lr: f64, momentum: Option<f64>) -> Result<(), TchError> {
+        let params: Vec<usize> = self.program.params().map(|(i, _)| i).collect();
+        match momentum {
+            None => {
+                for i in params {
+                    let p = self.tensors[i].as_mut().expect("has a value");
+                    let g = p.grad();
+                    if !g.defined() {
+                        continue;
+                    }
+                    // The seed's update, `P -= lr * P.grad`, outside autograd.
+                    tch::no_grad(|| -> Result<(), TchError> {
+                        let step = g.f_mul_scalar(lr)?;
+                        let _ = p.f_sub_(&step)?;
+                        Ok(())
+                    })?;
+                }
+                Ok(())
+            }
+            Some(m) => {
+                let stale = !matches!(&self.optimizer, Some((_, l, mm)) if *l == lr && *mm == m);
+                if stale {
+                    let mut opt = COptimizer::sgd(lr, m, 0.0, 0.0, false)?;
+                    for &i in &params {
+                        opt.add_parameters(self.tensors[i].as_ref().expect("has a value"), 0)?;
+                    }
+                    self.optimizer = Some((opt, lr, m));
+                }
+                self.optimizer.as_ref().expect("just created").0.step()
+            }
+        }
+    }
+}
+
+impl Executor for TorchExecutor {
+    fn set_input(&mut self, index: usize, value: &HostTensor) -> Result<()> {
+        let d = self.program.inputs.get(index).ok_or_else(|| Error::Invalid(format!("no input {index}")))?;
+        if d.value_type == ValueType::Index {
+            let l: Vec<i64> = labels_of(value, i64::MAX as usize, &d.name)?.into_iter().map(|v| v as i64).collect();
+            self.tensors[index] = Some(Tensor::f_from_slice(&l).map_err(err)?);
+            return Ok(());
+        }
+        let t = to_torch(value, self.dtype).map_err(err)?;
+        match &mut self.tensors[index] {
+            // In place, so the optimiser keeps pointing at the same tensors.
+            Some(old) if d.role != Role::Input && old.size() == t.size() => {
+                tch::no_grad(|| old.f_copy_(&t)).map_err(err)?;
+            }
+            slot => *slot = Some(if d.needs_grad() { t.set_requires_grad(true) } else { t }),
+        }
+        Ok(())
+    }
+
+    fn input(&self, index: usize) -> Result<HostTensor> {
+        let t = self.tensors[index].as_ref().ok_or_else(|| Error::Invalid(format!("input '{}' has no value", self.program.inputs[index].name)))?;
+        to_host(t).map_err(err)
+    }
+
+    fn run(&mut self, req: Request) -> Result<Outcome> {
+        crate::backends::guarded("torch", || self.step(req).map_err(err))
+    }
+
+    fn sgd_step(&mut self, lr: f64, momentum: Option<f64>) -> Result<()> {
+        crate::backends::guarded("torch", || self.sgd(lr, momentum).map_err(err))
+    }
+}

@@ -1,0 +1,397 @@
+//! Validation of a program before any backend sees it: references, arity, shapes and
+//! attributes, each problem one message that names the node and what was expected.
+
+use std::collections::HashMap;
+
+use super::{InputDecl, Op, Program, Role, ValueType};
+use crate::error::{Error, Result};
+use crate::host::HostTensor;
+
+/// A program whose references are resolved and whose shapes are known.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    /// Per node, the value index of each input (`None` for an absent optional one).
+    /// Values are numbered inputs first, then nodes.
+    pub args: Vec<Vec<Option<usize>>>,
+    /// The shape of every value.
+    pub shapes: Vec<Vec<usize>>,
+    /// The differentiated scalar, when the program has one.
+    pub loss: Option<usize>,
+    /// The reported values, with their cotangents.
+    pub outputs: Vec<(usize, Option<HostTensor>)>,
+}
+
+fn bad(node: &str, op: &Op, msg: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("node '{node}' ({}): {msg}", op.name()))
+}
+
+/// Checks `program` and resolves its references.
+pub fn check(program: &Program) -> Result<Checked> {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut shapes: Vec<Vec<usize>> = Vec::new();
+    for d in &program.inputs {
+        if d.name.is_empty() {
+            return Err(Error::Invalid("an input has an empty name".into()));
+        }
+        if index.insert(&d.name, shapes.len()).is_some() {
+            return Err(Error::Invalid(format!("input '{}' is declared twice", d.name)));
+        }
+        if d.value_type == ValueType::Index && (d.role != Role::Input || d.requires_grad == Some(true)) {
+            return Err(Error::Invalid(format!("input '{}': index inputs are data (role \"input\") without gradient", d.name)));
+        }
+        if d.role == Role::State && d.requires_grad == Some(true) {
+            return Err(Error::Invalid(format!("input '{}': a state input never has a gradient; use role \"param\" or \"input\"", d.name)));
+        }
+        shapes.push(d.shape.clone());
+    }
+    let n_inputs = program.inputs.len();
+    let mut args_all = Vec::with_capacity(program.nodes.len());
+    for node in &program.nodes {
+        let op = &node.op;
+        let id = node.id.as_str();
+        if id.is_empty() {
+            return Err(Error::Invalid(format!("a {} node has an empty id", op.name())));
+        }
+        let arity = op.arity();
+        if node.inputs.len() < arity.min || node.inputs.len() > arity.max {
+            let expected = if arity.min == arity.max { format!("{}", arity.min) } else { format!("{} to {}", arity.min, arity.max) };
+            return Err(bad(id, op, format!("takes {expected} inputs, {} given", node.inputs.len())));
+        }
+        let mut args = Vec::with_capacity(node.inputs.len());
+        for (pos, name) in node.inputs.iter().enumerate() {
+            match name {
+                None if op.required(pos) => return Err(bad(id, op, format!("input {pos} is required and may not be null"))),
+                None => args.push(None),
+                Some(name) => {
+                    let Some(&v) = index.get(name.as_str()) else {
+                        let later = program.nodes.iter().any(|n| &n.id == name);
+                        return Err(if later || name == id {
+                            bad(id, op, format!("input '{name}' is defined later or by this node: nodes may only use earlier values (no cycles)"))
+                        } else {
+                            bad(id, op, format!("input '{name}' is not defined: expected an input or an earlier node"))
+                        });
+                    };
+                    let is_index = v < n_inputs && program.inputs[v].value_type == ValueType::Index;
+                    if op.takes_index(pos) != is_index {
+                        let want = if op.takes_index(pos) { "class labels (an input with \"dtype\": \"index\")" } else { "a float value" };
+                        return Err(bad(id, op, format!("input {pos} ('{name}') must be {want}")));
+                    }
+                    let is_state = v < n_inputs && program.inputs[v].role == Role::State;
+                    if op.takes_state(pos) && !is_state {
+                        return Err(bad(id, op, format!("input {pos} ('{name}') must be an input with role \"state\" (a running statistic or a dropout mask)")));
+                    }
+                    if is_state && !op.takes_state(pos) {
+                        return Err(bad(id, op, format!(
+                            "input '{name}' has role \"state\", which only batch norm's running statistics and dropout masks have; give it role \"input\" to use it here"
+                        )));
+                    }
+                    args.push(Some(v));
+                }
+            }
+        }
+        let arg_shapes: Vec<Option<&[usize]>> = args.iter().map(|a| a.map(|v| shapes[v].as_slice())).collect();
+        let out = infer(op, &arg_shapes).map_err(|m| bad(id, op, m))?;
+        if index.insert(id, shapes.len()).is_some() {
+            return Err(bad(id, op, "this id is already used by an input or an earlier node"));
+        }
+        shapes.push(out);
+        args_all.push(args);
+    }
+    let find = |what: &str, name: &str| -> Result<usize> {
+        index.get(name).copied().ok_or_else(|| Error::Invalid(format!("{what} '{name}' is not an input or node of the program")))
+    };
+    let loss = match &program.loss {
+        Some(name) => {
+            let v = find("loss", name)?;
+            if !shapes[v].is_empty() {
+                return Err(Error::Invalid(format!("loss '{name}' has shape {:?}; a loss must be a scalar (shape [])", shapes[v])));
+            }
+            Some(v)
+        }
+        None => None,
+    };
+    let mut outputs = Vec::new();
+    for o in &program.outputs {
+        let v = find("output", &o.value)?;
+        let cot = match &o.cotangent {
+            Some(c) => {
+                if loss.is_some() {
+                    return Err(Error::Invalid(format!("output '{}': a cotangent and a loss exclude each other", o.value)));
+                }
+                Some(values_to_tensor(c, &shapes[v], false).map_err(|m| Error::Invalid(format!("output '{}': cotangent: {m}", o.value)))?)
+            }
+            None => None,
+        };
+        outputs.push((v, cot));
+    }
+    if loss.is_none() && outputs.iter().all(|(_, c)| c.is_none()) && program.inputs.iter().any(InputDecl::needs_grad) {
+        return Err(Error::Invalid("the program has inputs that need a gradient but neither a \"loss\" nor an output with a \"cotangent\"".into()));
+    }
+    Ok(Checked { args: args_all, shapes, loss, outputs })
+}
+
+/// Values given in the JSON: a number fills the shape, a list is flat or nested.
+pub fn values_to_tensor(v: &serde_json::Value, shape: &[usize], allow_non_finite: bool) -> std::result::Result<HostTensor, String> {
+    let n: usize = shape.iter().product();
+    let mut flat = Vec::with_capacity(n);
+    fn walk(v: &serde_json::Value, out: &mut Vec<f64>) -> std::result::Result<(), String> {
+        match v {
+            serde_json::Value::Number(x) => out.push(x.as_f64().ok_or("a number out of range")?),
+            serde_json::Value::Array(items) => items.iter().try_for_each(|i| walk(i, out))?,
+            other => return Err(format!("expected numbers, found {other}")),
+        }
+        Ok(())
+    }
+    walk(v, &mut flat)?;
+    if flat.len() != n {
+        return Err(format!("{} values given; shape {shape:?} holds {n}", flat.len()));
+    }
+    if !allow_non_finite && flat.iter().any(|x| !x.is_finite()) {
+        return Err("holds NaN or infinity".into());
+    }
+    Ok(HostTensor { shape: shape.to_vec(), data: flat })
+}
+
+/// Checks a value for an input: shape, finiteness, and for labels integer values.
+pub fn check_input_value(d: &InputDecl, t: &HostTensor, origin: &str) -> Result<()> {
+    if t.shape != d.shape {
+        return Err(Error::Invalid(format!("input '{}' from {origin}: shape {:?}; the program declares {:?}", d.name, t.shape, d.shape)));
+    }
+    if !d.allow_non_finite && !t.all_finite() {
+        return Err(Error::Invalid(format!(
+            "input '{}' from {origin}: holds NaN or infinity (set \"allow_non_finite\": true on the input if that is meant)",
+            d.name
+        )));
+    }
+    if d.value_type == ValueType::Index && t.data.iter().any(|v| *v < 0.0 || v.fract() != 0.0 || *v > u32::MAX as f64) {
+        return Err(Error::Invalid(format!("input '{}' from {origin}: labels must be non-negative integers", d.name)));
+    }
+    Ok(())
+}
+
+fn broadcast(a: &[usize], b: &[usize]) -> std::result::Result<Vec<usize>, String> {
+    let n = a.len().max(b.len());
+    let mut out = vec![0; n];
+    for i in 0..n {
+        let x = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
+        let y = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+        out[i] = match (x, y) {
+            _ if x == y => x,
+            (1, _) => y,
+            (_, 1) => x,
+            _ => return Err(format!("shapes {a:?} and {b:?} do not broadcast")),
+        };
+    }
+    Ok(out)
+}
+
+fn dim(d: i64, rank: usize) -> std::result::Result<usize, String> {
+    let r = rank as i64;
+    let v = if d < 0 { d + r } else { d };
+    if v < 0 || v >= r.max(1) {
+        return Err(format!("dimension {d} is out of range for rank {rank}"));
+    }
+    Ok(v as usize)
+}
+
+/// The output shape of `op` on inputs of `shapes`, or what was expected.
+pub fn infer(op: &Op, shapes: &[Option<&[usize]>]) -> std::result::Result<Vec<usize>, String> {
+    let s = |i: usize| shapes.get(i).copied().flatten();
+    let x = s(0).expect("the first input is required");
+    Ok(match op {
+        Op::MatMul {} => {
+            let b = s(1).expect("required");
+            match (x.len(), b.len()) {
+                (1, 1) if x[0] == b[0] => vec![],
+                (1, 2) if x[0] == b[0] => vec![b[1]],
+                (2, 1) if x[1] == b[0] => vec![x[0]],
+                (2, 2) if x[1] == b[0] => vec![x[0], b[1]],
+                _ => return Err(format!("cannot multiply {x:?} by {b:?}: expected 1-D or 2-D operands with matching inner sizes")),
+            }
+        }
+        Op::Add {} | Op::Sub {} | Op::Mul {} => broadcast(x, s(1).expect("required"))?,
+        Op::Neg {} | Op::Sigmoid {} | Op::Square {} | Op::Relu {} | Op::Tanh {} | Op::Exp {} | Op::Log {} => x.to_vec(),
+        Op::Sum {} | Op::Mean {} => vec![],
+        Op::MaxPool2d { kernel, stride, padding } => {
+            let (k, st, p) = (*kernel, stride.unwrap_or(*kernel), *padding);
+            if x.len() != 4 {
+                return Err(format!("input {x:?}: expected [N, C, H, W]"));
+            }
+            if k == 0 || st == 0 {
+                return Err(format!("kernel {k} and stride {st} must be at least 1"));
+            }
+            if 2 * p > k {
+                return Err(format!("padding {p} must be at most half the kernel ({k})"));
+            }
+            if x[2] + 2 * p < k || x[3] + 2 * p < k {
+                return Err(format!("input {x:?} with padding {p} is smaller than the kernel {k}"));
+            }
+            vec![x[0], x[1], (x[2] + 2 * p - k) / st + 1, (x[3] + 2 * p - k) / st + 1]
+        }
+        Op::Conv2d { stride, padding } => {
+            let w = s(1).expect("required");
+            if x.len() != 4 || w.len() != 4 {
+                return Err(format!("input {x:?} and weight {w:?}: expected [N, C, H, W] and [O, C, k, k]"));
+            }
+            if w[1] != x[1] || w[2] != w[3] {
+                return Err(format!("weight {w:?} does not fit input {x:?}: expected [O, {}, k, k] (square kernel)", x[1]));
+            }
+            if *stride == 0 {
+                return Err("stride must be at least 1".into());
+            }
+            if let Some(b) = s(2) {
+                if b != [w[0]] {
+                    return Err(format!("bias {b:?}: expected [{}]", w[0]));
+                }
+            }
+            let k = w[2];
+            if x[2] + 2 * padding < k || x[3] + 2 * padding < k {
+                return Err(format!("input {x:?} with padding {padding} is smaller than the kernel {k}"));
+            }
+            vec![x[0], w[0], (x[2] + 2 * padding - k) / stride + 1, (x[3] + 2 * padding - k) / stride + 1]
+        }
+        Op::Linear {} => {
+            let w = s(1).expect("required");
+            if x.len() != 2 || w.len() != 2 || w[1] != x[1] {
+                return Err(format!("input {x:?} and weight {w:?}: expected [N, in] and [out, in]"));
+            }
+            if let Some(b) = s(2) {
+                if b != [w[0]] {
+                    return Err(format!("bias {b:?}: expected [{}]", w[0]));
+                }
+            }
+            vec![x[0], w[0]]
+        }
+        Op::BatchNorm { training, momentum, eps } => {
+            if x.len() != 2 && x.len() != 4 {
+                return Err(format!("input {x:?}: expected [N, C] or [N, C, H, W]"));
+            }
+            let c = x[1];
+            for (i, what) in [(1, "weight"), (2, "bias"), (3, "running_mean"), (4, "running_var")] {
+                if let Some(t) = s(i) {
+                    if t != [c] {
+                        return Err(format!("{what} {t:?}: expected [{c}]"));
+                    }
+                }
+            }
+            if s(1).is_some() != s(2).is_some() {
+                return Err("weight and bias come together (both or neither)".into());
+            }
+            if s(3).is_some() != s(4).is_some() {
+                return Err("running_mean and running_var come together (both or neither)".into());
+            }
+            if !training && s(3).is_none() {
+                return Err("eval mode (\"training\": false) needs running_mean and running_var".into());
+            }
+            let per_channel: usize = x.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, v)| v).product();
+            if *training && per_channel < 2 {
+                return Err(format!("input {x:?}: training mode needs more than one value per channel"));
+            }
+            if !(eps.is_finite() && *eps > 0.0) || !(0.0..=1.0).contains(momentum) {
+                return Err(format!("eps {eps} must be positive and momentum {momentum} within [0, 1]"));
+            }
+            x.to_vec()
+        }
+        Op::Softmax { dim: d } | Op::LogSoftmax { dim: d } => {
+            if x.len() != 2 || !(*d == 1 || *d == -1) {
+                return Err(format!("input {x:?} over dim {d}: expected a [N, C] input and dim 1 (or -1)"));
+            }
+            x.to_vec()
+        }
+        Op::NllLoss { .. } | Op::CrossEntropy { .. } => {
+            let l = s(1).expect("required");
+            if x.len() != 2 || l != [x[0]] {
+                return Err(format!("input {x:?} and labels {l:?}: expected [N, C] and [N]"));
+            }
+            vec![]
+        }
+        Op::Dropout { p, .. } => {
+            let m = s(1).expect("required");
+            if m != x {
+                return Err(format!("mask {m:?} must have the input's shape {x:?}"));
+            }
+            if !(0.0..1.0).contains(p) {
+                return Err(format!("p {p} must be within [0, 1)"));
+            }
+            x.to_vec()
+        }
+        Op::Reshape { shape } => {
+            let n: usize = x.iter().product();
+            let free = shape.iter().filter(|&&d| d == -1).count();
+            if free > 1 || shape.iter().any(|&d| d < -1) {
+                return Err(format!("shape {shape:?}: entries must be sizes, with at most one -1"));
+            }
+            let known: usize = shape.iter().filter(|&&d| d >= 0).map(|&d| d as usize).product();
+            let out: Vec<usize> = shape
+                .iter()
+                .map(|&d| if d == -1 { if known == 0 { 0 } else { n / known } } else { d as usize })
+                .collect();
+            if out.iter().product::<usize>() != n {
+                return Err(format!("cannot reshape {x:?} ({n} values) to {shape:?}"));
+            }
+            out
+        }
+        Op::Flatten { start_dim, end_dim } => {
+            if x.is_empty() {
+                return Ok(vec![1]);
+            }
+            let (a, b) = (dim(*start_dim, x.len())?, dim(*end_dim, x.len())?);
+            if a > b {
+                return Err(format!("start_dim {start_dim} comes after end_dim {end_dim}"));
+            }
+            let mut out = x[..a].to_vec();
+            out.push(x[a..=b].iter().product());
+            out.extend_from_slice(&x[b + 1..]);
+            out
+        }
+    })
+}
+
+/// The value of every input: from `file` (a safetensors file's tensors, by input name)
+/// when it has one, else from the program's `values` or `fill`. Tensors in the file
+/// that name no input are refused (a misspelt name would otherwise go unnoticed).
+pub fn resolve_inputs(program: &Program, file: Option<(&crate::models::mnist::ParamSet, &str)>) -> Result<Vec<HostTensor>> {
+    if let Some((set, origin)) = file {
+        if let Some(extra) = set.names().find(|n| program.input_index(n).is_none()) {
+            return Err(Error::Invalid(format!("{origin}: tensor '{extra}' is not an input of the program")));
+        }
+    }
+    program
+        .inputs
+        .iter()
+        .map(|d| {
+            let from_file = file.and_then(|(set, origin)| set.get(&d.name).map(|t| (t.clone(), origin.to_string())));
+            let (t, origin) = match (from_file, &d.values, d.fill) {
+                (Some(t), _, _) => t,
+                (None, Some(v), None) => {
+                    let t = values_to_tensor(v, &d.shape, d.allow_non_finite).map_err(|m| Error::Invalid(format!("input '{}': values: {m}", d.name)))?;
+                    (t, "the program".to_string())
+                }
+                (None, None, Some(f)) => (HostTensor::filled(&d.shape, f), "the program".to_string()),
+                (None, Some(_), Some(_)) => return Err(Error::Invalid(format!("input '{}': give \"values\" or \"fill\", not both", d.name))),
+                (None, None, None) => {
+                    return Err(Error::Invalid(format!(
+                        "input '{}' has no values: give \"values\" or \"fill\" in the program, or a tensor '{}' in --inputs",
+                        d.name, d.name
+                    )))
+                }
+            };
+            check_input_value(d, &t, &origin)?;
+            Ok(t)
+        })
+        .collect()
+}
+
+/// Class indices of a labels tensor, checked against the number of classes `c`.
+pub fn labels_of(t: &HostTensor, c: usize, what: &str) -> Result<Vec<usize>> {
+    t.data
+        .iter()
+        .map(|&v| {
+            if v >= 0.0 && v.fract() == 0.0 && (v as usize) < c {
+                Ok(v as usize)
+            } else {
+                Err(Error::Invalid(format!("{what}: label {v} is not a class index in 0..{c}")))
+            }
+        })
+        .collect()
+}

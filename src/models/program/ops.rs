@@ -1,0 +1,245 @@
+//! The ops a program may use, each with its real attributes. Names are stable: they are
+//! the `op` strings of the JSON format and the names reports use.
+
+use serde::{Deserialize, Serialize};
+
+fn one() -> usize {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn bn_momentum() -> f64 {
+    0.1
+}
+fn bn_eps() -> f64 {
+    1e-5
+}
+fn dim_one() -> i64 {
+    1
+}
+fn minus_one() -> i64 {
+    -1
+}
+
+/// How a loss reduces over the batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reduction {
+    #[default]
+    Mean,
+}
+
+/// One op and its attributes (PyTorch's names and defaults).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Op {
+    /// `torch.matmul` for 1-D and 2-D operands.
+    #[serde(rename = "matmul")]
+    MatMul {},
+    /// Element-wise with NumPy broadcasting.
+    Add {},
+    Sub {},
+    Mul {},
+    Neg {},
+    Sigmoid {},
+    Square {},
+    /// ATen's `clamp_min(x, 0)`: NaN and -0.0 pass through.
+    Relu {},
+    Tanh {},
+    Exp {},
+    Log {},
+    /// Sum of every entry: a 0-d result.
+    Sum {},
+    Mean {},
+    /// Over `[N, C, H, W]`: square `kernel`, `stride` (PyTorch's default: the kernel), zero
+    /// `padding` with -inf (at most half the kernel), floor mode.
+    MaxPool2d {
+        kernel: usize,
+        #[serde(default)]
+        stride: Option<usize>,
+        #[serde(default)]
+        padding: usize,
+    },
+    /// `conv2d(x, w[, b])`: x `[N, C, H, W]`, w `[O, C, k, k]`, b `[O]`.
+    Conv2d {
+        #[serde(default = "one")]
+        stride: usize,
+        #[serde(default)]
+        padding: usize,
+    },
+    /// `x · wᵀ (+ b)` for x `[N, in]`, w `[out, in]`, b `[out]`.
+    Linear {},
+    /// `batch_norm(x[, weight, bias][, running_mean, running_var])` over `[N, C(, H, W)]`:
+    /// training mode normalises with batch statistics (biased variance) and, when given,
+    /// updates the running statistics (unbiased variance) with `momentum`; eval mode uses
+    /// the running statistics.
+    BatchNorm {
+        #[serde(default = "yes")]
+        training: bool,
+        #[serde(default = "bn_momentum")]
+        momentum: f64,
+        #[serde(default = "bn_eps")]
+        eps: f64,
+    },
+    /// Over `dim` of a `[N, C]` tensor (1 or -1).
+    Softmax {
+        #[serde(default = "dim_one")]
+        dim: i64,
+    },
+    LogSoftmax {
+        #[serde(default = "dim_one")]
+        dim: i64,
+    },
+    /// `nll_loss(log_probs [N, C], labels [N])`, mean over the batch.
+    NllLoss {
+        #[serde(default)]
+        reduction: Reduction,
+    },
+    /// `cross_entropy(logits [N, C], labels [N])` = nll_loss(log_softmax(logits)).
+    CrossEntropy {
+        #[serde(default)]
+        reduction: Reduction,
+    },
+    /// `dropout(x, mask)`: `x · (mask / (1 - p))` in training mode, the identity in eval
+    /// mode. The 0/1 mask is an input, so every backend drops the same entries.
+    Dropout {
+        p: f64,
+        #[serde(default = "yes")]
+        training: bool,
+    },
+    /// To `shape`; one entry may be -1.
+    Reshape { shape: Vec<i64> },
+    /// Merges dimensions `start_dim..=end_dim`.
+    Flatten {
+        #[serde(default = "dim_one")]
+        start_dim: i64,
+        #[serde(default = "minus_one")]
+        end_dim: i64,
+    },
+}
+
+/// Which inputs of an op may be absent (`null` in the JSON).
+#[derive(Clone, Copy, Debug)]
+pub struct Arity {
+    pub min: usize,
+    pub max: usize,
+}
+
+impl Op {
+    /// Every op name, in the order the README lists them.
+    pub const NAMES: [&'static str; 24] = [
+        "matmul",
+        "add",
+        "sub",
+        "mul",
+        "neg",
+        "sigmoid",
+        "square",
+        "relu",
+        "tanh",
+        "exp",
+        "log",
+        "sum",
+        "mean",
+        "max_pool2d",
+        "conv2d",
+        "linear",
+        "batch_norm",
+        "softmax",
+        "log_softmax",
+        "nll_loss",
+        "cross_entropy",
+        "dropout",
+        "reshape",
+        "flatten",
+    ];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::MatMul {} => "matmul",
+            Op::Add {} => "add",
+            Op::Sub {} => "sub",
+            Op::Mul {} => "mul",
+            Op::Neg {} => "neg",
+            Op::Sigmoid {} => "sigmoid",
+            Op::Square {} => "square",
+            Op::Relu {} => "relu",
+            Op::Tanh {} => "tanh",
+            Op::Exp {} => "exp",
+            Op::Log {} => "log",
+            Op::Sum {} => "sum",
+            Op::Mean {} => "mean",
+            Op::MaxPool2d { .. } => "max_pool2d",
+            Op::Conv2d { .. } => "conv2d",
+            Op::Linear {} => "linear",
+            Op::BatchNorm { .. } => "batch_norm",
+            Op::Softmax { .. } => "softmax",
+            Op::LogSoftmax { .. } => "log_softmax",
+            Op::NllLoss { .. } => "nll_loss",
+            Op::CrossEntropy { .. } => "cross_entropy",
+            Op::Dropout { .. } => "dropout",
+            Op::Reshape { .. } => "reshape",
+            Op::Flatten { .. } => "flatten",
+        }
+    }
+
+    /// The op with its default attributes, for names that need none or have defaults.
+    pub fn parse_name(name: &str) -> Option<Op> {
+        let v = serde_json::json!({ "op": name });
+        serde_json::from_value(v).ok().or_else(|| match name {
+            "max_pool2d" => Some(Op::MaxPool2d { kernel: 2, stride: None, padding: 0 }),
+            "dropout" => Some(Op::Dropout { p: 0.5, training: true }),
+            _ => None,
+        })
+    }
+
+    pub fn arity(&self) -> Arity {
+        let (min, max) = match self {
+            Op::MatMul {} | Op::Add {} | Op::Sub {} | Op::Mul {} => (2, 2),
+            Op::NllLoss { .. } | Op::CrossEntropy { .. } | Op::Dropout { .. } => (2, 2),
+            Op::Conv2d { .. } | Op::Linear {} => (2, 3),
+            Op::BatchNorm { .. } => (1, 5),
+            _ => (1, 1),
+        };
+        Arity { min, max }
+    }
+
+    /// Inputs that must be given (not `null`) when present at all.
+    pub fn required(&self, position: usize) -> bool {
+        match self {
+            Op::Conv2d { .. } | Op::Linear {} => position < 2,
+            Op::BatchNorm { .. } => position == 0,
+            _ => true,
+        }
+    }
+
+    /// Inputs read as class indices (labels) rather than floats.
+    pub fn takes_index(&self, position: usize) -> bool {
+        matches!(self, Op::NllLoss { .. } | Op::CrossEntropy { .. }) && position == 1
+    }
+
+    /// Inputs the op reads as state and never differentiates (running statistics, masks).
+    pub fn takes_state(&self, position: usize) -> bool {
+        match self {
+            Op::BatchNorm { .. } => position >= 3,
+            Op::Dropout { .. } => position == 1,
+            _ => false,
+        }
+    }
+
+    /// The same op in evaluation mode (dropout off, batch norm on running statistics).
+    pub fn in_eval_mode(&self) -> Op {
+        match self.clone() {
+            Op::BatchNorm { momentum, eps, .. } => Op::BatchNorm { training: false, momentum, eps },
+            Op::Dropout { p, .. } => Op::Dropout { p, training: false },
+            other => other,
+        }
+    }
+
+    /// Ops whose gradient is not smooth everywhere (ties, kinks): finite differences
+    /// are only meaningful away from those points.
+    pub fn has_kinks(&self) -> bool {
+        matches!(self, Op::Relu {} | Op::MaxPool2d { .. })
+    }
+}

@@ -1,0 +1,403 @@
+//! `parity-report run FILE`: a user's program on every backend. Every output, the loss
+//! and every gradient compared pairwise; when backends disagree, the odd one out and
+//! the nodes that disagree when each node is run alone on the reference's values of its
+//! inputs.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::grads::{grad_tolerance, MODEL_SCALE_FLOOR};
+use super::lockstep::{backend, BackendOptions};
+use super::{backend_pairs, pair_name, TOOL_VERSION};
+use crate::backends::{BackendKind, Request};
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::host::HostTensor;
+use crate::models::program::{check, Output as ProgramOutput};
+use crate::models::rng::SplitMix64;
+use crate::models::{InputDecl, Program, Role, ValueType};
+use crate::parity::{compare, compare_floored, largest_magnitude, max_nan, odd_one_out, worst_scaled_over, TensorDiff, Tolerance};
+
+pub struct RunOptions {
+    pub program: Program,
+    /// Where the program came from (its file), for the report.
+    pub origin: String,
+    pub inputs: Vec<HostTensor>,
+    pub dtype: DType,
+    pub backends: Vec<BackendKind>,
+    pub backend_options: BackendOptions,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSettings {
+    pub program: String,
+    pub dtype: DType,
+    pub backends: Vec<BackendKind>,
+    pub backend_options: BackendOptions,
+    /// Agreement: max |a - b| <= this × max |b| for every compared value.
+    pub scaled_tolerance: f64,
+}
+
+/// What one backend returned, or why it could not.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendRun {
+    pub ok: bool,
+    /// The backend's refusal or failure, word for word.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Output values by name.
+    pub outputs: BTreeMap<String, HostTensor>,
+    /// Gradients by input name.
+    pub grads: BTreeMap<String, HostTensor>,
+}
+
+/// One value compared between every pair of backends that ran.
+#[derive(Clone, Debug, Serialize)]
+pub struct Compared {
+    /// `loss`, `output:<name>` or `grad:<input>`.
+    pub item: String,
+    pub pairs: BTreeMap<String, TensorDiff>,
+}
+
+/// A node run alone on every backend, on the reference's values of its inputs, with a
+/// fixed pseudo-random cotangent.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeCheck {
+    pub node: String,
+    pub op: String,
+    /// Per pair, the worst scaled difference of the node's output.
+    pub output_scaled: BTreeMap<String, f64>,
+    /// Per pair, the worst scaled difference of the gradients of its inputs.
+    pub grad_scaled: BTreeMap<String, f64>,
+    /// Backends that refused the node alone, with their message.
+    pub refused: BTreeMap<String, String>,
+    pub agree: bool,
+    /// For a node that disagrees: every backend's input gradients against central
+    /// finite differences of the node in f64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finite_differences: Option<FdCheck>,
+}
+
+/// Gradients of a node against central finite differences (the oracle that needs no
+/// framework).
+#[derive(Clone, Debug, Serialize)]
+pub struct FdCheck {
+    /// Why no finite differences were taken (a kink or tie within the step, too many
+    /// entries), when none were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+    /// Per backend: max |analytic - numeric| / max |numeric|.
+    pub scaled: BTreeMap<String, f64>,
+    /// Backends within the finite-difference tolerance.
+    pub agree: Vec<BackendKind>,
+    pub disagree: Vec<BackendKind>,
+    pub tolerance: f64,
+}
+
+/// Finite differences are taken on nodes with at most this many input entries.
+pub const FD_MAX_ENTRIES: usize = 4096;
+/// The relative step of the central differences.
+const FD_STEP: f64 = 1e-6;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunDiagnosis {
+    pub failing_pairs: Vec<String>,
+    /// The backend that disagrees with every other while they agree.
+    pub odd_one_out: Option<BackendKind>,
+    /// The backend whose forward values fed the node checks.
+    pub values_from: BackendKind,
+    pub nodes: Vec<NodeCheck>,
+    /// The nodes that disagree alone (forward order), and their ops.
+    pub culprits: Vec<String>,
+    pub culprit_ops: Vec<String>,
+    /// The backends at fault: the odd one out, or those that finite differences
+    /// contradict on a culprit node while another backend matches them.
+    pub at_fault: Vec<BackendKind>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunStudy {
+    pub study: &'static str,
+    pub tool_version: &'static str,
+    pub settings: RunSettings,
+    pub backends: BTreeMap<BackendKind, BackendRun>,
+    pub compared: Vec<Compared>,
+    /// Per pair, the worst scaled difference over everything compared.
+    pub worst_scaled: BTreeMap<String, f64>,
+    pub agree: bool,
+    /// Some backend refused or failed (a result, reported; exit code 3).
+    pub backend_failed: bool,
+    pub diagnosis: Option<RunDiagnosis>,
+}
+
+/// Runs the program on every backend and compares.
+pub fn run(opts: &RunOptions) -> Result<RunStudy> {
+    let checked = check(&opts.program)?;
+    let dtype = opts.dtype;
+    let tol = grad_tolerance(dtype);
+    let inputs: Vec<HostTensor> = opts.inputs.iter().map(|t| t.rounded(dtype)).collect();
+    let output_names: Vec<String> = opts.program.outputs.iter().map(|o| o.value.clone()).collect();
+    let mut backends = BTreeMap::new();
+    for &kind in &opts.backends {
+        let result = backend(kind, opts.backend_options).and_then(|be| {
+            let mut exec = be.executor(&opts.program, &inputs, dtype)?;
+            exec.run(Request { backward: true, host_grads: true, ..Request::default() })
+        });
+        backends.insert(
+            kind,
+            match result {
+                Ok(o) => BackendRun {
+                    ok: true,
+                    error: None,
+                    loss: o.loss,
+                    outputs: output_names.iter().cloned().zip(o.values).collect(),
+                    grads: opts.program.inputs.iter().zip(o.grads).filter_map(|(d, g)| g.map(|g| (d.name.clone(), g))).collect(),
+                },
+                Err(e) => BackendRun { ok: false, error: Some(e.to_string()), loss: None, outputs: BTreeMap::new(), grads: BTreeMap::new() },
+            },
+        );
+    }
+    let ran: Vec<BackendKind> = backends.iter().filter(|(_, r)| r.ok).map(|(k, _)| *k).collect();
+    let mut compared = Vec::new();
+    let mut worst_scaled: BTreeMap<String, f64> = BTreeMap::new();
+    let close = Tolerance::torch_default(dtype);
+    let mut add = |item: String, pairs: BTreeMap<String, TensorDiff>, worst: &mut BTreeMap<String, f64>| {
+        for (p, d) in &pairs {
+            let w = worst.entry(p.clone()).or_insert(0.0);
+            *w = max_nan(*w, if d.non_finite { f64::NAN } else { d.scaled });
+        }
+        compared.push(Compared { item, pairs });
+    };
+    let pairs = backend_pairs(&ran);
+    if checked.loss.is_some() {
+        let mut per = BTreeMap::new();
+        for &(a, b) in &pairs {
+            let (la, lb) = (backends[&a].loss.unwrap_or(f64::NAN), backends[&b].loss.unwrap_or(f64::NAN));
+            per.insert(pair_name(a, b), compare(&HostTensor::scalar(la), &HostTensor::scalar(lb), dtype, close)?);
+        }
+        add("loss".into(), per, &mut worst_scaled);
+    }
+    for name in &output_names {
+        let mut per = BTreeMap::new();
+        for &(a, b) in &pairs {
+            per.insert(pair_name(a, b), compare(&backends[&a].outputs[name], &backends[&b].outputs[name], dtype, close)?);
+        }
+        add(format!("output:{name}"), per, &mut worst_scaled);
+    }
+    for (_, d) in opts.program.grad_inputs() {
+        let mut per = BTreeMap::new();
+        for &(a, b) in &pairs {
+            let scale_b = largest_magnitude(backends[&b].grads.values());
+            per.insert(pair_name(a, b), compare_floored(&backends[&a].grads[&d.name], &backends[&b].grads[&d.name], dtype, scale_b, MODEL_SCALE_FLOOR)?);
+        }
+        add(format!("grad:{}", d.name), per, &mut worst_scaled);
+    }
+    let ok = |v: f64| v <= tol;
+    let agree = worst_scaled.values().all(|&v| ok(v));
+    let backend_failed = ran.len() < opts.backends.len();
+    let diagnosis = if agree || ran.len() < 2 {
+        None
+    } else {
+        let failing_pairs: Vec<String> = worst_scaled.iter().filter(|(_, v)| !ok(**v)).map(|(p, _)| p.clone()).collect();
+        let names: Vec<&str> = ran.iter().map(|k| k.name()).collect();
+        let odd = odd_one_out(&names, |a, b| failing_pairs.iter().any(|p| p == &format!("{a}-{b}") || p == &format!("{b}-{a}")))
+            .map(|n| n.parse::<BackendKind>().expect("a backend name"));
+        // The node checks read the forward values of a backend that is not the odd one.
+        let values_from = BackendKind::reference_among(&ran.iter().copied().filter(|k| Some(*k) != odd).collect::<Vec<_>>()).expect("two backends ran");
+        let nodes = node_checks(opts, &inputs, &ran, values_from, tol)?;
+        let culprits: Vec<&NodeCheck> = nodes.iter().filter(|n| !n.agree).collect();
+        let mut culprit_ops: Vec<String> = culprits.iter().map(|n| n.op.clone()).collect();
+        culprit_ops.dedup();
+        let mut at_fault: Vec<BackendKind> = odd.into_iter().collect();
+        for n in &culprits {
+            if let Some(fd) = &n.finite_differences {
+                if !fd.agree.is_empty() {
+                    at_fault.extend(fd.disagree.iter().copied());
+                }
+            }
+        }
+        at_fault.sort();
+        at_fault.dedup();
+        Some(RunDiagnosis {
+            failing_pairs,
+            odd_one_out: odd,
+            values_from,
+            culprits: culprits.iter().map(|n| n.node.clone()).collect(),
+            culprit_ops,
+            nodes,
+            at_fault,
+        })
+    };
+    Ok(RunStudy {
+        study: "run",
+        tool_version: TOOL_VERSION,
+        settings: RunSettings { program: opts.origin.clone(), dtype, backends: opts.backends.clone(), backend_options: opts.backend_options, scaled_tolerance: tol },
+        backends,
+        compared,
+        worst_scaled,
+        agree,
+        backend_failed,
+        diagnosis,
+    })
+}
+
+/// Every node alone: its inputs are the values `source` computed for them (float values
+/// as trainable inputs, labels and state as they are), its output is weighted by a fixed
+/// pseudo-random cotangent, and every backend's output and input gradients are compared.
+fn node_checks(opts: &RunOptions, inputs: &[HostTensor], kinds: &[BackendKind], source: BackendKind, tol: f64) -> Result<Vec<NodeCheck>> {
+    let dtype = opts.dtype;
+    let program = &opts.program;
+    let checked = check(program)?;
+    let mut exec = backend(source, opts.backend_options)?.executor(program, inputs, dtype)?;
+    let values: Vec<HostTensor> = inputs.iter().cloned().chain(exec.run(Request { all_values: true, ..Request::default() })?.values).collect();
+    let mut out = Vec::new();
+    for (k, node) in program.nodes.iter().enumerate() {
+        let mut single = Program::default();
+        let mut feed = Vec::new();
+        let mut args = Vec::new();
+        for (pos, arg) in checked.args[k].iter().enumerate() {
+            let Some(v) = arg else {
+                args.push(None);
+                continue;
+            };
+            let name = format!("in{pos}");
+            let mut d = InputDecl::new(&name, &values[*v].shape, Role::Param);
+            if *v < program.inputs.len() {
+                let orig = &program.inputs[*v];
+                d.value_type = orig.value_type;
+                if orig.value_type == ValueType::Index || orig.role == Role::State {
+                    d.role = if orig.role == Role::State { Role::State } else { Role::Input };
+                }
+            }
+            d.allow_non_finite = true;
+            args.push(Some(single.declare(d)));
+            feed.push(values[*v].clone());
+        }
+        let refs: Vec<Option<&crate::models::ValueId>> = args.iter().map(Option::as_ref).collect();
+        let y = single.node(&node.id, node.op.clone(), &refs);
+        let shape = &checked.shapes[program.inputs.len() + k];
+        let mut rng = SplitMix64::new(k as u64 + 1);
+        let n: usize = shape.iter().product();
+        let cot: Vec<f64> = (0..n).map(|_| dtype.round(rng.uniform(-1.0, 1.0))).collect();
+        single.outputs.push(ProgramOutput { value: y.0.clone(), cotangent: Some(serde_json::json!(cot)) });
+        let mut results = BTreeMap::new();
+        let mut refused = BTreeMap::new();
+        for &kind in kinds {
+            let r = backend(kind, opts.backend_options).and_then(|be| {
+                let mut e = be.executor(&single, &feed, dtype)?;
+                e.run(Request { backward: true, host_grads: true, ..Request::default() })
+            });
+            match r {
+                Ok(o) => {
+                    results.insert(kind, o);
+                }
+                Err(e) => {
+                    refused.insert(kind.name().to_string(), e.to_string());
+                }
+            }
+        }
+        let mut output_scaled = BTreeMap::new();
+        let mut grad_scaled = BTreeMap::new();
+        let ran: Vec<BackendKind> = results.keys().copied().collect();
+        for (a, b) in backend_pairs(&ran) {
+            let (oa, ob) = (&results[&a], &results[&b]);
+            output_scaled.insert(pair_name(a, b), worst_scaled_over(&oa.values, &ob.values, dtype)?);
+            let ga: Vec<HostTensor> = oa.grads.iter().flatten().cloned().collect();
+            let gb: Vec<HostTensor> = ob.grads.iter().flatten().cloned().collect();
+            grad_scaled.insert(pair_name(a, b), worst_scaled_over(&ga, &gb, dtype)?);
+        }
+        let agree = refused.is_empty() && output_scaled.values().chain(grad_scaled.values()).all(|&v| v <= tol);
+        let finite_differences = if agree { None } else { Some(finite_differences(opts, &single, &feed, source, &results)?) };
+        out.push(NodeCheck { node: node.id.clone(), op: node.op.name().to_string(), output_scaled, grad_scaled, refused, agree, finite_differences });
+    }
+    Ok(out)
+}
+
+/// Why finite differences would only measure noise at these inputs, if they would: a
+/// kink (ReLU at 0) or a tie (two equal candidates of a max) within a few steps.
+fn fd_obstacle(op: &crate::models::Op, feed: &[HostTensor]) -> Option<String> {
+    use crate::models::Op;
+    let x = feed.first()?;
+    let near = |a: f64, b: f64| (a - b).abs() <= 4.0 * FD_STEP * a.abs().max(b.abs()).max(1.0);
+    match op {
+        Op::Relu {} if x.data.iter().any(|&v| near(v, 0.0)) => Some("an input within the step of ReLU's kink at 0".into()),
+        Op::MaxPool2d { kernel, stride, padding } => {
+            let (k, st, p) = (*kernel, stride.unwrap_or(*kernel), *padding);
+            let (planes, h, w) = (x.shape[0] * x.shape[1], x.shape[2], x.shape[3]);
+            let (oh, ow) = ((h + 2 * p - k) / st + 1, (w + 2 * p - k) / st + 1);
+            for plane in 0..planes {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let window: Vec<f64> = (0..k * k)
+                            .filter_map(|t| {
+                                let (y, xx) = ((oy * st + t / k) as isize - p as isize, (ox * st + t % k) as isize - p as isize);
+                                (y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < w).then(|| x.data[plane * h * w + y as usize * w + xx as usize])
+                            })
+                            .collect();
+                        let max = window.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        if window.iter().filter(|&&v| near(v, max)).count() > 1 {
+                            return Some(format!("a tie for the maximum of a window (plane {plane}, output {oy},{ox})"));
+                        }
+                    }
+                }
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Each backend's input gradients of the node alone against central differences of the
+/// node's scalar (`Σ output ⊙ cotangent`) computed in f64 with `source`'s forward.
+fn finite_differences(opts: &RunOptions, single: &Program, feed: &[HostTensor], source: BackendKind, results: &BTreeMap<BackendKind, crate::backends::Outcome>) -> Result<FdCheck> {
+    let tolerance = match opts.dtype {
+        DType::F64 => 1e-5,
+        DType::F32 => 1e-2,
+    };
+    let mut check = FdCheck { skipped: None, scaled: BTreeMap::new(), agree: vec![], disagree: vec![], tolerance };
+    let entries: usize = single.grad_inputs().map(|(i, _)| feed[i].len()).sum();
+    if entries > FD_MAX_ENTRIES {
+        check.skipped = Some(format!("{entries} input entries (finite differences are taken up to {FD_MAX_ENTRIES})"));
+        return Ok(check);
+    }
+    if let Some(why) = fd_obstacle(&single.nodes[0].op, feed) {
+        check.skipped = Some(why);
+        return Ok(check);
+    }
+    let exec = std::cell::RefCell::new(backend(source, opts.backend_options)?.executor(single, feed, DType::F64)?);
+    let failed = std::cell::Cell::new(None::<String>);
+    let f = |xs: &[HostTensor]| -> f64 {
+        let mut e = exec.borrow_mut();
+        let r = xs.iter().enumerate().try_for_each(|(i, t)| e.set_input(i, t)).and_then(|()| e.run(Request { backward: false, ..Request::default() }));
+        match r {
+            // Without a loss the scalar is Σ output ⊙ cotangent.
+            Ok(o) => o.values.iter().zip(&single.outputs).map(|(v, out)| {
+                let cot = crate::models::program::values_to_tensor(out.cotangent.as_ref().expect("node checks have cotangents"), &v.shape, true).expect("checked");
+                v.data.iter().zip(&cot.data).map(|(a, b)| a * b).sum::<f64>()
+            }).sum(),
+            Err(e) => {
+                failed.set(Some(e.to_string()));
+                f64::NAN
+            }
+        }
+    };
+    let numeric: Vec<HostTensor> = single.grad_inputs().map(|(i, _)| crate::parity::numeric_gradient(&f, feed, i, FD_STEP)).collect();
+    if let Some(e) = failed.take() {
+        check.skipped = Some(format!("{source} failed while taking finite differences: {e}"));
+        return Ok(check);
+    }
+    for (kind, o) in results {
+        let analytic: Vec<HostTensor> = o.grads.iter().flatten().cloned().collect();
+        let w = worst_scaled_over(&analytic, &numeric, DType::F64)?;
+        check.scaled.insert(kind.name().to_string(), w);
+        if w <= tolerance {
+            check.agree.push(*kind);
+        } else {
+            check.disagree.push(*kind);
+        }
+    }
+    Ok(check)
+}
