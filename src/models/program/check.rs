@@ -143,6 +143,9 @@ pub fn values_to_tensor(v: &serde_json::Value, shape: &[usize], allow_non_finite
         Ok(())
     }
     walk(v, &mut flat)?;
+    if v.is_number() {
+        flat = vec![flat[0]; n];
+    }
     if flat.len() != n {
         return Err(format!("{} values given; shape {shape:?} holds {n}", flat.len()));
     }

@@ -12,7 +12,7 @@
 
 use std::arch::x86_64::*;
 
-use super::simd::{lane_plan, lanes};
+use super::unfold::simd::{lane_plan, lanes};
 use super::Geometry;
 
 /// Output channels per register block of the forward kernel.
