@@ -226,3 +226,10 @@ fn a_file_that_is_not_a_program_of_this_version_is_refused() {
     refused(&json!({"nodes": []}), &[], &["missing field"]);
     refused(&json!([1, 2]), &[], &["bad.json"]);
 }
+
+#[test]
+fn flags_that_do_not_apply_to_run_are_refused() {
+    let p = base(json!([{"id": "loss", "op": "sum", "inputs": ["x"]}]));
+    refused(&p, &["--rtol", "1e-3"], &["--rtol/--atol do not apply to run"]);
+    refused(&p, &["--backends", "engine"], &["needs at least two"]);
+}

@@ -652,6 +652,12 @@ fn run_bench(args: &BenchArgs) -> Result<()> {
 /// refused or failed (its message is in the report), 2 (from the caller) on bad input.
 fn run_program(args: &RunArgs) -> Result<u8> {
     let c = &args.common;
+    anyhow::ensure!(
+        c.rtol.is_none() && c.atol.is_none(),
+        "--rtol/--atol do not apply to run: it judges every value by max|a-b| <= 1e-10·max|b| (f64) or 1e-3·max|b| (f32)"
+    );
+    let backends = c.backends()?;
+    anyhow::ensure!(backends.len() >= 2, "--backends: run compares backends, so it needs at least two (got {})", backends.len());
     let path = &args.file;
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
     let program = Program::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -667,7 +673,7 @@ fn run_program(args: &RunArgs) -> Result<u8> {
         origin: path.display().to_string(),
         inputs,
         dtype,
-        backends: c.backends()?,
+        backends,
         backend_options: BackendOptions { candle_maxpool: args.candle_maxpool },
     };
     let result = study::run::run(&opts)?;

@@ -135,9 +135,18 @@ impl<F: Float> EngineExecutor<F> {
 impl<F: Float> EngineExecutor<F> {
     /// Records every node; returns the scalar to differentiate.
     fn record(&mut self, g: &mut Graph<F>, vars: &mut Vec<Option<Var>>, req: Request) -> Result<Option<Var>> {
-        let nodes = self.program.nodes.clone();
+        // The nodes are lent out of the program for the walk (the ops need `self`
+        // mutably for the running statistics) and always put back.
+        let nodes = std::mem::take(&mut self.program.nodes);
+        let result = self.record_nodes(&nodes, g, vars, req);
+        self.program.nodes = nodes;
+        result
+    }
+
+    fn record_nodes(&mut self, nodes: &[crate::models::Node], g: &mut Graph<F>, vars: &mut Vec<Option<Var>>, req: Request) -> Result<Option<Var>> {
         for (k, node) in nodes.iter().enumerate() {
             let args = &self.checked.args[k];
+            // An op is a few numbers (a reshape's shape aside): cheap to copy.
             let op = if req.eval { node.op.in_eval_mode() } else { node.op.clone() };
             let a = |i: usize| args.get(i).copied().flatten().map(|v| vars[v].expect("float value"));
             let x = a(0).expect("checked");
