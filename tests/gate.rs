@@ -141,3 +141,42 @@ fn faults_are_off_by_default_and_scoped_to_their_guard() {
     }
     assert!(!faults::on(Fault::BreadthFirstOrder));
 }
+
+#[test]
+fn an_emptied_or_partial_baseline_fails_the_gate() {
+    let c = clean();
+    // One model's metrics deleted from the baseline: the suite still computes them.
+    let mut partial = c.baseline.clone();
+    let before = partial.metrics.len();
+    partial.metrics.retain(|m| m.case != "MLP_BatchNorm");
+    assert!(partial.metrics.len() < before);
+    let r = evaluate(&partial, &current(), &c.cfg.backends);
+    assert!(!r.passed);
+    assert_eq!(r.regressions.len(), before - partial.metrics.len());
+    assert!(r.regressions.iter().all(|g| g.reason == "not in the baseline" && g.location.contains("MLP_BatchNorm")), "{:?}", r.regressions);
+    let mut empty = c.baseline.clone();
+    empty.metrics.clear();
+    assert!(empty.validate().unwrap_err().contains("no metrics"));
+    assert!(!evaluate(&empty, &current(), &c.cfg.backends).passed);
+}
+
+#[test]
+fn a_mangled_baseline_is_refused_with_how_to_fix_it() {
+    let c = clean();
+    assert_eq!(c.baseline.validate(), Ok(()));
+    let refuses = |edit: &dyn Fn(&mut Baseline), needle: &str| {
+        let mut b = c.baseline.clone();
+        edit(&mut b);
+        let e = b.validate().unwrap_err();
+        assert!(e.contains(needle) && e.contains("restore the committed baseline"), "{e}");
+    };
+    refuses(&|b| b.slack.factor = -10.0, "slack factor -10");
+    refuses(&|b| b.slack.factor = 1e9, "outside [1, 1000]");
+    refuses(&|b| b.slack.floor_f64 = 0.0, "floor_f64 0");
+    refuses(&|b| b.metrics[3].value = -1e-9, "a difference is finite and at least 0");
+    refuses(&|b| b.suite_version = 0, "suite version 0");
+    refuses(&|b| {
+        let m = b.metrics[0].clone();
+        b.metrics.push(m)
+    }, "listed twice");
+}

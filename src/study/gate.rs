@@ -36,8 +36,16 @@ impl Slack {
     }
 }
 
+/// The version of what the quick suite measures. A baseline made by another version
+/// compares different things and is refused; raise it whenever the suite's checks,
+/// cases or metric definitions change.
+pub const SUITE_VERSION: u32 = 1;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Baseline {
+    /// `SUITE_VERSION` of the suite that made it (0: older than versioned baselines).
+    #[serde(default)]
+    pub suite_version: u32,
     pub tool_version: String,
     /// How the metrics are measured, in words.
     pub rule: String,
@@ -49,19 +57,60 @@ pub struct Baseline {
 pub const RULE: &str = "Per backend pair (a, b): loss traces as max |a-b|/|b| over steps; gradients and parameters as \
      max |a-b| / max |b| over the compared tensors (a model's step-0 gradients with a floor of 1/100 of its largest \
      gradient entry). The gate fails where a metric exceeds max(baseline × factor, floor of its dtype), is NaN or \
-     infinite, or is missing, or where a baseline backend did not run.";
+     infinite, or is missing, where the suite computes a metric the baseline lacks, or where a baseline \
+     backend did not run.";
 
 impl Baseline {
     pub fn new(backends: Vec<BackendKind>, metrics: Vec<Metric>) -> Result<Self> {
         if let Some(m) = metrics.iter().find(|m| !m.value.is_finite()) {
             return Err(Error::Invalid(format!("refusing to write a baseline with a non-finite metric: {} = {}", m.location(), m.value)));
         }
-        Ok(Baseline { tool_version: TOOL_VERSION.into(), rule: RULE.into(), slack: Slack::default(), backends, metrics })
+        Ok(Baseline { suite_version: SUITE_VERSION, tool_version: TOOL_VERSION.into(), rule: RULE.into(), slack: Slack::default(), backends, metrics })
     }
 
+    /// Reads a baseline for the gate; see `validate` for what is refused.
     pub fn read(path: &Path) -> Result<Self> {
+        let b = Self::read_unchecked(path)?;
+        b.validate().map_err(|m| Error::file(path, m))?;
+        Ok(b)
+    }
+
+    /// Reads a baseline without judging it (the old one that `--update-baseline` replaces).
+    pub fn read_unchecked(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not a baseline file ({e}); regenerate it with `parity-report check --update-baseline`")))
+        serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not a baseline file ({e}); restore it from git (`git checkout -- {}`)", path.display())))
+    }
+
+    /// Everything that would let a regression through unseen: an empty baseline, one
+    /// made by another suite version, a slack outside its sane range, a value that no
+    /// run can produce (negative, NaN, infinite), a metric listed twice.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let restore = "restore the committed baseline from git, or, after reviewing why, make a new one with `parity-report check --update-baseline`";
+        if self.suite_version != SUITE_VERSION {
+            return Err(format!("made by suite version {} but this build's suite is version {SUITE_VERSION}: it measures other things; {restore}", self.suite_version));
+        }
+        if self.metrics.is_empty() || self.backends.is_empty() {
+            return Err(format!("holds no metrics or no backends, so it would pass anything; {restore}"));
+        }
+        let s = self.slack;
+        if !(s.factor.is_finite() && (1.0..=1000.0).contains(&s.factor)) {
+            return Err(format!("slack factor {} is outside [1, 1000] (below 1 invents regressions, above 1000 hides them); {restore}", s.factor));
+        }
+        for (name, floor) in [("floor_f32", s.floor_f32), ("floor_f64", s.floor_f64)] {
+            if !(floor.is_finite() && floor > 0.0 && floor <= 1e-2) {
+                return Err(format!("slack {name} {floor} is outside (0, 1e-2]; {restore}"));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for m in &self.metrics {
+            if !(m.value.is_finite() && m.value >= 0.0) {
+                return Err(format!("metric {} has value {}: a difference is finite and at least 0; {restore}", m.location(), m.value));
+            }
+            if !seen.insert(m.key()) {
+                return Err(format!("metric {} is listed twice; {restore}", m.location()));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -86,7 +135,8 @@ pub struct GateReport {
     pub regressions: Vec<Regression>,
     /// Metrics better than baseline by more than the slack factor (worth an update).
     pub improved: usize,
-    /// Metrics the baseline does not know.
+    /// Metrics the baseline does not know (each one between baseline backends is also a
+    /// regression).
     pub new_metrics: usize,
 }
 
@@ -141,8 +191,26 @@ pub fn evaluate(baseline: &Baseline, current: &[Metric], ran: &[BackendKind]) ->
             improved += 1;
         }
     }
+    // A metric the suite computes between baseline backends that the baseline lacks is
+    // a hole a regression could pass through (a partly deleted baseline): it fails.
     let known: std::collections::BTreeSet<_> = baseline.metrics.iter().map(Metric::key).collect();
-    let new_metrics = current.iter().filter(|m| !known.contains(&m.key())).count();
+    let in_baseline_pairs = |m: &Metric| m.pair.split('-').all(|k| baseline.backends.iter().any(|b| b.name() == k));
+    let mut new_metrics = 0;
+    for m in current.iter().filter(|m| !known.contains(&m.key())) {
+        new_metrics += 1;
+        if in_baseline_pairs(m) {
+            regressions.push(Regression {
+                location: m.location(),
+                reason: "not in the baseline",
+                baseline: None,
+                current: Some(m.value),
+                allowed: None,
+                step: m.step,
+                site: m.site.clone(),
+                check: m.check.clone(),
+            });
+        }
+    }
     GateReport { passed: regressions.is_empty(), compared, regressions, improved, new_metrics }
 }
 

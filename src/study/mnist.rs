@@ -101,6 +101,10 @@ pub struct ModelRun {
     /// Per backend pair: the loss trajectories compared step by step.
     pub trajectory: BTreeMap<String, TraceDiff>,
     pub resync: Option<ResyncResult>,
+    /// Every re-synchronised step's gradients agree between every pair, and every loss
+    /// and accuracy is finite. (Free-running f32 trajectories part after a few hundred
+    /// steps from one-ulp differences, so they are reported, not judged.)
+    pub agree: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -110,6 +114,8 @@ pub struct MnistStudy {
     pub settings: MnistSettings,
     pub reference: BackendKind,
     pub models: BTreeMap<String, ModelRun>,
+    /// Every model agrees (see `ModelRun::agree`).
+    pub agree: bool,
 }
 
 /// Progress of a long run, for a progress bar: (model, backend, done, total).
@@ -140,7 +146,11 @@ pub fn run(data: &Dataset, opts: &MnistOptions, progress: Progress) -> Result<Mn
         for (a, b) in backend_pairs(&opts.backends) {
             trajectory.insert(pair_name(a, b), compare_traces(&backends[&a].step_loss, &backends[&b].step_loss, tol));
         }
-        models.insert(spec.name.clone(), ModelRun { backends, trajectory, resync });
+        let finite = backends.values().all(|b: &BackendTraining| {
+            b.step_loss.iter().all(|v| v.is_finite()) && b.epochs.iter().all(|e| e.test_accuracy.is_finite() && e.test_loss_mean.is_finite())
+        });
+        let resync_agrees = resync.as_ref().is_none_or(|r| r.first_grad_disagreement.values().all(Option::is_none) && r.grad_scaled.values().flatten().all(|v| v.is_finite()));
+        models.insert(spec.name.clone(), ModelRun { backends, trajectory, resync, agree: finite && resync_agrees });
     }
     Ok(MnistStudy {
         study: "mnist",
@@ -163,6 +173,7 @@ pub fn run(data: &Dataset, opts: &MnistOptions, progress: Progress) -> Result<Mn
             tolerance: tol,
         },
         reference,
+        agree: models.values().all(|m| m.agree),
         models,
     })
 }
