@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Element type of a run. Every backend computes natively in this type; values cross
 /// between backends as `f64`, which holds every `f32` exactly.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
     F32,

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 pub enum Error {
     #[error("shape error: {0}")]
     Shape(String),
-    #[error("invalid input: {0}")]
+    /// Bad input; the message names the flag, file or node and what was expected.
+    #[error("{0}")]
     Invalid(String),
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
@@ -14,12 +15,10 @@ pub enum Error {
     Backend { backend: String, message: String },
     #[error("backend '{0}' is not in this build: {1}")]
     Unavailable(String, String),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The io error is part of the message, not a `source`, so that `{:#}` chains do not
+    /// print it twice.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -30,7 +29,7 @@ impl Error {
     }
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io { path: path.into(), error: source }
     }
 
     pub fn backend(backend: impl Into<String>, message: impl std::fmt::Display) -> Self {

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 
 /// A dense row-major tensor of `f64` values. An `f32` run stores its `f32` values here
 /// widened to `f64`, which is exact, so narrowing back gives the very same bits.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HostTensor {
     pub shape: Vec<usize>,
     pub data: Vec<f64>,

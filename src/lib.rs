@@ -9,6 +9,7 @@
 //! - [`parity`]: comparison metrics, tolerances, trace diffs, verdicts.
 //! - [`report`]: JSON, Markdown and SVG output.
 //! - [`study`]: the studies that tie them together (what `parity-report` runs).
+//! - [`paths`]: where the shipped data and baseline are found at run time.
 
 pub mod backends;
 pub mod data;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod host;
 pub mod models;
 pub mod parity;
+pub mod paths;
 pub mod report;
 pub mod study;
 

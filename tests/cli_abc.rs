@@ -21,12 +21,13 @@ fn writes_the_report_and_json_with_every_built_backend() {
     let dir = temp_dir("report");
     let out = parity_report(&["abc", "--dtype", "f64", "--json", "-", "--out", dir.to_str().unwrap()]);
     let v = json_of(&out);
+    let set = dir.join("abc");
     for name in ["abc.md", "abc.json", "abc_loss.svg"] {
-        let p = dir.join(name);
+        let p = set.join(name);
         assert!(p.metadata().map(|m| m.len() > 100).unwrap_or(false), "{} missing or empty", p.display());
     }
-    assert!(!dir.read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
-    let svg = std::fs::read_to_string(dir.join("abc_loss.svg")).unwrap();
+    assert!(!dir.read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains(".new")));
+    let svg = std::fs::read_to_string(set.join("abc_loss.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("engine") && svg.contains("candle"));
     let expected: Vec<&str> = if cfg!(feature = "torch") { vec!["engine", "candle", "torch"] } else { vec!["engine", "candle"] };
     for b in &expected {
@@ -40,7 +41,7 @@ fn writes_the_report_and_json_with_every_built_backend() {
         assert_eq!(p["agree"], true, "{name}");
         assert!(p["loss"]["max_rel"].as_f64().unwrap() <= 1e-12, "{name}: {}", p["loss"]["max_rel"]);
     }
-    let md = std::fs::read_to_string(dir.join("abc.md")).unwrap();
+    let md = std::fs::read_to_string(set.join("abc.md")).unwrap();
     assert!(md.contains("abc_loss.svg") && md.contains("engine-candle"));
 }
 

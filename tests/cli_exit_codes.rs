@@ -24,7 +24,7 @@ fn agreement_is_0_and_disagreement_is_1() {
     // candle-core's released max-pool backward: a disagreement.
     assert_eq!(code(&["grads", "--models", "CNN", "--batch", "2"]), 1);
     assert_eq!(code(&["grads", "--models", "CNN", "--batch", "2", "--candle-maxpool", "exact"]), 0);
-    assert_eq!(code(&["mnist", "--models", "CNN", "--epochs", "1", "--train-limit", "20", "--test-limit", "20", "--resync-steps", "2"]), 1);
+    assert_eq!(code(&["mnist", "--models", "CNN", "--epochs", "1", "--train-limit", "50", "--test-limit", "20", "--resync-steps", "2"]), 1);
 }
 
 #[test]

@@ -17,7 +17,7 @@ fn run_json(program: &Path, extra: &[&str], dir: &Path) -> (i32, Value, String) 
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!stderr.contains("panicked"), "panicked: {stderr}");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no JSON on stdout ({e}): {stderr}"));
-    assert!(out_dir.join("run.md").exists() && out_dir.join("run.json").exists(), "report missing: {stderr}");
+    assert!(out_dir.join("run/run.md").exists() && out_dir.join("run/run.json").exists(), "report missing: {stderr}");
     (out.status.code().unwrap_or(-1), v, stderr)
 }
 

@@ -28,7 +28,7 @@ pub use self::engine::EngineBackend;
 pub use self::torch::TorchBackend;
 
 /// What one backend computed over a training run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Trajectory {
     /// The loss before each update.
     pub loss: Vec<f64>,
@@ -39,7 +39,7 @@ pub struct Trajectory {
 }
 
 /// The scalar output of a program and the gradient of each trainable input.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Evaluation {
     pub output: f64,
     pub grads: Vec<HostTensor>,
@@ -160,7 +160,7 @@ pub trait Backend {
 }
 
 /// The backends this crate knows; `torch` exists only in builds with `--features torch`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     Engine,
@@ -168,9 +168,8 @@ pub enum BackendKind {
     Torch,
 }
 
-pub const TORCH_BUILD_HINT: &str = "rebuild with `--features torch` after `scripts/setup-torch` \
-    (`make report` and `make test` do both), e.g. \
-    `LIBTORCH_USE_PYTORCH=1 VIRTUAL_ENV=$(scripts/setup-torch) PATH=$VIRTUAL_ENV/bin:$PATH cargo run --release --features torch -- ...`";
+pub const TORCH_BUILD_HINT: &str = "run `scripts/setup-torch` once, then build with `--features torch`, \
+    e.g. `cargo run --release --features torch -- ...` (`make report` and `make test` do both)";
 
 impl BackendKind {
     pub const ALL: [BackendKind; 3] = [BackendKind::Engine, BackendKind::Candle, BackendKind::Torch];

@@ -4,11 +4,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use backprop_parity::backends::{BackendKind, MaxPoolMode};
 use backprop_parity::data::{self, Dataset, DatasetKind};
@@ -18,9 +19,9 @@ use backprop_parity::models::mnist::{ModelSpec, ParamSet, SEED_MODELS};
 use backprop_parity::models::program::{check as check_program, resolve_inputs};
 use backprop_parity::models::safetensors_io;
 use backprop_parity::models::Program;
-use backprop_parity::study::run::RunOptions;
 use backprop_parity::parity::Tolerance;
-use backprop_parity::report::{self, Output};
+use backprop_parity::report::{self, JsonTarget, Provenance, ReportSet};
+use backprop_parity::study::run::RunOptions;
 use backprop_parity::study::gate::{self, Baseline};
 use backprop_parity::study::suite::SuiteConfig;
 use backprop_parity::study::{self, grads::GradsOptions, lockstep::BackendOptions, mnist::MnistOptions};
@@ -31,17 +32,20 @@ use backprop_parity::DType;
     name = "parity-report",
     version,
     about = "Does a handwritten backprop engine compute what real autograd computes? Measures it against candle and libtorch.",
-    after_help = "Without a subcommand: the A/B/C study, step-0 gradients of the nine models, and a quick MNIST profile on every built backend (--full: the seed's whole study)."
+    after_help = "Without a subcommand: the A/B/C study, step-0 gradients of the nine models, and a quick MNIST profile on every built backend (--full: the seed's whole study).\n\nExit codes: 0 agreement, 1 disagreement or gate failure, 2 bad input or usage, 3 a backend or the run itself failed (--exit-zero: 0 once the report is written)."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Without a subcommand: run the seed's full MNIST study (25 epochs, all data) instead of the quick profile.
+    /// Without a subcommand only: run the seed's full MNIST study (25 epochs, all data) instead of the quick profile.
     #[arg(long)]
     full: bool,
-    /// Without a subcommand: the output directory.
-    #[arg(long, default_value = "reports", value_name = "DIR")]
-    out: PathBuf,
+    /// Folder of the reports: each study replaces its own set, DIR/<study>/, as a whole (default: reports).
+    #[arg(long, global = true, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Nothing on stderr (no progress bars, no summaries) except the one line of an error.
+    #[arg(long, short, global = true)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -62,6 +66,8 @@ enum Command {
     Run(RunArgs),
     /// Prints a seed model (or `abc`) as a program file to edit and run; --write-inputs saves its parameters and first batch.
     Program(ProgramArgs),
+    /// Writes the JSON Schema of every JSON output (and of the baseline) into DIR as <kind>.schema.json.
+    Schemas(SchemasArgs),
     /// (internal) One training epoch of one model on one backend; prints its memory use as JSON.
     #[command(hide = true)]
     MemoryChild(MemoryChildArgs),
@@ -86,7 +92,8 @@ struct RunArgs {
 
 #[derive(Args, Clone)]
 struct ProgramArgs {
-    /// A seed model (CNN, CNN_Dropout, ..., Softmax_BatchNorm) or `abc`.
+    /// A seed model or `abc`.
+    #[arg(help = format!("A seed model ({}) or `abc`", names(SEED_MODELS)))]
     model: String,
     /// Batch size of the model's program.
     #[arg(long, default_value_t = 25)]
@@ -97,6 +104,12 @@ struct ProgramArgs {
     write_inputs: Option<PathBuf>,
     #[command(flatten)]
     model_args: ModelArgs,
+}
+
+#[derive(Args, Clone)]
+struct SchemasArgs {
+    /// The folder (the committed copies are in reference/schemas).
+    dir: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -113,12 +126,13 @@ struct MemoryChildArgs {
 
 #[derive(Args, Clone)]
 struct BenchArgs {
-    /// Comma-separated seed model names (default: all nine).
-    #[arg(long, value_name = "LIST")]
+    /// Comma-separated seed models (default: all nine).
+    #[arg(long, value_name = "LIST", help = models_help())]
     models: Option<String>,
-    /// Timed training steps per model and backend.
+    /// Timed training steps per model and backend (at most 100000).
     #[arg(long, default_value_t = 40)]
     steps: usize,
+    /// Untimed training steps per model and backend before the timed ones (at most 10000).
     #[arg(long, default_value_t = 5)]
     warmup: usize,
     /// Consecutive timed steps of one backend before the next runs (each block follows
@@ -130,7 +144,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 60_000, value_name = "N")]
     memory_images: usize,
     /// Threads for every backend: the engine's team, candle's rayon pool, libtorch's
-    /// intra-op threads (default: every core).
+    /// intra-op threads; 1 to the number of cores (default: every core).
     #[arg(long)]
     threads: Option<usize>,
     #[command(flatten)]
@@ -139,8 +153,9 @@ struct BenchArgs {
 
 #[derive(Args, Clone)]
 struct CheckArgs {
-    #[arg(long, default_value = "reference/baseline.json", value_name = "FILE")]
-    baseline: PathBuf,
+    /// The accepted metrics (default: reference/baseline.json of the checkout this runs in).
+    #[arg(long, value_name = "FILE")]
+    baseline: Option<PathBuf>,
     /// Rewrite the baseline from this run (on purpose), and say what changed.
     #[arg(long)]
     update_baseline: bool,
@@ -150,10 +165,11 @@ struct CheckArgs {
 
 #[derive(Args, Clone)]
 struct MutantsArgs {
-    #[arg(long, default_value = "reference/baseline.json", value_name = "FILE")]
-    baseline: PathBuf,
-    /// Comma-separated fault names (default: all of them).
-    #[arg(long, value_name = "LIST")]
+    /// The accepted metrics (default: reference/baseline.json of the checkout this runs in).
+    #[arg(long, value_name = "FILE")]
+    baseline: Option<PathBuf>,
+    /// Comma-separated faults (default: all of them).
+    #[arg(long, value_name = "LIST", help = format!("Comma-separated faults, of {} (default: all of them)", names(Fault::ALL.map(Fault::name))))]
     faults: Option<String>,
     #[command(flatten)]
     common: Common,
@@ -162,34 +178,36 @@ struct MutantsArgs {
 /// Options every study shares.
 #[derive(Args, Clone, Default)]
 struct Common {
-    /// Comma-separated backends to run: engine, candle, torch. Default: every backend built.
-    #[arg(long, value_name = "LIST")]
+    /// Comma-separated backends to run (default: every backend built).
+    #[arg(long, value_name = "LIST", help = format!("Comma-separated backends to run, of {} (default: every backend built: {})", names(BackendKind::ALL.map(BackendKind::name)), names(BackendKind::built().iter().map(|k| k.name()))))]
     backends: Option<String>,
-    /// Element type of every backend's computation (default: f64 for abc and grads, f32 for mnist).
+    /// Element type of every backend's computation (default: f64 for abc, grads and run, f32 for mnist).
     #[arg(long, value_name = "f32|f64")]
     dtype: Option<DType>,
-    /// Also write the JSON result to PATH ('-' for stdout).
+    /// Also write the JSON document to PATH, a regular file or a new path ('-' for stdout).
     #[arg(long, value_name = "PATH")]
     json: Option<String>,
-    /// Directory for the Markdown, JSON and SVG report.
-    #[arg(long, default_value = "reports", value_name = "DIR")]
-    out: PathBuf,
-    /// Relative tolerance (default: PyTorch's assert_close default for the dtype).
-    #[arg(long)]
+    /// Relative tolerance, 0 to 1 (default: PyTorch's assert_close default for the dtype).
+    #[arg(long, allow_negative_numbers = true)]
     rtol: Option<f64>,
-    /// Absolute tolerance (default: PyTorch's assert_close default for the dtype).
-    #[arg(long)]
+    /// Absolute tolerance, finite and >= 0 (default: PyTorch's assert_close default for the dtype).
+    #[arg(long, allow_negative_numbers = true)]
     atol: Option<f64>,
     /// Exit 0 once the report is written even when backends disagree (bad input still exits 2, a failed backend 3).
     #[arg(long)]
     exit_zero: bool,
 }
 
-impl Common {
-    fn with_out(out: &Path) -> Self {
-        Common { out: out.to_path_buf(), ..Default::default() }
-    }
+fn models_help() -> String {
+    format!("Comma-separated seed models, of {} (default: all nine)", names(SEED_MODELS))
+}
 
+/// `a, b, c` for a help text.
+fn names<'a>(list: impl IntoIterator<Item = &'a str>) -> String {
+    list.into_iter().collect::<Vec<_>>().join(", ")
+}
+
+impl Common {
     fn backends(&self) -> Result<Vec<BackendKind>> {
         Ok(match &self.backends {
             Some(list) => BackendKind::parse_list(list)?,
@@ -205,7 +223,9 @@ impl Common {
         let mut tol = Tolerance::torch_default(dtype);
         for (flag, given, slot) in [("--rtol", self.rtol, &mut tol.rtol), ("--atol", self.atol, &mut tol.atol)] {
             if let Some(v) = given {
-                anyhow::ensure!(v.is_finite() && v >= 0.0, "{flag} {v}: expected a finite number >= 0");
+                anyhow::ensure!(v.is_finite() && v >= 0.0, "{flag} {v:e}: expected a finite number >= 0");
+                // A relative tolerance above 1 accepts any value of the same sign as agreeing.
+                anyhow::ensure!(flag != "--rtol" || v <= 1.0, "{flag} {v:e}: expected at most 1 (above it, any two values of one sign agree)");
                 *slot = v;
             }
         }
@@ -218,15 +238,17 @@ struct AbcArgs {
     /// Size K of x (K) and of A, B, C (K×K). Default 3, or the file's size with --init PATH.
     #[arg(long)]
     k: Option<usize>,
-    #[arg(long, default_value_t = SEED_LR)]
+    /// Learning rate of plain gradient descent, finite and > 0 (the seed's).
+    #[arg(long, default_value_t = SEED_LR, allow_negative_numbers = true)]
     lr: f64,
+    /// Gradient-descent steps (the seed's; at most 100000).
     #[arg(long, default_value_t = SEED_STEPS)]
     steps: usize,
     /// Starting values: ones | seed:N | PATH of a JSON file {"x": [..], "A": [[..]], "B": [[..]], "C": [[..]]}.
     #[arg(long, default_value = "ones", value_name = "ones|seed:N|PATH")]
     init: InitSource,
     /// Also run the engine with this catalogued fault switched on (vecmat-inner-product: the seed's Figure 0).
-    #[arg(long, value_name = "FAULT")]
+    #[arg(long, value_name = "FAULT", help = format!("Also run the engine with this catalogued fault switched on (vecmat-inner-product: the seed's Figure 0); one of {}", names(Fault::ALL.map(Fault::name))))]
     fault: Option<Fault>,
     #[command(flatten)]
     common: Common,
@@ -235,8 +257,8 @@ struct AbcArgs {
 /// Options of the MNIST studies.
 #[derive(Args, Clone)]
 struct ModelArgs {
-    /// Comma-separated seed model names (default: all nine).
-    #[arg(long, value_name = "LIST")]
+    /// Comma-separated seed models (default: all nine).
+    #[arg(long, value_name = "LIST", help = models_help())]
     models: Option<String>,
     /// Seed of the parameter init, the batch order and the dropout masks.
     #[arg(long, default_value_t = 0)]
@@ -244,6 +266,7 @@ struct ModelArgs {
     /// Start from a PyTorch state_dict saved as safetensors (f32 or f64) instead of the seeded init.
     #[arg(long, value_name = "FILE")]
     params: Option<PathBuf>,
+    /// The images: MNIST (shipped in data/mnist) or Fashion-MNIST (same format, 10 clothing classes).
     #[arg(long, default_value = "mnist", value_name = "mnist|fashion")]
     dataset: DatasetKind,
     /// Folder holding the four IDX files (default: data/mnist, or /usr/share/datasets/fashion-mnist).
@@ -270,15 +293,17 @@ struct GradsArgs {
 
 #[derive(Args, Clone)]
 struct MnistArgs {
+    /// Training epochs (the seed's 25; at most 1000).
     #[arg(long, default_value_t = 25)]
     epochs: usize,
-    /// Train on the first N training images only.
+    /// Train on the first N training images only (1 to the training set's size).
     #[arg(long, value_name = "N")]
     train_limit: Option<usize>,
-    /// Evaluate on the first N test images only.
+    /// Evaluate on the first N test images only (1 to the test set's size).
     #[arg(long, value_name = "N")]
     test_limit: Option<usize>,
-    /// Steps of the re-synchronised phase (every backend reset to the reference before each step).
+    /// Steps of the re-synchronised phase (every backend reset to the reference before each step;
+    /// at most the steps of one epoch).
     #[arg(long, default_value_t = 20)]
     resync_steps: usize,
     #[command(flatten)]
@@ -287,31 +312,85 @@ struct MnistArgs {
     common: Common,
 }
 
+/// `--quiet`: nothing on stderr but an error's line.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// eprintln! unless `--quiet`.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if !QUIET.load(Ordering::Relaxed) {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
+/// Where a run's reports go, checked before any work starts.
+struct Ctx {
+    out: PathBuf,
+    json: Option<JsonTarget>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    QUIET.store(cli.quiet, Ordering::Relaxed);
     // Freed blocks stay in the process for the next step (every backend alike; see
     // engine::memory for why and what it costs).
     backprop_parity::engine::memory::keep_freed_pages();
-    // Each arm: Ok(Some(common)) with the verdict, or an error.
-    let result: Result<(Verdict, bool)> = match cli.command {
-        Some(Command::Abc(args)) => run_abc(&args).map(|v| (v, args.common.exit_zero)),
-        Some(Command::Grads(args)) => run_grads(&args).map(|v| (v, args.common.exit_zero)),
-        Some(Command::Mnist(args)) => run_mnist(&args).map(|v| (v, args.common.exit_zero)),
-        Some(Command::Check(args)) => run_check(&args).map(|v| (v, args.common.exit_zero)),
-        Some(Command::Mutants(args)) => run_mutants(&args).map(|v| (v, args.common.exit_zero)),
-        Some(Command::Bench(args)) => run_bench(&args).map(|()| (Verdict::Agree, false)),
-        Some(Command::MemoryChild(args)) => run_memory_child(&args).map(|()| (Verdict::Agree, false)),
-        Some(Command::Run(args)) => run_program(&args).map(|v| (v, args.common.exit_zero)),
-        Some(Command::Program(args)) => print_program(&args).map(|()| (Verdict::Agree, false)),
-        None => run_default(cli.full, &cli.out).map(|()| (Verdict::Agree, false)),
-    };
-    match result {
+    match dispatch(cli) {
         Ok((Verdict::Agree, _)) | Ok((_, true)) => ExitCode::SUCCESS,
         Ok((Verdict::Disagree, false)) => ExitCode::from(1),
         Ok((Verdict::BackendFailed, false)) => ExitCode::from(3),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(exit_code_of(&e))
+        }
+    }
+}
+
+/// Checks where the reports go, then runs the command: its verdict and `--exit-zero`.
+fn dispatch(cli: Cli) -> Result<(Verdict, bool)> {
+    anyhow::ensure!(
+        !cli.full || cli.command.is_none(),
+        "--full: applies to the default run only (no subcommand); `mnist` takes --epochs, --train-limit and --test-limit"
+    );
+    let out = cli.out.clone().unwrap_or_else(|| PathBuf::from("reports"));
+    match &cli.command {
+        Some(Command::Program(_)) => anyhow::ensure!(cli.out.is_none(), "--out: `program` prints to stdout (and --write-inputs to its file); it has no report folder"),
+        Some(Command::Schemas(_)) => anyhow::ensure!(cli.out.is_none(), "--out: `schemas` writes into the folder it is given"),
+        Some(Command::MemoryChild(_)) => {}
+        _ => report::check_out_dir(&out)?,
+    }
+    let common = cli.command.as_ref().and_then(Command::common);
+    let json = common.and_then(|c| c.json.as_deref()).map(report::check_json_target).transpose()?;
+    let exit_zero = common.is_some_and(|c| c.exit_zero);
+    let ctx = Ctx { out, json };
+    let verdict = match &cli.command {
+        Some(Command::Abc(args)) => run_abc(&ctx, args)?,
+        Some(Command::Grads(args)) => run_grads(&ctx, args)?,
+        Some(Command::Mnist(args)) => run_mnist(&ctx, args)?,
+        Some(Command::Check(args)) => run_check(&ctx, args)?,
+        Some(Command::Mutants(args)) => run_mutants(&ctx, args)?,
+        Some(Command::Bench(args)) => run_bench(&ctx, args).map(|()| Verdict::Agree)?,
+        Some(Command::MemoryChild(args)) => run_memory_child(args).map(|()| Verdict::Agree)?,
+        Some(Command::Run(args)) => run_program(&ctx, args)?,
+        Some(Command::Program(args)) => print_program(args).map(|()| Verdict::Agree)?,
+        Some(Command::Schemas(args)) => write_schemas(&args.dir).map(|()| Verdict::Agree)?,
+        None => run_default(&ctx, cli.full).map(|()| Verdict::Agree)?,
+    };
+    Ok((verdict, exit_zero))
+}
+
+impl Command {
+    fn common(&self) -> Option<&Common> {
+        match self {
+            Command::Abc(a) => Some(&a.common),
+            Command::Grads(a) => Some(&a.common),
+            Command::Mnist(a) => Some(&a.common),
+            Command::Check(a) => Some(&a.common),
+            Command::Mutants(a) => Some(&a.common),
+            Command::Bench(a) => Some(&a.common),
+            Command::Run(a) => Some(&a.common),
+            Command::Program(_) | Command::Schemas(_) | Command::MemoryChild(_) => None,
         }
     }
 }
@@ -336,10 +415,24 @@ impl Verdict {
     }
 }
 
-/// 3 when a backend (or the run itself) failed, 2 for bad input or usage.
+/// The run itself failed after it started (a report could not be written): exit 3.
+#[derive(Debug)]
+struct RunFailed(String);
+
+impl std::fmt::Display for RunFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RunFailed {}
+
+/// 3 when a backend or the run itself failed, 2 for bad input or usage.
 fn exit_code_of(e: &anyhow::Error) -> u8 {
-    let backend_failed = e.chain().any(|c| matches!(c.downcast_ref::<backprop_parity::Error>(), Some(backprop_parity::Error::Backend { .. })));
-    if backend_failed {
+    let failed = e.chain().any(|c| {
+        c.downcast_ref::<RunFailed>().is_some() || matches!(c.downcast_ref::<backprop_parity::Error>(), Some(backprop_parity::Error::Backend { .. }))
+    });
+    if failed {
         3
     } else {
         2
@@ -347,18 +440,14 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
 }
 
 /// The A/B/C study, step-0 gradients, and a quick (or, with --full, the seed's) MNIST run.
-fn run_default(full: bool, out: &Path) -> Result<()> {
+fn run_default(ctx: &Ctx, full: bool) -> Result<()> {
     let start = Instant::now();
     let mut findings = Vec::new();
     // The seed's Figure 0: the correct backends next to the engine with the seed's bug.
-    let abc = run_abc(&AbcArgs {
-        k: None,
-        lr: SEED_LR,
-        steps: SEED_STEPS,
-        init: InitSource::Ones,
-        fault: Some(Fault::VecMatInnerProduct),
-        common: Common::with_out(out),
-    })?;
+    let abc = run_abc(
+        ctx,
+        &AbcArgs { k: None, lr: SEED_LR, steps: SEED_STEPS, init: InitSource::Ones, fault: Some(Fault::VecMatInnerProduct), common: Common::default() },
+    )?;
     if abc != Verdict::Agree {
         findings.push("abc");
     }
@@ -370,27 +459,27 @@ fn run_default(full: bool, out: &Path) -> Result<()> {
         data_dir: None,
         candle_maxpool: MaxPoolMode::Builtin,
     };
-    if run_grads(&GradsArgs { batch: 25, save_grads: None, model: model.clone(), common: Common::with_out(out) })? != Verdict::Agree {
+    if run_grads(ctx, &GradsArgs { batch: 25, save_grads: None, model: model.clone(), common: Common::default() })? != Verdict::Agree {
         findings.push("grads");
     }
     let (train_limit, test_limit, epochs) =
         if full { (None, None, 25) } else { (Some(QUICK_TRAIN), Some(QUICK_TEST), QUICK_EPOCHS) };
     if !full {
-        eprintln!(
+        say!(
             "quick profile: {QUICK_EPOCHS} epoch on the first {QUICK_TRAIN} of 60000 training images, tested on the first {QUICK_TEST} of 10000 \
              (the seed trained 25 epochs on all of them: `parity-report --full`)"
         );
     }
-    if run_mnist(&MnistArgs { epochs, train_limit, test_limit, resync_steps: 10, model, common: Common::with_out(out) })? != Verdict::Agree {
+    if run_mnist(ctx, &MnistArgs { epochs, train_limit, test_limit, resync_steps: 10, model, common: Common::default() })? != Verdict::Agree {
         findings.push("mnist");
     }
     // The default run shows known disagreements on purpose (candle's max-pool as
     // released), so a complete report exits 0 and says what it holds.
-    eprintln!(
+    say!(
         "done in {:.0} s; the report is complete and holds disagreements in {} of 3 studies{}",
         start.elapsed().as_secs_f64(),
         findings.len(),
-        if findings.is_empty() { String::new() } else { format!(" ({}; see {})", findings.join(", "), out.display()) }
+        if findings.is_empty() { String::new() } else { format!(" ({}; see {})", findings.join(", "), ctx.out.display()) }
     );
     Ok(())
 }
@@ -400,7 +489,7 @@ const QUICK_TRAIN: usize = 3000;
 const QUICK_TEST: usize = 2000;
 const QUICK_EPOCHS: usize = 1;
 
-fn run_abc(args: &AbcArgs) -> Result<Verdict> {
+fn run_abc(ctx: &Ctx, args: &AbcArgs) -> Result<Verdict> {
     let c = &args.common;
     let dtype = c.dtype(DType::F64);
     let spec = AbcSpec::new(args.init.clone(), args.k, args.lr, args.steps)?;
@@ -408,7 +497,7 @@ fn run_abc(args: &AbcArgs) -> Result<Verdict> {
     let tol = c.tolerance(dtype)?;
     let result = study::abc::run_with_fault(&spec, dtype, &kinds, tol, args.fault).context("the A/B/C study failed")?;
     if let Some(f) = &result.faulty {
-        eprintln!(
+        say!(
             "abc engine with fault {}: first step beyond tolerance {}, max rel. loss diff {:.2e}",
             f.fault.name(),
             f.vs_reference.first_divergence.map_or("none".into(), |s| s.to_string()),
@@ -416,14 +505,14 @@ fn run_abc(args: &AbcArgs) -> Result<Verdict> {
         );
     }
     for (name, p) in &result.parity {
-        eprintln!(
+        say!(
             "abc {name:>14}: max rel. loss diff {:.2e}, first step beyond tolerance {}, {}",
             p.loss.max_rel,
             p.loss.first_divergence.map_or("none".into(), |s| s.to_string()),
             if p.agree { "agree" } else { "DISAGREE" }
         );
     }
-    finish(c, report::abc::outputs(&result, "abc")?)?;
+    finish(ctx, report::abc::outputs(&result, &Provenance::collect(&kinds, &[dtype]))?)?;
     Ok(Verdict::of(result.agree))
 }
 
@@ -450,15 +539,20 @@ fn load_params(m: &ModelArgs) -> Result<(Option<ParamSet>, Option<String>)> {
     }
 }
 
-fn run_grads(args: &GradsArgs) -> Result<Verdict> {
+fn run_grads(ctx: &Ctx, args: &GradsArgs) -> Result<Verdict> {
     let c = &args.common;
     let (models, backends) = (parse_models(&args.model)?, c.backends()?);
+    if let Some(dir) = &args.save_grads {
+        report::check_dir("--save-grads", dir)?;
+    }
+    let dtype = c.dtype(DType::F64);
     let (params, params_origin) = load_params(&args.model)?;
     let data = load_data(&args.model)?;
+    let bar = progress_bar(models.len(), "grads");
     let opts = GradsOptions {
         models,
-        dtype: c.dtype(DType::F64),
-        backends,
+        dtype,
+        backends: backends.clone(),
         backend_options: BackendOptions { candle_maxpool: args.model.candle_maxpool },
         batch: args.batch,
         seed: args.model.seed,
@@ -466,7 +560,8 @@ fn run_grads(args: &GradsArgs) -> Result<Verdict> {
         params_origin,
         save_grads: args.save_grads.clone(),
     };
-    let result = study::grads::run(&data, &opts, |m| eprintln!("grads: {m}"))?;
+    let result = study::grads::run(&data, &opts, |m| step(&bar, m))?;
+    bar.finish_and_clear();
     for (name, m) in &result.models {
         let worst: Vec<String> = m.worst_scaled.iter().map(|(p, v)| format!("{p} {v:.1e}")).collect();
         let why = m.diagnosis.as_ref().map_or(String::new(), |d| {
@@ -478,20 +573,22 @@ fn run_grads(args: &GradsArgs) -> Result<Verdict> {
                 d.culprit.as_ref().map_or("no single culprit".into(), |c| format!("{c} disagrees"))
             )
         });
-        eprintln!("grads {name:>17}: {} [{}]{why}", if m.agree { "agree" } else { "DISAGREE" }, worst.join(", "));
+        say!("grads {name:>17}: {} [{}]{why}", if m.agree { "agree" } else { "DISAGREE" }, worst.join(", "));
     }
-    finish(c, report::grads::outputs(&result)?)?;
+    finish(ctx, report::grads::outputs(&result, &Provenance::collect(&backends, &[dtype]))?)?;
     Ok(Verdict::of(result.agree))
 }
 
-fn run_mnist(args: &MnistArgs) -> Result<Verdict> {
+fn run_mnist(ctx: &Ctx, args: &MnistArgs) -> Result<Verdict> {
     let c = &args.common;
     let (models, backends) = (parse_models(&args.model)?, c.backends()?);
+    anyhow::ensure!(args.epochs <= MAX_EPOCHS, "--epochs {}: at most {MAX_EPOCHS} (the seed's study is 25)", args.epochs);
+    let dtype = c.dtype(DType::F32);
     let (params, params_origin) = load_params(&args.model)?;
     let data = load_data(&args.model)?;
     let opts = MnistOptions {
         models,
-        dtype: c.dtype(DType::F32),
+        dtype,
         backends: backends.clone(),
         backend_options: BackendOptions { candle_maxpool: args.model.candle_maxpool },
         dataset: args.model.dataset,
@@ -503,7 +600,7 @@ fn run_mnist(args: &MnistArgs) -> Result<Verdict> {
         params_origin,
         resync_steps: args.resync_steps,
     };
-    let bars = MultiProgress::new();
+    let bars = MultiProgress::with_draw_target(draw_target());
     let style = ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} {elapsed} ETA {eta}")
         .expect("valid template")
         .progress_chars("=> ");
@@ -531,9 +628,9 @@ fn run_mnist(args: &MnistArgs) -> Result<Verdict> {
             .iter()
             .map(|(k, b)| format!("{k} {:.2}%", b.epochs.last().map_or(f64::NAN, |e| e.test_accuracy)))
             .collect();
-        eprintln!("mnist {name:>17}: {}", accs.join(", "));
+        say!("mnist {name:>17}: {}", accs.join(", "));
     }
-    finish(c, report::mnist::outputs(&result)?)?;
+    finish(ctx, report::mnist::outputs(&result, &Provenance::collect(&backends, &[dtype]))?)?;
     Ok(Verdict::of(result.agree))
 }
 
@@ -555,30 +652,35 @@ fn suite_config(c: &Common, baseline: Option<&Baseline>) -> Result<SuiteConfig> 
     Ok(SuiteConfig { backends, options: BackendOptions { candle_maxpool: MaxPoolMode::Exact } })
 }
 
+/// Most epochs of `mnist --epochs`.
+const MAX_EPOCHS: usize = 1000;
+
 fn mnist_data() -> Result<Dataset> {
     Ok(data::load(DatasetKind::Mnist, &data::default_dir(DatasetKind::Mnist))?)
 }
 
 /// Whether the gate passed.
-fn run_check(args: &CheckArgs) -> Result<Verdict> {
+fn run_check(ctx: &Ctx, args: &CheckArgs) -> Result<Verdict> {
     let c = &args.common;
-    let old = match (args.baseline.exists(), args.update_baseline) {
+    let path = baseline_path(&args.baseline);
+    let old = match (path.exists(), args.update_baseline) {
         (false, _) => None,
-        (true, true) => Baseline::read_unchecked(&args.baseline).ok(),
-        (true, false) => Some(Baseline::read(&args.baseline)?),
+        (true, true) => Baseline::read_unchecked(&path).ok(),
+        (true, false) => Some(Baseline::read(&path)?),
     };
     anyhow::ensure!(
         old.is_some() || args.update_baseline,
-        "{}: no baseline here. The gate compares with the committed reference/baseline.json: run from the repository's root \
-         or pass --baseline PATH (a new one from --update-baseline would accept today's numbers, regressions included)",
-        args.baseline.display()
+        "{}: no baseline here. The gate compares with the committed reference/baseline.json: run inside the checkout, \
+         set {} to its root, or pass --baseline PATH (a new one from --update-baseline would accept today's numbers, regressions included)",
+        path.display(),
+        backprop_parity::paths::HOME_VAR
     );
     let cfg = suite_config(c, if args.update_baseline { None } else { old.as_ref() })?;
     let data = mnist_data()?;
     let start = Instant::now();
     let outputs = study::suite::run(&cfg, &data)?;
     let current = study::suite::metrics(&cfg, &outputs)?;
-    eprintln!(
+    say!(
         "check: {} metrics from {} in {:.0} s",
         current.len(),
         cfg.backends.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
@@ -587,32 +689,28 @@ fn run_check(args: &CheckArgs) -> Result<Verdict> {
     if args.update_baseline {
         let new = Baseline::new(cfg.backends.clone(), current)?;
         for line in gate::describe_update(old.as_ref(), &new) {
-            eprintln!("baseline: {line}");
+            say!("baseline: {line}");
         }
-        report::write_atomic(&args.baseline, &report::to_json(&new)?)?;
-        eprintln!("wrote {}", args.baseline.display());
+        report::write_atomic(&path, report::to_json(&new)?).map_err(|e| RunFailed(e.to_string()))?;
+        say!("wrote {}", path.display());
         return Ok(Verdict::Agree);
     }
     let baseline = old.expect("checked above");
     let result = gate::evaluate(&baseline, &current, &cfg.backends);
     if result.passed {
-        eprintln!("check: pass ({} metrics compared with {})", result.compared, args.baseline.display());
+        say!("check: pass ({} metrics compared with {})", result.compared, path.display());
     } else {
-        eprintln!(
-            "check: FAIL, {} regression(s) against {}:\n{}",
-            result.regressions.len(),
-            args.baseline.display(),
-            report::gate::regression_table(&result)
-        );
+        say!("check: FAIL, {} regression(s) against {}:\n{}", result.regressions.len(), path.display(), report::gate::regression_table(&result));
     }
-    finish(c, report::gate::check_outputs(&result, &args.baseline.display().to_string())?)?;
+    let provenance = Provenance::collect(&cfg.backends, &[DType::F32, DType::F64]);
+    finish(ctx, report::gate::check_outputs(&result, &path.display().to_string(), &provenance)?)?;
     Ok(Verdict::of(result.passed))
 }
 
 /// Agreement here means every fault was caught and localised.
-fn run_mutants(args: &MutantsArgs) -> Result<Verdict> {
+fn run_mutants(ctx: &Ctx, args: &MutantsArgs) -> Result<Verdict> {
     let c = &args.common;
-    let baseline = Baseline::read(&args.baseline)?;
+    let baseline = Baseline::read(&baseline_path(&args.baseline))?;
     let cfg = suite_config(c, Some(&baseline))?;
     let list: Vec<Fault> = match &args.faults {
         None => Fault::ALL.to_vec(),
@@ -621,26 +719,24 @@ fn run_mutants(args: &MutantsArgs) -> Result<Verdict> {
         }
     };
     let data = mnist_data()?;
-    let bar = ProgressBar::new(list.len() as u64).with_style(
-        ProgressStyle::with_template("mutants [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    let result = study::mutants::run(&cfg, &data, &baseline, &list, |f| {
-        bar.set_message(f.name());
-        bar.inc(1);
-    })?;
+    let bar = progress_bar(list.len(), "mutants");
+    let result = study::mutants::run(&cfg, &data, &baseline, &list, |f| step(&bar, f.name()))?;
     bar.finish_and_clear();
-    eprintln!(
+    say!(
         "mutants: caught {} of {}, localised {} of {}",
         result.caught,
         result.faults.len(),
         result.localised,
         result.faults.len()
     );
-    eprintln!("{}", report::gate::mutants_table(&result));
-    finish(c, report::gate::mutants_outputs(&result)?)?;
+    say!("{}", report::gate::mutants_table(&result));
+    finish(ctx, report::gate::mutants_outputs(&result, &Provenance::collect(&cfg.backends, &[DType::F32, DType::F64]))?)?;
     Ok(Verdict::of(result.caught == result.faults.len() && result.localised == result.faults.len()))
+}
+
+/// `--baseline`, else the committed one of the checkout this runs in (see `paths`).
+fn baseline_path(given: &Option<PathBuf>) -> PathBuf {
+    given.clone().unwrap_or_else(|| backprop_parity::paths::find_or_relative("reference/baseline.json"))
 }
 
 /// Sets every backend's thread count (before any of them starts its threads).
@@ -650,6 +746,17 @@ fn set_threads(threads: usize) {
     backprop_parity::engine::parallel::set_threads(threads);
     #[cfg(feature = "torch")]
     tch::set_num_threads(threads as i32);
+}
+
+/// `--threads`: 1 to the number of cores (more only makes every backend switch threads).
+fn checked_threads(given: Option<usize>, cores: usize) -> Result<usize> {
+    let threads = given.unwrap_or(cores);
+    anyhow::ensure!(threads > 0, "--threads 0: at least one thread is needed");
+    anyhow::ensure!(
+        threads <= cores,
+        "--threads {threads}: at most {cores}, the cores of this machine (more threads than cores only adds switching and slows every backend down)"
+    );
+    Ok(threads)
 }
 
 fn run_memory_child(args: &MemoryChildArgs) -> Result<()> {
@@ -663,13 +770,15 @@ fn run_memory_child(args: &MemoryChildArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_bench(args: &BenchArgs) -> Result<()> {
+fn run_bench(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
     let c = &args.common;
     anyhow::ensure!(args.steps > 0, "--steps 0: at least one timed step is needed");
+    anyhow::ensure!(args.steps <= 100_000, "--steps {}: at most 100000 (the median settles long before)", args.steps);
+    anyhow::ensure!(args.warmup <= 10_000, "--warmup {}: at most 10000", args.warmup);
     anyhow::ensure!(args.block >= 1, "--block 0: at least one step per block is needed");
+    anyhow::ensure!(c.rtol.is_none() && c.atol.is_none() && c.dtype.is_none(), "--rtol/--atol/--dtype do not apply to bench: it times f32 training steps");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = args.threads.unwrap_or(cores);
-    anyhow::ensure!(threads > 0, "--threads 0: at least one thread is needed");
+    let threads = checked_threads(args.threads, cores)?;
     set_threads(threads);
     let models = parse_models(&ModelArgs {
         models: args.models.clone(),
@@ -691,18 +800,23 @@ fn run_bench(args: &BenchArgs) -> Result<()> {
         threads,
     };
     let data = mnist_data()?;
-    let result = study::bench::run(&data, &opts, |m| eprintln!("bench: {m}"))?;
+    // One stage per model's timing, per model and backend's memory epoch, then the matrix
+    // products and the machine's peak.
+    let memory_stages = if opts.memory_images > 0 { opts.models.len() * opts.backends.len() } else { 0 };
+    let bar = progress_bar(opts.models.len() + memory_stages + 2, "bench");
+    let result = study::bench::run(&data, &opts, |m| step(&bar, m))?;
+    bar.finish_and_clear();
     for (name, m) in &result.models {
         let steps: Vec<String> = m.step_ms.iter().map(|(k, v)| format!("{k} {v:.2} ms")).collect();
-        eprintln!("bench {name:>17}: {}", steps.join(", "));
+        say!("bench {name:>17}: {}", steps.join(", "));
     }
     let machine = format!("{cores} cores, {}", std::env::consts::ARCH);
-    finish(c, report::bench::outputs(&result, &machine)?)
+    finish(ctx, report::bench::outputs(&result, &machine, &Provenance::collect(&opts.backends, &[DType::F32]))?)
 }
 
 /// `run FILE`: exit 0 when every backend agrees, 1 when they disagree, 3 when a backend
 /// refused or failed (its message is in the report), 2 (from the caller) on bad input.
-fn run_program(args: &RunArgs) -> Result<Verdict> {
+fn run_program(ctx: &Ctx, args: &RunArgs) -> Result<Verdict> {
     let c = &args.common;
     anyhow::ensure!(
         c.rtol.is_none() && c.atol.is_none(),
@@ -720,25 +834,28 @@ fn run_program(args: &RunArgs) -> Result<Verdict> {
     };
     let inputs = resolve_inputs(&program, file_inputs.as_ref().map(|(s, o)| (s, o.as_str()))).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let dtype = c.dtype(DType::F64);
+    if let Some(dir) = &args.save_grads {
+        report::check_dir("--save-grads", dir)?;
+    }
     let opts = RunOptions {
         program,
         origin: path.display().to_string(),
         inputs,
         dtype,
-        backends,
+        backends: backends.clone(),
         backend_options: BackendOptions { candle_maxpool: args.candle_maxpool },
     };
     let result = study::run::run(&opts)?;
     if let Some(dir) = &args.save_grads {
-        std::fs::create_dir_all(dir).with_context(|| format!("--save-grads {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| RunFailed(format!("--save-grads {}: {e}", dir.display())))?;
         let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "program".into());
         for (kind, r) in result.backends.iter().filter(|(_, r)| r.ok) {
             let set = ParamSet { tensors: r.grads.iter().map(|(n, t)| (n.clone(), t.clone())).collect() };
-            safetensors_io::write(&dir.join(format!("{stem}-{kind}.safetensors")), &set, dtype)?;
+            safetensors_io::write(&dir.join(format!("{stem}-{kind}.safetensors")), &set, dtype).map_err(|e| RunFailed(format!("--save-grads: {e}")))?;
         }
     }
-    eprintln!("run {}: {}", path.display(), report::run::summary(&result));
-    finish(c, report::run::outputs(&result)?)?;
+    say!("run {}: {}", path.display(), report::run::summary(&result));
+    finish(ctx, report::run::outputs(&result, &Provenance::collect(&backends, &[dtype]))?)?;
     Ok(if result.backend_failed { Verdict::BackendFailed } else { Verdict::of(result.agree) })
 }
 
@@ -751,8 +868,7 @@ fn print_program(args: &ProgramArgs) -> Result<()> {
             d.fill = Some(1.0);
         }
         p.description = Some("the seed's A/B/C problem with its starting values (all ones, K = 3)".into());
-        println!("{}", p.to_json());
-        return Ok(());
+        return print_stdout(&(p.to_json() + "\n"));
     }
     let spec: ModelSpec = args.model.parse().map_err(|e| anyhow::anyhow!("{e}").context("program MODEL"))?;
     anyhow::ensure!(args.batch >= 2, "--batch {}: expected at least 2 (batch norm trains on more than one value per channel)", args.batch);
@@ -776,30 +892,65 @@ fn print_program(args: &ProgramArgs) -> Result<()> {
         }
         // f64 holds the f32 pixels and the f64 parameters exactly; `run` rounds to its dtype.
         safetensors_io::write(path, &ParamSet { tensors }, DType::F64).with_context(|| format!("--write-inputs {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+        say!("wrote {}", path.display());
     }
-    println!("{}", program.to_json());
+    print_stdout(&(program.to_json() + "\n"))
+}
+
+fn write_schemas(dir: &Path) -> Result<()> {
+    report::check_dir("schemas DIR", dir)?;
+    for (kind, schema) in report::schema::all() {
+        let path = dir.join(format!("{kind}.schema.json"));
+        report::write_atomic(&path, report::schema::to_text(&schema))?;
+        say!("wrote {}", path.display());
+    }
     Ok(())
 }
 
-/// Emits the JSON where asked, then writes the report files.
-fn finish(c: &Common, outputs: Vec<Output>) -> Result<()> {
-    let json = outputs.iter().find(|o| o.file_name.ends_with(".json")).expect("every report has JSON");
-    emit_json(c.json.as_deref(), &json.contents)?;
-    let written = report::write_all(&c.out, &outputs)?;
-    let list: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
-    eprintln!("wrote {}", list.join(", "));
-    Ok(())
-}
-
-fn emit_json(target: Option<&str>, json: &str) -> Result<()> {
-    match target {
+/// Replaces the report set in `--out`, then emits its JSON where `--json` asked. A write
+/// that fails here fails the run (exit 3): the computation is done, its record is not.
+fn finish(ctx: &Ctx, set: ReportSet) -> Result<()> {
+    let written = report::write_set(&ctx.out, &set).map_err(|e| RunFailed(format!("writing the {} report: {e}", set.kind)))?;
+    match &ctx.json {
         None => {}
-        Some("-") => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(json.as_bytes()).context("writing JSON to stdout")?;
-        }
-        Some(path) => report::write_atomic(Path::new(path), json).with_context(|| format!("--json {path}"))?,
+        Some(JsonTarget::Stdout) => print_stdout(set.json()).map_err(|e| RunFailed(format!("--json -: {e:#}")))?,
+        Some(JsonTarget::File(path)) => report::write_atomic(path, set.json()).map_err(|e| RunFailed(format!("--json: {e}")))?,
     }
+    let dir = written.first().and_then(|p| p.parent()).unwrap_or(&ctx.out);
+    let names: Vec<String> = written.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().to_string()).collect();
+    say!("wrote {}/: {}", dir.display(), names.join(", "));
     Ok(())
+}
+
+/// Writes to stdout and flushes, so that a closed or full stdout is an error, not a
+/// silent loss (Rust ignores SIGPIPE; `println!` would panic instead).
+fn print_stdout(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).context("writing to stdout failed")
+}
+
+/// The bar of a run made of `len` stages, hidden under `--quiet`.
+fn progress_bar(len: usize, name: &str) -> ProgressBar {
+    let style = ProgressStyle::with_template(&format!("{name} [{{bar:30}}] {{pos}}/{{len}} {{msg}} {{elapsed}} ETA {{eta}}"))
+        .expect("valid template")
+        .progress_chars("=> ");
+    ProgressBar::with_draw_target(Some(len as u64), draw_target()).with_style(style)
+}
+
+/// A stage starts: the bar counts the stages done before it and names this one.
+fn step(bar: &ProgressBar, stage: &str) {
+    if bar.message().is_empty() && bar.position() == 0 {
+        bar.set_message(stage.to_string());
+        return;
+    }
+    bar.inc(1);
+    bar.set_message(stage.to_string());
+}
+
+fn draw_target() -> ProgressDrawTarget {
+    if QUIET.load(Ordering::Relaxed) {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    }
 }

@@ -24,7 +24,7 @@ pub const SUMS_FILE: &str = "SHA256SUMS";
 pub const SIDE: usize = 28;
 pub const FASHION_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DatasetKind {
     Mnist,
@@ -69,11 +69,11 @@ impl FromStr for DatasetKind {
     }
 }
 
-/// Where the data lives unless `--data-dir` says otherwise. MNIST is found relative to
-/// the crate root fixed at compile time, so binaries and tests work from any directory.
+/// Where the data lives unless `--data-dir` says otherwise. The shipped MNIST is looked up
+/// at run time (see [`crate::paths`]), so an installed binary finds it too.
 pub fn default_dir(kind: DatasetKind) -> PathBuf {
     match kind {
-        DatasetKind::Mnist => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist")),
+        DatasetKind::Mnist => crate::paths::find_or_relative("data/mnist"),
         DatasetKind::Fashion => PathBuf::from(FASHION_DIR),
     }
 }
@@ -156,7 +156,25 @@ pub fn load(kind: DatasetKind, dir: &Path) -> Result<Dataset> {
         }
     }
     let [train_images, train_labels, test_images, test_labels] = files;
-    Ok(Dataset { train: split(train_images, train_labels)?, test: split(test_images, test_labels)? })
+    let dataset = Dataset { train: split(train_images, train_labels)?, test: split(test_images, test_labels)? };
+    check_identity(kind, dir, &dataset.train)?;
+    Ok(dataset)
+}
+
+/// The first ten training labels of each dataset as published: enough to tell the two
+/// apart when a folder holds the other one (same file names, same format).
+const FIRST_LABELS: [(DatasetKind, [u8; 10]); 2] =
+    [(DatasetKind::Mnist, [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]), (DatasetKind::Fashion, [9, 0, 0, 3, 0, 2, 7, 2, 5, 5])];
+
+/// Refuses a folder that holds the other dataset (`--dataset fashion --data-dir data/mnist`).
+fn check_identity(kind: DatasetKind, dir: &Path, train: &Split) -> Result<()> {
+    let first = train.labels.get(..10);
+    for (other, labels) in FIRST_LABELS {
+        if other != kind && train.n == 60_000 && first == Some(&labels[..]) {
+            return Err(Error::file(dir, format!("holds {other}, not {kind} (its first training labels are {other}'s); pass the {kind} folder with --data-dir or use --dataset {other}")));
+        }
+    }
+    Ok(())
 }
 
 /// Decode an (images, labels) pair of (path, raw bytes) into a split.

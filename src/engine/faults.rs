@@ -6,12 +6,9 @@
 
 use std::cell::Cell;
 
-use serde::Serialize;
-
 /// Each fault names where it lives (`site`): the op or layer a good localisation
 /// should point at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Fault {
     /// Matrix product: dB computed as (Aᵀ·G)ᵀ's transpose mix-up, i.e. Gᵀ·A.
     MatmulGradTransposed,
@@ -97,6 +94,29 @@ impl Fault {
 
     fn bit(self) -> u32 {
         1 << (self as u32)
+    }
+}
+
+/// JSON spells a fault as the command line does: `name()` is the one spelling.
+impl serde::Serialize for Fault {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl schemars::JsonSchema for Fault {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Fault".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "enum": Fault::ALL.map(Fault::name) })
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

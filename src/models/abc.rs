@@ -44,7 +44,7 @@ pub fn program(k: usize) -> Program {
 }
 
 /// Where the starting values come from (`--init`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InitSource {
     /// Every entry 1, as in the seed study.
@@ -84,7 +84,7 @@ impl std::fmt::Display for InitSource {
 }
 
 /// The starting point of an A/B/C run, in `f64`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AbcInit {
     pub x: Vec<f64>,
     #[serde(rename = "A")]
@@ -160,7 +160,7 @@ impl AbcInit {
 }
 
 /// One A/B/C study: where to start, how to train.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct AbcSpec {
     pub init_source: InitSource,
     pub init: AbcInit,
@@ -168,17 +168,31 @@ pub struct AbcSpec {
     pub steps: usize,
 }
 
+/// Largest K of `abc --k`.
+pub const MAX_K: usize = 512;
+const WHY_MAX_K: &str = "three K×K matrices and their gradients at every step are kept for the report; larger problems belong in a program file for `run`";
+/// Most steps of `abc --steps`.
+pub const MAX_STEPS: usize = 100_000;
+/// Most gradient entries (3·K²·steps) one backend keeps for the report (80 MB in f64).
+pub const MAX_KEPT_VALUES: usize = 10_000_000;
+
 impl AbcSpec {
     /// Resolves `--init`, `--k`, `--lr` and `--steps` into a checked spec.
     pub fn new(source: InitSource, k: Option<usize>, lr: f64, steps: usize) -> Result<Self> {
         if k == Some(0) {
             return Err(Error::Invalid("--k 0: K must be at least 1".into()));
         }
+        if let Some(k) = k.filter(|&k| k > MAX_K) {
+            return Err(Error::Invalid(format!("--k {k}: at most {MAX_K} ({WHY_MAX_K})")));
+        }
         if steps == 0 {
             return Err(Error::Invalid("--steps 0: at least one step is needed".into()));
         }
-        if !lr.is_finite() {
-            return Err(Error::Invalid(format!("--lr {lr}: the learning rate must be finite")));
+        if steps > MAX_STEPS {
+            return Err(Error::Invalid(format!("--steps {steps}: at most {MAX_STEPS} (every step's loss and gradients are kept and plotted)")));
+        }
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(Error::Invalid(format!("--lr {lr:e}: expected a finite learning rate > 0 (a negative one climbs the loss)")));
         }
         let init = match &source {
             InitSource::Ones => AbcInit::ones(k.unwrap_or(SEED_K)),
@@ -191,6 +205,16 @@ impl AbcSpec {
                 init
             }
         };
+        if init.k() > MAX_K {
+            return Err(Error::Invalid(format!("--init {}: K = {} is above the limit of {MAX_K} ({WHY_MAX_K})", source, init.k())));
+        }
+        let kept = 3 * init.k() * init.k() * steps;
+        if kept > MAX_KEPT_VALUES {
+            return Err(Error::Invalid(format!(
+                "--k {} with --steps {steps}: {kept} gradient entries would be kept per backend; at most {MAX_KEPT_VALUES} (3·K²·steps), so lower one of them",
+                init.k()
+            )));
+        }
         Ok(AbcSpec { init_source: source, init, lr, steps })
     }
 

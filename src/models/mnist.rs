@@ -21,7 +21,7 @@ pub const BN_MOMENTUM: f64 = 0.1;
 /// Dropout probability of the `_Dropout` variants.
 pub const DROPOUT_P: f64 = 0.5;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
 pub enum Family {
     #[serde(rename = "CNN")]
     Cnn,
@@ -30,7 +30,7 @@ pub enum Family {
     Softmax,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
 pub enum Variant {
     Plain,
     Dropout,
@@ -38,7 +38,7 @@ pub enum Variant {
 }
 
 /// One step of a model. Layers own their parameter names.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(tag = "layer", rename_all = "snake_case")]
 pub enum Layer {
     Conv2d { name: &'static str, in_ch: usize, out_ch: usize, kernel: usize, padding: usize },
@@ -56,7 +56,7 @@ pub enum Layer {
 
 /// What kind of tensor a parameter is; decides its initialisation and whether the
 /// optimiser updates it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ParamKind {
     Weight { fan_in: usize },
@@ -73,14 +73,14 @@ impl ParamKind {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ParamDecl {
     pub name: String,
     pub shape: Vec<usize>,
     pub kind: ParamKind,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ModelSpec {
     pub name: String,
     pub family: Family,
@@ -340,7 +340,7 @@ impl Builder {
 }
 
 /// Named tensors: a model's parameters and buffers, or its gradients.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ParamSet {
     pub tensors: Vec<(String, HostTensor)>,
 }

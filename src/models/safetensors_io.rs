@@ -55,5 +55,6 @@ pub fn write(path: &Path, set: &ParamSet, dtype: DType) -> Result<()> {
         .map(|(n, shape, bytes)| Ok((n.as_str(), TensorView::new(st_dtype, shape.clone(), bytes).map_err(|e| Error::file(path, e.to_string()))?)))
         .collect::<Result<Vec<_>>>()?;
     let out = safetensors::serialize(views, None).map_err(|e| Error::file(path, e.to_string()))?;
-    std::fs::write(path, out).map_err(|e| Error::io(path, e))
+    // Through a temporary file and a rename: a killed run leaves the old file or the new.
+    crate::report::write_atomic(path, out)
 }

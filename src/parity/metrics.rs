@@ -12,7 +12,7 @@ use crate::host::HostTensor;
 pub const REL_FLOOR: f64 = 1e-6;
 
 /// The distance between a tensor `a` and a reference `b` of the same shape.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct TensorDiff {
     /// max |a - b|
     pub max_abs: f64,

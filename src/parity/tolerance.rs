@@ -6,7 +6,7 @@ use crate::dtype::DType;
 
 /// `|a - b| <= atol + rtol * |b|`, with `b` the reference: `torch.testing.assert_close`'s
 /// rule. NaN or infinity on either side never satisfies it.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Tolerance {
     pub rtol: f64,
     pub atol: f64,

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::Tolerance;
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct TraceDiff {
     /// |a - b| / |b| per step (b is the reference); NaN where either side is not finite.
     pub rel: Vec<f64>,

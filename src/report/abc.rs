@@ -3,20 +3,17 @@
 use super::fmt::{full, sci, table};
 use crate::engine::faults::Fault;
 use super::plot::{stacked_svg, Panel, Series};
-use super::{to_json, Output};
+use super::{Output, Provenance, ReportSet};
 use crate::error::Result;
 use crate::study::abc::AbcStudy;
 
 /// Relative differences of exactly zero are drawn at this floor on the log plot.
 pub const ZERO_FLOOR: f64 = 1e-18;
 
-pub fn outputs(study: &AbcStudy, stem: &str) -> Result<Vec<Output>> {
-    let svg_name = format!("{stem}_loss.svg");
-    Ok(vec![
-        Output { file_name: format!("{stem}.json"), contents: to_json(study)? },
-        Output { file_name: svg_name.clone(), contents: loss_svg(study)? },
-        Output { file_name: format!("{stem}.md"), contents: markdown(study, &svg_name) },
-    ])
+pub fn outputs(study: &AbcStudy, provenance: &Provenance) -> Result<ReportSet> {
+    let svg_name = "abc_loss.svg";
+    let plots = vec![Output { file_name: svg_name.into(), contents: loss_svg(study)? }];
+    super::set("abc", provenance, study, markdown(study, svg_name), plots)
 }
 
 pub fn loss_svg(study: &AbcStudy) -> Result<String> {

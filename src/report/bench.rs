@@ -4,17 +4,15 @@
 use plotters::prelude::*;
 
 use super::fmt::table;
-use super::{to_json, Output};
+use super::{Output, Provenance, ReportSet};
+use crate::study::pair_name;
 use crate::backends::BackendKind;
 use crate::error::{Error, Result};
 use crate::study::bench::BenchReport;
 
-pub fn outputs(report: &BenchReport, machine: &str) -> Result<Vec<Output>> {
-    Ok(vec![
-        Output { file_name: "bench.json".into(), contents: to_json(report)? },
-        Output { file_name: "bench.svg".into(), contents: bars(report)? },
-        Output { file_name: "bench.md".into(), contents: markdown(report, machine) },
-    ])
+pub fn outputs(report: &BenchReport, machine: &str, provenance: &Provenance) -> Result<ReportSet> {
+    let plots = vec![Output { file_name: "bench.svg".into(), contents: bars(report)? }];
+    super::set("bench", provenance, report, markdown(report, machine), plots)
 }
 
 fn kinds(report: &BenchReport) -> Vec<BackendKind> {
@@ -33,7 +31,8 @@ fn markdown(report: &BenchReport, machine: &str) -> String {
     );
     let mut header = vec!["model".to_string()];
     header.extend(kinds.iter().map(|k| format!("{k} step ms")));
-    header.extend(["engine/torch".into(), "engine/candle".into()]);
+    let pairs = [pair_name(BackendKind::Engine, BackendKind::Torch), pair_name(BackendKind::Engine, BackendKind::Candle)];
+    header.extend(pairs.iter().map(|p| format!("{p} time ratio")));
     header.extend(kinds.iter().map(|k| format!("{k} eval ms")));
     let rows: Vec<Vec<String>> = report
         .models
@@ -41,7 +40,7 @@ fn markdown(report: &BenchReport, machine: &str) -> String {
         .map(|(name, m)| {
             let mut r = vec![name.clone()];
             r.extend(kinds.iter().map(|k| m.step_ms.get(k).map_or("-".into(), |v| format!("{v:.2}"))));
-            r.extend(["engine/torch", "engine/candle"].iter().map(|p| m.ratios.get(*p).map_or("-".into(), |v| format!("{v:.2}"))));
+            r.extend(pairs.iter().map(|p| m.ratios.get(p).map_or("-".into(), |v| format!("{v:.2}"))));
             r.extend(kinds.iter().map(|k| m.eval_ms.get(k).map_or("-".into(), |v| format!("{v:.2}"))));
             r
         })

@@ -4,23 +4,21 @@
 use serde::Serialize;
 
 use super::fmt::{sci, table};
-use super::{to_json, Output};
+use super::{Provenance, ReportSet};
 use crate::error::Result;
 use crate::study::gate::GateReport;
 use crate::study::mutants::MutantsReport;
 
-#[derive(Serialize)]
-struct CheckJson<'a> {
-    baseline: &'a str,
+/// `check.json`'s fields: the baseline compared with, then the gate's result.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct CheckJson {
+    pub baseline: String,
     #[serde(flatten)]
-    report: &'a GateReport,
+    pub report: GateReport,
 }
 
-pub fn check_outputs(report: &GateReport, baseline_path: &str) -> Result<Vec<Output>> {
-    Ok(vec![
-        Output { file_name: "check.json".into(), contents: to_json(&CheckJson { baseline: baseline_path, report })? },
-        Output { file_name: "check.md".into(), contents: check_markdown(report, baseline_path) },
-    ])
+pub fn check_outputs(report: &GateReport, baseline_path: &str, provenance: &Provenance) -> Result<ReportSet> {
+    super::set("check", provenance, &CheckJson { baseline: baseline_path.into(), report: report.clone() }, check_markdown(report, baseline_path), vec![])
 }
 
 /// The table of what regressed, where and by how much.
@@ -61,11 +59,8 @@ fn check_markdown(report: &GateReport, baseline_path: &str) -> String {
     md
 }
 
-pub fn mutants_outputs(report: &MutantsReport) -> Result<Vec<Output>> {
-    Ok(vec![
-        Output { file_name: "mutants.json".into(), contents: to_json(report)? },
-        Output { file_name: "mutants.md".into(), contents: mutants_markdown(report) },
-    ])
+pub fn mutants_outputs(report: &MutantsReport, provenance: &Provenance) -> Result<ReportSet> {
+    super::set("mutants", provenance, report, mutants_markdown(report), vec![])
 }
 
 pub fn mutants_table(report: &MutantsReport) -> String {

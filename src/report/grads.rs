@@ -2,19 +2,16 @@
 
 use super::fmt::{sci, table};
 use super::plot::{stacked_svg, Panel, Series};
-use super::{to_json, Output};
+use super::{Output, Provenance, ReportSet};
 use crate::error::Result;
 use crate::study::grads::GradsStudy;
 
 /// Exact agreement is drawn at this floor on the log plot.
 const FLOOR: f64 = 1e-18;
 
-pub fn outputs(study: &GradsStudy) -> Result<Vec<Output>> {
-    Ok(vec![
-        Output { file_name: "grads.json".into(), contents: to_json(study)? },
-        Output { file_name: "grads_layers.svg".into(), contents: layers_svg(study)? },
-        Output { file_name: "grads.md".into(), contents: markdown(study) },
-    ])
+pub fn outputs(study: &GradsStudy, provenance: &Provenance) -> Result<ReportSet> {
+    let plots = vec![Output { file_name: "grads_layers.svg".into(), contents: layers_svg(study)? }];
+    super::set("grads", provenance, study, markdown(study), plots)
 }
 
 /// Per model, the scaled gradient difference of every parameter (forward order) for

@@ -3,7 +3,7 @@
 
 use super::fmt::{sci, table};
 use super::plot::{stacked_svg, Panel, Series};
-use super::{to_json, Output};
+use super::{Output, Provenance, ReportSet};
 use crate::backends::BackendKind;
 use crate::error::Result;
 use crate::study::claims;
@@ -11,15 +11,14 @@ use crate::study::mnist::MnistStudy;
 
 const FLOOR: f64 = 1e-18;
 
-pub fn outputs(study: &MnistStudy) -> Result<Vec<Output>> {
-    let mut out = vec![Output { file_name: "mnist.json".into(), contents: to_json(study)? }];
+pub fn outputs(study: &MnistStudy, provenance: &Provenance) -> Result<ReportSet> {
+    let mut plots = Vec::new();
     for (file, title, filter) in FIGURES {
-        out.push(Output { file_name: file.to_string(), contents: figure(study, title, filter)? });
+        plots.push(Output { file_name: file.to_string(), contents: figure(study, title, filter)? });
     }
-    out.push(Output { file_name: "mnist_loss_diff.svg".into(), contents: loss_diff_svg(study)? });
-    out.push(Output { file_name: "mnist_resync.svg".into(), contents: resync_svg(study)? });
-    out.push(Output { file_name: "mnist.md".into(), contents: markdown(study) });
-    Ok(out)
+    plots.push(Output { file_name: "mnist_loss_diff.svg".into(), contents: loss_diff_svg(study)? });
+    plots.push(Output { file_name: "mnist_resync.svg".into(), contents: resync_svg(study)? });
+    super::set("mnist", provenance, study, markdown(study), plots)
 }
 
 /// The seed's Figures 2 to 5: (file, title, which models).

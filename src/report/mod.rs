@@ -1,6 +1,6 @@
 //! Formatting only: JSON, Markdown and SVG built in memory from a study's result, then
-//! written together, each file through a temporary name and a rename, so that a failed
-//! run never leaves a half-written report.
+//! written as one report set: `<out>/<kind>/` is replaced as a whole or not at all (see
+//! `output`), so that a failed or killed run never leaves a half-written report.
 
 pub mod abc;
 pub mod bench;
@@ -8,10 +8,17 @@ pub mod fmt;
 pub mod gate;
 pub mod grads;
 pub mod mnist;
+pub mod output;
 pub mod plot;
+pub mod provenance;
 pub mod run;
+pub mod schema;
 
-use std::path::{Path, PathBuf};
+pub use output::{check_dir, check_json_target, check_out_dir, write_atomic, write_set, JsonTarget};
+pub use provenance::{Provenance, SCHEMA_VERSION};
+
+use schemars::JsonSchema;
+use serde::Serialize;
 
 use crate::error::{Error, Result};
 
@@ -21,25 +28,44 @@ pub struct Output {
     pub contents: String,
 }
 
-/// Writes every output into `dir` (created if needed); returns the paths written.
-pub fn write_all(dir: &Path, outputs: &[Output]) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut written = Vec::new();
-    for out in outputs {
-        let path = dir.join(&out.file_name);
-        write_atomic(&path, &out.contents)?;
-        written.push(path);
-    }
-    Ok(written)
+/// A study's whole report: its JSON document, Markdown and plots. `kind` names the study
+/// (`abc`, `grads`, ...), the folder the set goes into and the JSON's `kind` field.
+pub struct ReportSet {
+    pub kind: &'static str,
+    pub outputs: Vec<Output>,
 }
 
-/// Writes `contents` to `path` via `path.tmp` and a rename.
-pub fn write_atomic(path: &Path, contents: &str) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, contents).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+impl ReportSet {
+    /// The set's JSON document (every report has one).
+    pub fn json(&self) -> &str {
+        let name = format!("{}.json", self.kind);
+        &self.outputs.iter().find(|o| o.file_name == name).expect("every report set has its JSON document").contents
+    }
+}
+
+/// The envelope of every JSON output: the layout's version, what it is, what produced
+/// it, then the study's own fields.
+#[derive(Serialize, JsonSchema)]
+pub struct Document<'a, T: Serialize + JsonSchema> {
+    /// Raised whenever a field changes meaning or goes (`SCHEMA_VERSION`).
+    pub schema_version: u32,
+    /// The study: abc, grads, mnist, check, mutants, bench, run.
+    pub kind: &'a str,
+    pub provenance: &'a Provenance,
+    #[serde(flatten)]
+    pub body: &'a T,
+}
+
+/// A set of files from a study's result: the JSON document and the Markdown (with the
+/// provenance footer appended), then any plots.
+pub fn set<T: Serialize + JsonSchema>(kind: &'static str, provenance: &Provenance, body: &T, markdown: String, plots: Vec<Output>) -> Result<ReportSet> {
+    let doc = Document { schema_version: SCHEMA_VERSION, kind, provenance, body };
+    let mut outputs = vec![
+        Output { file_name: format!("{kind}.json"), contents: to_json(&doc)? },
+        Output { file_name: format!("{kind}.md"), contents: markdown + &provenance.markdown_footer() },
+    ];
+    outputs.extend(plots);
+    Ok(ReportSet { kind, outputs })
 }
 
 /// Pretty JSON; non-finite numbers become `null` (serde_json's rule), never a number.

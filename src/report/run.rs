@@ -1,12 +1,12 @@
 //! The report of `parity-report run`: `run.md` and `run.json`.
 
 use super::fmt::{sci, table};
-use super::{to_json, Output};
+use super::{Provenance, ReportSet};
 use crate::error::Result;
 use crate::study::run::RunStudy;
 
-pub fn outputs(study: &RunStudy) -> Result<Vec<Output>> {
-    Ok(vec![Output { file_name: "run.json".into(), contents: to_json(study)? }, Output { file_name: "run.md".into(), contents: markdown(study) }])
+pub fn outputs(study: &RunStudy, provenance: &Provenance) -> Result<ReportSet> {
+    super::set("run", provenance, study, markdown(study), vec![])
 }
 
 fn verdict(study: &RunStudy) -> String {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{backend_pairs, pair_name, TOOL_VERSION};
+use super::{backend_pairs, pair_name};
 use crate::backends::{BackendKind, Trajectory};
 use crate::dtype::DType;
 use crate::engine::faults::{self, Fault};
@@ -15,7 +15,7 @@ use crate::parity::{compare, compare_traces, TensorDiff, Tolerance, TraceDiff};
 
 pub const PARAMS: [&str; 3] = ["A", "B", "C"];
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct AbcSettings {
     pub k: usize,
     pub lr: f64,
@@ -25,7 +25,7 @@ pub struct AbcSettings {
 }
 
 /// What one backend did, in the JSON layout people read: matrices as rows.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct BackendRun {
     /// Loss before each update.
     pub loss: Vec<f64>,
@@ -39,7 +39,7 @@ pub struct BackendRun {
 }
 
 /// Agreement between backend `a` and the more trusted backend `b`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct PairParity {
     pub a: BackendKind,
     pub b: BackendKind,
@@ -53,10 +53,8 @@ pub struct PairParity {
     pub agree: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct AbcStudy {
-    pub study: &'static str,
-    pub tool_version: &'static str,
     pub settings: AbcSettings,
     pub init: AbcInit,
     /// The backend every other one is compared against in the plot.
@@ -73,7 +71,7 @@ pub struct AbcStudy {
 }
 
 /// The engine with a catalogued fault switched on, next to the correct backends.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct FaultyRun {
     pub fault: Fault,
     pub loss: Vec<f64>,
@@ -113,8 +111,6 @@ pub fn run_with_fault(spec: &AbcSpec, dtype: DType, kinds: &[BackendKind], tol: 
     };
     Ok(AbcStudy {
         faulty,
-        study: "abc",
-        tool_version: TOOL_VERSION,
         settings: AbcSettings { k: spec.init.k(), lr: spec.lr, steps: spec.steps, init: spec.init_source.to_string(), dtype },
         init: spec.init.clone(),
         reference,

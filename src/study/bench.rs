@@ -10,7 +10,6 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::lockstep::{backend, instantiate, make_batch, step_masks, BackendOptions};
-use super::TOOL_VERSION;
 use crate::backends::{median, BackendKind, ModelRunner, SWITCH_WARMUP};
 use crate::data::Dataset;
 use crate::dtype::DType;
@@ -32,13 +31,14 @@ pub struct BenchOptions {
     pub threads: usize,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ModelBench {
     /// Median milliseconds of one training step at batch 25.
     pub step_ms: BTreeMap<BackendKind, f64>,
     /// Median milliseconds of one evaluation batch of 100.
     pub eval_ms: BTreeMap<BackendKind, f64>,
-    /// engine/torch and engine/candle step-time ratios (below 1: the engine is faster).
+    /// Step-time ratios keyed by pair (`engine-torch`, `engine-candle`): the engine's time over
+    /// the other's (below 1: the engine is faster).
     pub ratios: BTreeMap<String, f64>,
     /// One epoch in a child process per backend (empty when not measured): resident
     /// size before the first step, peak over the epoch, wall time of the epoch.
@@ -47,7 +47,7 @@ pub struct ModelBench {
     pub epoch_s: BTreeMap<BackendKind, f64>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct GemmBench {
     pub m: usize,
     pub k: usize,
@@ -56,10 +56,8 @@ pub struct GemmBench {
     pub gflops: BTreeMap<BackendKind, f64>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct BenchReport {
-    pub study: &'static str,
-    pub tool_version: &'static str,
     pub threads: usize,
     pub steps: usize,
     /// Training images of the epochs whose memory was measured (0: none).
@@ -145,7 +143,7 @@ pub fn run(data: &Dataset, opts: &BenchOptions, mut progress: impl FnMut(&str)) 
         let mut ratios = BTreeMap::new();
         for other in [BackendKind::Torch, BackendKind::Candle] {
             if let (Some(e), Some(o)) = (step_ms.get(&BackendKind::Engine), step_ms.get(&other)) {
-                ratios.insert(format!("engine/{other}"), e / o);
+                ratios.insert(super::pair_name(BackendKind::Engine, other), e / o);
             }
         }
         let (mut baseline_rss_mb, mut peak_rss_mb, mut epoch_s) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
@@ -180,8 +178,6 @@ pub fn run(data: &Dataset, opts: &BenchOptions, mut progress: impl FnMut(&str)) 
     progress("machine peak");
     let peak = super::peak::measure(opts.threads);
     Ok(BenchReport {
-        study: "bench",
-        tool_version: TOOL_VERSION,
         threads: opts.threads,
         steps: opts.steps,
         memory_images: opts.memory_images,

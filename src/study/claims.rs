@@ -6,7 +6,7 @@ use super::mnist::MnistStudy;
 use crate::backends::BackendKind;
 use crate::data::DatasetKind;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ClaimVerdict {
     pub claim: &'static str,
     /// `holds`, `contradicted` or `not tested`.

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 
 /// How much worse than the baseline a metric may get before the gate fails: by a factor,
 /// or up to a floor below which differences are rounding noise of the dtype.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Slack {
     pub factor: f64,
     pub floor_f32: f64,
@@ -41,7 +41,7 @@ impl Slack {
 /// cases or metric definitions change.
 pub const SUITE_VERSION: u32 = 1;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Baseline {
     /// `SUITE_VERSION` of the suite that made it (0: older than versioned baselines).
     #[serde(default)]
@@ -115,7 +115,7 @@ impl Baseline {
 }
 
 /// One reason the gate fails.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Regression {
     pub location: String,
     pub reason: &'static str,
@@ -128,7 +128,7 @@ pub struct Regression {
     pub check: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct GateReport {
     pub passed: bool,
     pub compared: usize,

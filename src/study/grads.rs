@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::lockstep::{instantiate, make_batch, step_masks, BackendOptions};
 use super::probe::{self, Probe};
-use super::{backend_pairs, pair_name, TOOL_VERSION};
+use super::{backend_pairs, pair_name};
 use crate::backends::BackendKind;
 use crate::data::Dataset;
 use crate::dtype::DType;
@@ -49,7 +49,7 @@ pub struct GradsOptions {
     pub save_grads: Option<PathBuf>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct GradsSettings {
     pub dtype: DType,
     pub batch: usize,
@@ -62,7 +62,7 @@ pub struct GradsSettings {
 }
 
 /// Why a model's backends disagree, as far as three backends can tell.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Diagnosis {
     /// The backend that disagrees with both others while they agree.
     pub odd_one_out: Option<BackendKind>,
@@ -85,7 +85,7 @@ pub struct Diagnosis {
 
 
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ModelGrads {
     pub loss: BTreeMap<BackendKind, f64>,
     /// param -> pair -> difference.
@@ -98,10 +98,8 @@ pub struct ModelGrads {
     pub order: Vec<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct GradsStudy {
-    pub study: &'static str,
-    pub tool_version: &'static str,
     pub settings: GradsSettings,
     pub models: BTreeMap<String, ModelGrads>,
     pub agree: bool,
@@ -142,8 +140,6 @@ pub fn run(data: &Dataset, opts: &GradsOptions, mut progress: impl FnMut(&str)) 
         models.insert(spec.name.clone(), m);
     }
     Ok(GradsStudy {
-        study: "grads",
-        tool_version: TOOL_VERSION,
         settings: GradsSettings {
             dtype: opts.dtype,
             batch: opts.batch,

@@ -9,7 +9,7 @@ use crate::host::HostTensor;
 use crate::models::mnist::{ModelSpec, ParamSet, IMAGE_SIDE};
 
 /// Options that change how a backend runs (not what it runs).
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, schemars::JsonSchema)]
 pub struct BackendOptions {
     pub candle_maxpool: MaxPoolMode,
 }

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::models::mnist::{ModelSpec, ParamSet};
 
 /// What one child measured.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EpochMemory {
     /// Resident size after loading the data and building the model, before the first step.
     pub baseline_mb: f64,

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::grads::{compare_model, grad_tolerance};
 use super::lockstep::{instantiate, make_batch, step_masks, BackendOptions};
-use super::{backend_pairs, pair_name, TOOL_VERSION};
+use super::{backend_pairs, pair_name};
 use crate::backends::{BackendKind, ModelRunner};
 use crate::data::{batches, epoch_order, file_order, Dataset, DatasetKind};
 use crate::dtype::DType;
@@ -42,7 +42,7 @@ pub struct MnistOptions {
     pub resync_steps: usize,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct MnistSettings {
     pub dataset: DatasetKind,
     pub dtype: DType,
@@ -61,7 +61,7 @@ pub struct MnistSettings {
     pub tolerance: Tolerance,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct EpochResult {
     pub epoch: usize,
     /// Percent of test images classified correctly.
@@ -75,7 +75,7 @@ pub struct EpochResult {
     pub train_loss_mean: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct BackendTraining {
     /// Loss of every training step, before its update.
     pub step_loss: Vec<f64>,
@@ -84,7 +84,7 @@ pub struct BackendTraining {
     pub seconds: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ResyncResult {
     pub steps: usize,
     /// Per backend pair: per step, the relative loss difference, from identical parameters.
@@ -95,7 +95,7 @@ pub struct ResyncResult {
     pub first_grad_disagreement: BTreeMap<String, Option<usize>>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ModelRun {
     pub backends: BTreeMap<BackendKind, BackendTraining>,
     /// Per backend pair: the loss trajectories compared step by step.
@@ -107,15 +107,23 @@ pub struct ModelRun {
     pub agree: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct MnistStudy {
-    pub study: &'static str,
-    pub tool_version: &'static str,
     pub settings: MnistSettings,
     pub reference: BackendKind,
     pub models: BTreeMap<String, ModelRun>,
     /// Every model agrees (see `ModelRun::agree`).
     pub agree: bool,
+}
+
+/// The images a `--train-limit`/`--test-limit` keeps: 1 to all of the split, else refused
+/// (never clamped without a word).
+fn limit(flag: &str, given: Option<usize>, available: usize, split: &str) -> Result<usize> {
+    match given {
+        None => Ok(available),
+        Some(n) if (1..=available).contains(&n) => Ok(n),
+        Some(n) => Err(Error::Invalid(format!("{flag} {n}: expected 1 to {available}, the {split} images this dataset has"))),
+    }
 }
 
 /// Progress of a long run, for a progress bar: (model, backend, done, total).
@@ -125,10 +133,13 @@ pub fn run(data: &Dataset, opts: &MnistOptions, progress: Progress) -> Result<Mn
     if opts.epochs == 0 {
         return Err(Error::Invalid("--epochs 0: at least one epoch is needed".into()));
     }
-    let n_train = opts.train_limit.unwrap_or(data.train.n).min(data.train.n);
-    let n_test = opts.test_limit.unwrap_or(data.test.n).min(data.test.n);
-    if n_train == 0 || n_test == 0 {
-        return Err(Error::Invalid("--train-limit / --test-limit must leave at least one image".into()));
+    let (n_train, n_test) = (limit("--train-limit", opts.train_limit, data.train.n, "training")?, limit("--test-limit", opts.test_limit, data.test.n, "test")?);
+    let steps = n_train.div_ceil(TRAIN_BATCH);
+    if opts.resync_steps > steps {
+        return Err(Error::Invalid(format!(
+            "--resync-steps {}: at most {steps}, the steps of one epoch on {n_train} images (the re-synchronised phase replays the first epoch)",
+            opts.resync_steps
+        )));
     }
     let tol = Tolerance::torch_default(opts.dtype);
     let reference = BackendKind::reference_among(&opts.backends).expect("at least one backend");
@@ -153,8 +164,6 @@ pub fn run(data: &Dataset, opts: &MnistOptions, progress: Progress) -> Result<Mn
         models.insert(spec.name.clone(), ModelRun { backends, trajectory, resync, agree: finite && resync_agrees });
     }
     Ok(MnistStudy {
-        study: "mnist",
-        tool_version: TOOL_VERSION,
         settings: MnistSettings {
             dataset: opts.dataset,
             dtype: opts.dtype,

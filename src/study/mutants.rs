@@ -12,7 +12,7 @@ use crate::data::Dataset;
 use crate::engine::faults::{self, Fault};
 use crate::error::{Error, Result};
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct FaultResult {
     pub name: &'static str,
     pub caught: bool,
@@ -29,7 +29,7 @@ pub struct FaultResult {
     pub failing: usize,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct MutantsReport {
     pub backends: Vec<BackendKind>,
     pub faults: Vec<FaultResult>,

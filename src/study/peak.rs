@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Peak {
     /// The widest vector FMA the loop used: "avx512f", "avx2+fma" or "scalar".
     pub isa: &'static str,

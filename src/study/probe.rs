@@ -15,7 +15,7 @@ use crate::models::{Op, Program};
 use crate::parity::worst_scaled_over;
 
 /// An op run alone (`sum` of its output as the loss).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Probe {
     pub op: String,
     /// Per backend pair: the worst input-gradient difference relative to the largest

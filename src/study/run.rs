@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::grads::{grad_tolerance, MODEL_SCALE_FLOOR};
 use super::lockstep::{backend, BackendOptions};
-use super::{backend_pairs, pair_name, TOOL_VERSION};
+use super::{backend_pairs, pair_name};
 use crate::backends::{BackendKind, Request};
 use crate::dtype::DType;
 use crate::error::Result;
@@ -29,7 +29,7 @@ pub struct RunOptions {
     pub backend_options: BackendOptions,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct RunSettings {
     pub program: String,
     pub dtype: DType,
@@ -40,7 +40,7 @@ pub struct RunSettings {
 }
 
 /// What one backend returned, or why it could not.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct BackendRun {
     pub ok: bool,
     /// The backend's refusal or failure, word for word.
@@ -55,7 +55,7 @@ pub struct BackendRun {
 }
 
 /// One value compared between every pair of backends that ran.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Compared {
     /// `loss`, `output:<name>` or `grad:<input>`.
     pub item: String,
@@ -64,7 +64,7 @@ pub struct Compared {
 
 /// A node run alone on every backend, on the reference's values of its inputs, with a
 /// fixed pseudo-random cotangent.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct NodeCheck {
     pub node: String,
     pub op: String,
@@ -83,7 +83,7 @@ pub struct NodeCheck {
 
 /// Gradients of a node against central finite differences (the oracle that needs no
 /// framework).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct FdCheck {
     /// Why no finite differences were taken (a kink or tie within the step, too many
     /// entries), when none were.
@@ -102,7 +102,7 @@ pub const FD_MAX_ENTRIES: usize = 4096;
 /// The relative step of the central differences.
 const FD_STEP: f64 = 1e-6;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct RunDiagnosis {
     pub failing_pairs: Vec<String>,
     /// The backend that disagrees with every other while they agree.
@@ -118,10 +118,8 @@ pub struct RunDiagnosis {
     pub at_fault: Vec<BackendKind>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct RunStudy {
-    pub study: &'static str,
-    pub tool_version: &'static str,
     pub settings: RunSettings,
     pub backends: BTreeMap<BackendKind, BackendRun>,
     pub compared: Vec<Compared>,
@@ -232,8 +230,6 @@ pub fn run(opts: &RunOptions) -> Result<RunStudy> {
         })
     };
     Ok(RunStudy {
-        study: "run",
-        tool_version: TOOL_VERSION,
         settings: RunSettings { program: opts.origin.clone(), dtype, backends: opts.backends.clone(), backend_options: opts.backend_options, scaled_tolerance: tol },
         backends,
         compared,

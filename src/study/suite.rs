@@ -36,7 +36,7 @@ pub const TRAIN_BATCH: usize = 25;
 pub const EVAL_IMAGES: usize = 100;
 
 /// One measurement: how far apart two backends are somewhere. Larger is worse.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Metric {
     /// `abc`, `graph`, `op`, `grads` or `train`.
     pub check: String,

@@ -205,6 +205,18 @@ enum Isa {
     Portable,
 }
 
+/// The instruction set the engine's kernels run on here (`"avx512"`, `"avx2"` or
+/// `"portable"`): it decides the engine's bits, so every report records it.
+pub fn kernel_path() -> &'static str {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => "avx512",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => "avx2",
+        Isa::Portable => "portable",
+    }
+}
+
 fn isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
