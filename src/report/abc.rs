@@ -1,8 +1,8 @@
 //! The A/B/C report: `abc.md`, `abc.json`, `abc_loss.svg`.
 
-use super::fmt::{full, sci, table};
+use super::fmt::{full, sci, table, ulps};
 use crate::engine::faults::Fault;
-use super::plot::{stacked_svg, Panel, Series};
+use super::plot::{stacked_svg, Panel, Series, XAxis};
 use super::{Output, Provenance, ReportSet};
 use crate::error::Result;
 use crate::study::abc::AbcStudy;
@@ -29,42 +29,46 @@ pub fn loss_svg(study: &AbcStudy) -> Result<String> {
         ),
         x_label: "step".into(),
         y_label: "loss (log)".into(),
+        x_axis: XAxis::Count,
         log_y: true,
         series: study
             .backends
             .iter()
-            .map(|(k, run)| Series { label: k.to_string(), points: run.loss.iter().enumerate().map(|(i, &l)| (i as f64, l)).collect() })
-            .chain(study.faulty.iter().map(|f| Series {
-                label: format!("engine with fault {}", f.fault.name()),
-                points: f.loss.iter().enumerate().map(|(i, &l)| (i as f64, l)).collect(),
-            }))
+            .map(|(k, run)| Series::new(k.to_string(), per_step(&run.loss)))
+            .chain(study.faulty.iter().map(|f| Series::new(format!("engine with fault {}", f.fault.name()), per_step(&f.loss))))
             .collect(),
         hlines: vec![],
         y_clip: study.faulty.as_ref().map(|_| 1e3 * study.backends.values().flat_map(|r| r.loss.iter()).fold(0.0f64, |m, &v| m.max(v))),
+        y_floor: None,
     };
     let reference = study.reference;
+    // Each curve of the difference panel looks like its backend's curve above it.
+    let look_of = |k| study.backends.keys().position(|&b| b == k).unwrap_or(0);
     let diff = Panel {
         title: format!("relative loss difference to {reference} (exact agreement drawn at {ZERO_FLOOR:.0e})"),
         x_label: "step".into(),
         y_label: "|loss - ref| / |ref| (log)".into(),
+        x_axis: XAxis::Count,
         log_y: true,
         series: study
             .parity
             .values()
             .filter(|p| p.b == reference)
-            .map(|p| Series {
-                label: format!("{} vs {}", p.a, p.b),
-                points: p.loss.rel.iter().enumerate().map(|(i, &r)| (i as f64, if r == 0.0 { ZERO_FLOOR } else { r })).collect(),
-            })
-            .chain(study.faulty.iter().map(|f| Series {
-                label: format!("engine with fault {} vs {reference}", f.fault.name()),
-                points: f.vs_reference.rel.iter().enumerate().map(|(i, &r)| (i as f64, if r == 0.0 { ZERO_FLOOR } else { r })).collect(),
+            .map(|p| Series::new(format!("{} vs {}", p.a, p.b), per_step(&p.loss.rel)).like(look_of(p.a)))
+            .chain(study.faulty.iter().map(|f| {
+                Series::new(format!("engine with fault {} vs {reference}", f.fault.name()), per_step(&f.vs_reference.rel)).like(study.backends.len())
             }))
             .collect(),
         hlines: vec![(study.tolerance.rtol, format!("rtol {:.1e}", study.tolerance.rtol))],
         y_clip: study.faulty.as_ref().map(|_| 1e3),
+        y_floor: Some(ZERO_FLOOR),
     };
     stacked_svg(&[loss, diff], 900, 380)
+}
+
+/// One point per step.
+fn per_step(values: &[f64]) -> Vec<(f64, f64)> {
+    values.iter().enumerate().map(|(i, &v)| (i as f64, v)).collect()
 }
 
 /// Why the seed's Figure 0 looked the way it did, for the fault that reproduces it.
@@ -115,7 +119,7 @@ pub fn markdown(study: &AbcStudy, svg_name: &str) -> String {
                 p.loss.first_divergence.map_or("none".into(), |s| s.to_string()),
                 p.loss.decades_per_step.map_or("-".into(), |d| format!("{d:+.2}")),
                 sci(worst_grad),
-                worst_ulps.to_string(),
+                ulps(worst_ulps),
                 p.grads_first_divergence.map_or("none".into(), |s| s.to_string()),
                 sci(worst_final),
                 if p.agree { "agree".into() } else { "**disagree**".into() },

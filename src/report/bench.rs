@@ -2,6 +2,7 @@
 //! backend as bars, log scale).
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::fmt::table;
 use super::{Output, Provenance, ReportSet};
@@ -132,9 +133,11 @@ fn bars(report: &BenchReport) -> Result<String> {
     let colors = [RGBColor(214, 39, 40), RGBColor(31, 119, 180), RGBColor(44, 160, 44)];
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (1000, 460)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (1000, 490)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
-        let mut chart = ChartBuilder::on(&root)
+        // The legend gets a strip of its own below the bars, where it hides none of them.
+        let (chart_area, legend_area) = root.split_vertically(460);
+        let mut chart = ChartBuilder::on(&chart_area)
             .caption("Training step time at batch 25 (median, ms, log scale)", ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(40)
@@ -151,6 +154,7 @@ fn bars(report: &BenchReport) -> Result<String> {
             .draw()
             .map_err(plot_err)?;
         let width = 0.8 / kinds.len().max(1) as f64;
+        let legend_style = TextStyle::from(("sans-serif", 13).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
         for (ki, kind) in kinds.iter().enumerate() {
             let color = colors[ki % colors.len()];
             let rects: Vec<Rectangle<(f64, f64)>> = report
@@ -163,13 +167,11 @@ fn bars(report: &BenchReport) -> Result<String> {
                     Some(Rectangle::new([(x0, lo), (x0 + width, v)], color.filled()))
                 })
                 .collect();
-            chart
-                .draw_series(rects)
-                .map_err(plot_err)?
-                .label(kind.to_string())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+            chart.draw_series(rects).map_err(plot_err)?;
+            let x = 72 + 110 * ki as i32;
+            legend_area.draw(&Rectangle::new([(x, 9), (x + 12, 21)], color.filled())).map_err(plot_err)?;
+            legend_area.draw(&Text::new(kind.to_string(), (x + 18, 15), legend_style.clone())).map_err(plot_err)?;
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(plot_err)?;
         root.present().map_err(plot_err)?;
     }
     Ok(svg)

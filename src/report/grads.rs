@@ -1,7 +1,7 @@
 //! The step-0 gradient report: `grads.md`, `grads.json`, `grads_layers.svg`.
 
-use super::fmt::{sci, table};
-use super::plot::{stacked_svg, Panel, Series};
+use super::fmt::{sci, table, ulps};
+use super::plot::{grid_svg, Panel, Series, XAxis};
 use super::{Output, Provenance, ReportSet};
 use crate::error::Result;
 use crate::study::grads::GradsStudy;
@@ -15,29 +15,30 @@ pub fn outputs(study: &GradsStudy, provenance: &Provenance) -> Result<ReportSet>
 }
 
 /// Per model, the scaled gradient difference of every parameter (forward order) for
-/// each backend pair: where along the network two backends part ways.
+/// each backend pair: where along the network two backends part ways. Three panels a
+/// row keep the nine models on one screen.
 fn layers_svg(study: &GradsStudy) -> Result<String> {
+    let tolerance = study.settings.scaled_tolerance;
     let panels: Vec<Panel> = study
         .models
         .iter()
         .map(|(name, m)| Panel {
-            title: format!("{name}: gradient difference per parameter (x: parameter # in forward order)"),
-            x_label: "parameter # in forward order (the # column of grads.md)".into(),
+            title: name.clone(),
+            x_label: "parameter, forward order".into(),
             y_label: "max|a-b| / max|b|".into(),
+            x_axis: XAxis::Named(m.order.clone()),
             log_y: true,
             series: m
                 .worst_scaled
                 .keys()
-                .map(|pair| Series {
-                    label: pair.clone(),
-                    points: m.order.iter().enumerate().map(|(i, p)| (i as f64, m.params[p][pair].scaled.max(FLOOR))).collect(),
-                })
+                .map(|pair| Series::new(pair.clone(), m.order.iter().enumerate().map(|(i, p)| (i as f64, m.params[p][pair].scaled)).collect()))
                 .collect(),
-            hlines: vec![(study.settings.scaled_tolerance, format!("tolerance {:.0e}", study.settings.scaled_tolerance))],
+            hlines: vec![(tolerance, format!("tolerance {tolerance:.0e}"))],
             y_clip: None,
+            y_floor: Some(FLOOR),
         })
         .collect();
-    stacked_svg(&panels, 1100, 300)
+    grid_svg(&panels, 3, 540, 440)
 }
 
 fn markdown(study: &GradsStudy) -> String {
@@ -85,7 +86,9 @@ fn markdown(study: &GradsStudy) -> String {
         })
         .collect();
     md += &table(&header.iter().map(String::as_str).collect::<Vec<_>>(), &rows);
-    md += "\n## Per parameter\n\n";
+    md += "\n## Per parameter\n\n\
+           ULPs are exact up to a million and rounded above it: a count of about `2e9` (f32) or `9e18` (f64) means the two \
+           values have opposite signs (an entry near zero), where a distance in ULPs says nothing; `-`: a NaN or infinity.\n\n";
     for (name, m) in &study.models {
         md += &format!("### {name}\n\nLoss: {}\n\n", m.loss.iter().map(|(k, l)| format!("{k} {l:.17e}")).collect::<Vec<_>>().join(", "));
         let mut header = vec!["#".to_string(), "parameter".to_string()];
@@ -98,7 +101,7 @@ fn markdown(study: &GradsStudy) -> String {
                 let mut r = vec![i.to_string(), format!("`{p}`")];
                 r.extend(pairs.iter().map(|pair| {
                     let d = &m.params[p][pair];
-                    format!("{} / {} / {}", sci(d.max_abs), sci(d.scaled), if d.max_ulps == u64::MAX { "-".into() } else { d.max_ulps.to_string() })
+                    format!("{} / {} / {}", sci(d.max_abs), sci(d.scaled), ulps(d.max_ulps))
                 }));
                 r
             })

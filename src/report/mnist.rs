@@ -2,11 +2,12 @@
 //! plots (loss difference per step; gradient difference per step when re-synchronised).
 
 use super::fmt::{sci, table};
-use super::plot::{stacked_svg, Panel, Series};
+use super::plot::{stacked_svg, Panel, Series, XAxis};
 use super::{Output, Provenance, ReportSet};
 use crate::backends::BackendKind;
 use crate::error::Result;
 use crate::study::claims;
+use crate::study::grads::grad_tolerance;
 use crate::study::mnist::MnistStudy;
 
 const FLOOR: f64 = 1e-18;
@@ -39,13 +40,14 @@ fn figure(study: &MnistStudy, title: &str, family: &str) -> Result<String> {
         study
             .models
             .iter()
-            .filter(|(m, _)| in_family(m, family))
-            .filter_map(|(m, run)| run.backends.get(&r).map(|b| Series { label: m.clone(), points: b.epochs.iter().map(|e| (e.epoch as f64, f(e))).collect() }))
+            .enumerate()
+            .filter(|(_, (m, _))| in_family(m, family))
+            .filter_map(|(i, (m, run))| run.backends.get(&r).map(|b| Series::new(m.clone(), b.epochs.iter().map(|e| (e.epoch as f64, f(e))).collect()).like(i)))
             .collect()
     };
     let panels = [
-        Panel { title: format!("Test accuracy, {title} ({r}, {})", study.settings.dataset), x_label: "epoch".into(), y_label: "accuracy (%)".into(), log_y: false, series: series(&|e| e.test_accuracy), hlines: vec![], y_clip: None },
-        Panel { title: format!("Test loss (the seed's definition), {title} ({r})"), x_label: "epoch".into(), y_label: "Σ batch means / test images".into(), log_y: false, series: series(&|e| e.test_loss_seed), hlines: vec![], y_clip: None },
+        Panel { title: format!("Test accuracy, {title} ({r}, {})", study.settings.dataset), x_label: "epoch".into(), y_label: "accuracy (%)".into(), x_axis: XAxis::Count, log_y: false, series: series(&|e| e.test_accuracy), hlines: vec![], y_clip: None, y_floor: None },
+        Panel { title: format!("Test loss (the seed's definition), {title} ({r})"), x_label: "epoch".into(), y_label: "Σ batch means / test images".into(), x_axis: XAxis::Count, log_y: false, series: series(&|e| e.test_loss_seed), hlines: vec![], y_clip: None, y_floor: None },
     ];
     stacked_svg(&panels, 900, 360)
 }
@@ -68,14 +70,17 @@ fn loss_diff_svg(study: &MnistStudy) -> Result<String> {
                 title: format!("{k} vs {}: worst relative training-loss difference so far (own trajectories)", study.reference),
                 x_label: "step".into(),
                 y_label: "max over steps <= t of |loss - ref| / ref".into(),
+                x_axis: XAxis::Count,
                 log_y: true,
                 series: study
                     .models
                     .iter()
-                    .filter_map(|(m, run)| run.trajectory.get(&pair).map(|t| Series { label: m.clone(), points: running_max(&t.rel) }))
+                    .enumerate()
+                    .filter_map(|(i, (m, run))| run.trajectory.get(&pair).map(|t| Series::new(m.clone(), running_max(&t.rel)).like(i)))
                     .collect(),
                 hlines: vec![(study.settings.tolerance.rtol, format!("rtol {:.1e}", study.settings.tolerance.rtol))],
                 y_clip: None,
+                y_floor: Some(FLOOR),
             }
         })
         .collect();
@@ -88,7 +93,7 @@ fn loss_diff_svg(study: &MnistStudy) -> Result<String> {
 /// The worst value so far at every step: drift reads as a rising staircase instead of
 /// a saw of exact agreements and one-ulp differences.
 fn running_max(rel: &[f64]) -> Vec<(f64, f64)> {
-    let mut worst = FLOOR;
+    let mut worst = 0.0f64;
     rel.iter()
         .enumerate()
         .map(|(i, &v)| {
@@ -99,6 +104,7 @@ fn running_max(rel: &[f64]) -> Vec<(f64, f64)> {
 }
 
 fn resync_svg(study: &MnistStudy) -> Result<String> {
+    let grad_tol = grad_tolerance(study.settings.dtype);
     let panels: Vec<Panel> = others(study)
         .into_iter()
         .map(|k| {
@@ -107,17 +113,20 @@ fn resync_svg(study: &MnistStudy) -> Result<String> {
                 title: format!("{k} vs {}, re-synchronised each step: worst gradient difference / scale", study.reference),
                 x_label: "step".into(),
                 y_label: "max|a-b| / max|b|".into(),
+                x_axis: XAxis::Count,
                 log_y: true,
                 series: study
                     .models
                     .iter()
-                    .filter_map(|(m, run)| {
+                    .enumerate()
+                    .filter_map(|(i, (m, run))| {
                         let g = run.resync.as_ref()?.grad_scaled.get(&pair)?;
-                        Some(Series { label: m.clone(), points: g.iter().enumerate().map(|(i, &v)| (i as f64, v.max(FLOOR))).collect() })
+                        Some(Series::new(m.clone(), g.iter().enumerate().map(|(step, &v)| (step as f64, v)).collect()).like(i))
                     })
                     .collect(),
-                hlines: vec![],
+                hlines: vec![(grad_tol, format!("tolerance {grad_tol:.0e}"))],
                 y_clip: None,
+                y_floor: Some(FLOOR),
             }
         })
         .collect();
@@ -128,7 +137,7 @@ fn resync_svg(study: &MnistStudy) -> Result<String> {
 }
 
 fn empty_panel(title: &str) -> Panel {
-    Panel { title: title.into(), x_label: String::new(), y_label: String::new(), log_y: false, series: vec![], hlines: vec![], y_clip: None }
+    Panel { title: title.into(), x_label: String::new(), y_label: String::new(), x_axis: XAxis::Count, log_y: false, series: vec![], hlines: vec![], y_clip: None, y_floor: None }
 }
 
 fn markdown(study: &MnistStudy) -> String {
