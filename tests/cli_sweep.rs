@@ -35,7 +35,7 @@ fn values_that_would_make_a_meaningless_run_are_refused() {
     rejects(&["abc", "--lr", "0"], "--lr 0e0");
     rejects(&["abc", "--rtol", "1e300"], "--rtol 1e300: expected at most 1");
     rejects(&["abc", "--atol", "-1"], "--atol -1e0");
-    rejects(&["--full", "abc"], "--full: applies to the default run only");
+    rejects(&["--full", "abc"], "--full: is `parity-report study` without a subcommand");
 }
 
 #[test]

@@ -172,6 +172,15 @@ fn check_and_mutants_write_valid_json() {
 }
 
 #[test]
+fn study_writes_valid_json() {
+    let (code, out) = run("study", &["study", "--models", "Softmax,Softmax_Dropout", "--seeds", "0,1", "--epochs", "2", "--train-limit", "100", "--test-limit", "50", "--backends", "engine"]);
+    assert_eq!(code, 0);
+    let doc = check_set(&out, "study", &["engine"]);
+    assert_eq!(doc["runs"].as_array().unwrap().len(), 4);
+    assert!(doc["datasets"]["mnist"]["claims"][0]["verdict"].as_str().unwrap().starts_with("not resolved"), "two seeds, tiny budget");
+}
+
+#[test]
 fn the_committed_baseline_matches_its_schema() {
     let text = std::fs::read_to_string(repo_path("reference/baseline.json")).unwrap();
     validate("baseline", &serde_json::from_str(&text).unwrap());

@@ -48,6 +48,15 @@ pub trait Executor {
     /// `p - lr·g` without momentum (the seed's A/B/C rule), PyTorch's SGD
     /// (`v = m·v + g; p -= lr·v`) with it.
     fn sgd_step(&mut self, lr: f64, momentum: Option<f64>) -> Result<()>;
+    /// Asks the executor to keep SGD's momentum buffers where `velocity` can read them
+    /// (libtorch's optimiser keeps them out of reach, so its interpreter mirrors them
+    /// from then on; the others always can). Call before the first step.
+    fn track_velocity(&mut self) {}
+    /// SGD's momentum buffer of input `index`; None before its first momentum step.
+    fn velocity(&self, index: usize) -> Result<Option<HostTensor>>;
+    /// Restores a momentum buffer (a resumed run), so that the next step is the one an
+    /// uninterrupted run would take.
+    fn set_velocity(&mut self, index: usize, value: &HostTensor) -> Result<()>;
 }
 
 /// Trains a program's parameters with `p = p - lr·g` for `steps` steps.
@@ -148,6 +157,28 @@ impl ModelRunner for ProgramModel {
         for (n, i) in &self.tensors {
             let t = params.get(n).ok_or_else(|| Error::Invalid(format!("load_params: missing '{n}'")))?;
             self.exec.set_input(*i, t)?;
+        }
+        Ok(())
+    }
+
+    fn track_optimizer_state(&mut self) {
+        self.exec.track_velocity();
+    }
+
+    fn optimizer_state(&self) -> Result<Vec<(String, HostTensor)>> {
+        let mut out = Vec::new();
+        for (n, i) in &self.trainable {
+            if let Some(v) = self.exec.velocity(*i)? {
+                out.push((n.clone(), v));
+            }
+        }
+        Ok(out)
+    }
+
+    fn set_optimizer_state(&mut self, state: &[(String, HostTensor)]) -> Result<()> {
+        for (name, v) in state {
+            let i = self.trainable.iter().find(|(n, _)| n == name).map(|(_, i)| *i).ok_or_else(|| Error::Invalid(format!("momentum buffer '{name}' names no trainable parameter")))?;
+            self.exec.set_velocity(i, v)?;
         }
         Ok(())
     }

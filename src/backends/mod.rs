@@ -84,6 +84,12 @@ pub trait ModelRunner {
     fn params(&self) -> Result<ParamSet>;
     /// Overwrites parameters and buffers (optimiser state is kept).
     fn load_params(&mut self, params: &ParamSet) -> Result<()>;
+    /// Keep SGD's momentum buffers readable (see `Executor::track_velocity`).
+    fn track_optimizer_state(&mut self);
+    /// SGD's momentum buffers by parameter name (none before the first step).
+    fn optimizer_state(&self) -> Result<Vec<(String, HostTensor)>>;
+    /// Restores momentum buffers saved by `optimizer_state`.
+    fn set_optimizer_state(&mut self, state: &[(String, HostTensor)]) -> Result<()>;
 }
 
 /// Median of timing samples in seconds.

@@ -1,6 +1,7 @@
 //! parity-report: runs the parity studies and writes `reports/`. A thin CLI: it parses
 //! arguments, calls the library, and prints where the results went.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,6 +22,7 @@ use backprop_parity::models::safetensors_io;
 use backprop_parity::models::Program;
 use backprop_parity::parity::Tolerance;
 use backprop_parity::report::{self, JsonTarget, Provenance, ReportSet};
+use backprop_parity::study::campaign::Shard;
 use backprop_parity::study::run::RunOptions;
 use backprop_parity::study::gate::{self, Baseline};
 use backprop_parity::study::suite::SuiteConfig;
@@ -32,12 +34,12 @@ use backprop_parity::DType;
     name = "parity-report",
     version,
     about = "Does a handwritten backprop engine compute what real autograd computes? Measures it against candle and libtorch.",
-    after_help = "Without a subcommand: the A/B/C study, step-0 gradients of the nine models, and a quick MNIST profile on every built backend (--full: the seed's whole study).\n\nExit codes: 0 agreement, 1 disagreement or gate failure, 2 bad input or usage, 3 a backend or the run itself failed (--exit-zero: 0 once the report is written)."
+    after_help = "Without a subcommand: the A/B/C study, step-0 gradients of the nine models, and a quick MNIST profile on every built backend (--full: `parity-report study`, the seed's whole study over seeds).\n\nExit codes: 0 agreement, 1 disagreement or gate failure, 2 bad input or usage, 3 a backend or the run itself failed (--exit-zero: 0 once the report is written)."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Without a subcommand only: run the seed's full MNIST study (25 epochs, all data) instead of the quick profile.
+    /// Without a subcommand only: `parity-report study` with its defaults (the seed's 25 epochs of nine models, seeds 0, 1, 2) instead of the quick profile.
     #[arg(long)]
     full: bool,
     /// Folder of the reports: each study replaces its own set, DIR/<study>/, as a whole (default: reports).
@@ -58,6 +60,8 @@ enum Command {
     Mnist(MnistArgs),
     /// The CI gate: the quick parity suite against reference/baseline.json (exit 1 if agreement regressed).
     Check(CheckArgs),
+    /// The seed's study for real: 25 epochs, several seeds, MNIST and Fashion-MNIST; resumable and shardable (--full is its alias).
+    Study(StudyArgs),
     /// Mutation testing: each catalogued backprop fault switched on in the engine, the suite rerun.
     Mutants(MutantsArgs),
     /// Speed: median training-step and eval times per model and backend, interleaved; matrix-product GFLOP/s.
@@ -104,6 +108,64 @@ struct ProgramArgs {
     write_inputs: Option<PathBuf>,
     #[command(flatten)]
     model_args: ModelArgs,
+}
+
+#[derive(Args, Clone)]
+struct StudyArgs {
+    /// Comma-separated datasets: mnist, fashion.
+    #[arg(long, default_value = "mnist", value_name = "LIST")]
+    datasets: String,
+    /// Comma-separated seed models (default: all nine).
+    #[arg(long, value_name = "LIST", help = models_help())]
+    models: Option<String>,
+    /// Comma-separated seeds (parameter init, data order and dropout masks of each run).
+    #[arg(long, default_value = "0,1,2", value_name = "LIST")]
+    seeds: String,
+    /// Seeds whose runs train every --backends backend in lockstep from the same start
+    /// (default: the first seed); the other seeds train the engine alone.
+    #[arg(long, value_name = "LIST")]
+    lockstep_seeds: Option<String>,
+    #[command(flatten)]
+    budget: Budget,
+    /// candle's max-pool backward when candle is among --backends: `builtin` or `exact`.
+    #[arg(long, default_value = "builtin", value_name = "builtin|exact")]
+    candle_maxpool: MaxPoolMode,
+    /// Folder of the runs' records and checkpoints; a rerun resumes every run from it
+    /// (default: <out>/study-records).
+    #[arg(long, value_name = "DIR")]
+    records: Option<PathBuf>,
+    /// Run only the runs of shard I of N (runs I, I+N, I+2N, ... of the plan).
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
+    /// Train nothing: build the report from these record folders (the shards' --records).
+    #[arg(long, num_args = 1.., value_name = "DIR")]
+    merge: Vec<PathBuf>,
+    /// Threads for every backend; 1 to the number of cores (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// `study` with every default, for `parity-report --full`.
+#[derive(Parser)]
+struct StudyDefaults {
+    #[command(flatten)]
+    args: StudyArgs,
+}
+
+/// How long a model trains and on how much data.
+#[derive(Args, Clone)]
+struct Budget {
+    /// Epochs of every run (the seed's 25; at most 1000).
+    #[arg(long, default_value_t = 25)]
+    epochs: usize,
+    /// Train on the first N training images only (1 to the training set's size).
+    #[arg(long, value_name = "N")]
+    train_limit: Option<usize>,
+    /// Evaluate on the first N test images only (1 to the test set's size).
+    #[arg(long, value_name = "N")]
+    test_limit: Option<usize>,
 }
 
 #[derive(Args, Clone)]
@@ -293,15 +355,8 @@ struct GradsArgs {
 
 #[derive(Args, Clone)]
 struct MnistArgs {
-    /// Training epochs (the seed's 25; at most 1000).
-    #[arg(long, default_value_t = 25)]
-    epochs: usize,
-    /// Train on the first N training images only (1 to the training set's size).
-    #[arg(long, value_name = "N")]
-    train_limit: Option<usize>,
-    /// Evaluate on the first N test images only (1 to the test set's size).
-    #[arg(long, value_name = "N")]
-    test_limit: Option<usize>,
+    #[command(flatten)]
+    budget: Budget,
     /// Steps of the re-synchronised phase (every backend reset to the reference before each step;
     /// at most the steps of one epoch).
     #[arg(long, default_value_t = 20)]
@@ -331,7 +386,17 @@ struct Ctx {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print in full; a usage error is its first line only (clap
+        // adds usage and a tip on further lines), exit 2 like every other bad input.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.render().to_string();
+            eprintln!("{}", text.lines().find(|l| !l.trim().is_empty()).unwrap_or("error: bad arguments"));
+            return ExitCode::from(2);
+        }
+    };
     QUIET.store(cli.quiet, Ordering::Relaxed);
     // Freed blocks stay in the process for the next step (every backend alike; see
     // engine::memory for why and what it costs).
@@ -351,7 +416,7 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> Result<(Verdict, bool)> {
     anyhow::ensure!(
         !cli.full || cli.command.is_none(),
-        "--full: applies to the default run only (no subcommand); `mnist` takes --epochs, --train-limit and --test-limit"
+        "--full: is `parity-report study` without a subcommand; give the subcommand's own flags instead (`mnist` takes --epochs, --train-limit and --test-limit)"
     );
     let out = cli.out.clone().unwrap_or_else(|| PathBuf::from("reports"));
     match &cli.command {
@@ -370,12 +435,14 @@ fn dispatch(cli: Cli) -> Result<(Verdict, bool)> {
         Some(Command::Mnist(args)) => run_mnist(&ctx, args)?,
         Some(Command::Check(args)) => run_check(&ctx, args)?,
         Some(Command::Mutants(args)) => run_mutants(&ctx, args)?,
+        Some(Command::Study(args)) => run_study(&ctx, args)?,
         Some(Command::Bench(args)) => run_bench(&ctx, args).map(|()| Verdict::Agree)?,
         Some(Command::MemoryChild(args)) => run_memory_child(args).map(|()| Verdict::Agree)?,
         Some(Command::Run(args)) => run_program(&ctx, args)?,
         Some(Command::Program(args)) => print_program(args).map(|()| Verdict::Agree)?,
         Some(Command::Schemas(args)) => write_schemas(&args.dir).map(|()| Verdict::Agree)?,
-        None => run_default(&ctx, cli.full).map(|()| Verdict::Agree)?,
+        None if cli.full => run_study(&ctx, &StudyDefaults::parse_from(["study"]).args)?,
+        None => run_default(&ctx).map(|()| Verdict::Agree)?,
     };
     Ok((verdict, exit_zero))
 }
@@ -388,6 +455,7 @@ impl Command {
             Command::Mnist(a) => Some(&a.common),
             Command::Check(a) => Some(&a.common),
             Command::Mutants(a) => Some(&a.common),
+            Command::Study(a) => Some(&a.common),
             Command::Bench(a) => Some(&a.common),
             Command::Run(a) => Some(&a.common),
             Command::Program(_) | Command::Schemas(_) | Command::MemoryChild(_) => None,
@@ -440,7 +508,7 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
 }
 
 /// The A/B/C study, step-0 gradients, and a quick (or, with --full, the seed's) MNIST run.
-fn run_default(ctx: &Ctx, full: bool) -> Result<()> {
+fn run_default(ctx: &Ctx) -> Result<()> {
     let start = Instant::now();
     let mut findings = Vec::new();
     // The seed's Figure 0: the correct backends next to the engine with the seed's bug.
@@ -462,15 +530,14 @@ fn run_default(ctx: &Ctx, full: bool) -> Result<()> {
     if run_grads(ctx, &GradsArgs { batch: 25, save_grads: None, model: model.clone(), common: Common::default() })? != Verdict::Agree {
         findings.push("grads");
     }
-    let (train_limit, test_limit, epochs) =
-        if full { (None, None, 25) } else { (Some(QUICK_TRAIN), Some(QUICK_TEST), QUICK_EPOCHS) };
-    if !full {
+    let (train_limit, test_limit, epochs) = (Some(QUICK_TRAIN), Some(QUICK_TEST), QUICK_EPOCHS);
+    {
         say!(
             "quick profile: {QUICK_EPOCHS} epoch on the first {QUICK_TRAIN} of 60000 training images, tested on the first {QUICK_TEST} of 10000 \
-             (the seed trained 25 epochs on all of them: `parity-report --full`)"
+             (the seed's study, 25 epochs on all of them over seeds: `parity-report study`)"
         );
     }
-    if run_mnist(ctx, &MnistArgs { epochs, train_limit, test_limit, resync_steps: 10, model, common: Common::default() })? != Verdict::Agree {
+    if run_mnist(ctx, &MnistArgs { budget: Budget { epochs, train_limit, test_limit }, resync_steps: 10, model, common: Common::default() })? != Verdict::Agree {
         findings.push("mnist");
     }
     // The default run shows known disagreements on purpose (candle's max-pool as
@@ -582,7 +649,7 @@ fn run_grads(ctx: &Ctx, args: &GradsArgs) -> Result<Verdict> {
 fn run_mnist(ctx: &Ctx, args: &MnistArgs) -> Result<Verdict> {
     let c = &args.common;
     let (models, backends) = (parse_models(&args.model)?, c.backends()?);
-    anyhow::ensure!(args.epochs <= MAX_EPOCHS, "--epochs {}: at most {MAX_EPOCHS} (the seed's study is 25)", args.epochs);
+    anyhow::ensure!(args.budget.epochs <= MAX_EPOCHS, "--epochs {}: at most {MAX_EPOCHS} (the seed's study is 25)", args.budget.epochs);
     let dtype = c.dtype(DType::F32);
     let (params, params_origin) = load_params(&args.model)?;
     let data = load_data(&args.model)?;
@@ -592,9 +659,9 @@ fn run_mnist(ctx: &Ctx, args: &MnistArgs) -> Result<Verdict> {
         backends: backends.clone(),
         backend_options: BackendOptions { candle_maxpool: args.model.candle_maxpool },
         dataset: args.model.dataset,
-        epochs: args.epochs,
-        train_limit: args.train_limit,
-        test_limit: args.test_limit,
+        epochs: args.budget.epochs,
+        train_limit: args.budget.train_limit,
+        test_limit: args.budget.test_limit,
         seed: args.model.seed,
         params,
         params_origin,
@@ -705,6 +772,120 @@ fn run_check(ctx: &Ctx, args: &CheckArgs) -> Result<Verdict> {
     let provenance = Provenance::collect(&cfg.backends, &[DType::F32, DType::F64]);
     finish(ctx, report::gate::check_outputs(&result, &path.display().to_string(), &provenance)?)?;
     Ok(Verdict::of(result.passed))
+}
+
+/// `study`: trains (or resumes) this shard's runs into the records, then reports on every
+/// run the records hold; `--merge` only reports, from several record folders.
+fn run_study(ctx: &Ctx, args: &StudyArgs) -> Result<Verdict> {
+    use backprop_parity::study::campaign::{self, summary, RunSettings, StudyOptions};
+    let c = &args.common;
+    anyhow::ensure!(c.rtol.is_none() && c.atol.is_none(), "--rtol/--atol do not apply to study: it reports accuracies and drift, judged over seeds");
+    let dtype = c.dtype(DType::F32);
+    let records: Vec<PathBuf> = if args.merge.is_empty() {
+        let dir = args.records.clone().unwrap_or_else(|| ctx.out.join("study-records"));
+        report::check_dir("--records", &dir)?;
+        let opts = study_options(args)?;
+        let keys = campaign::plan(&opts);
+        anyhow::ensure!(!keys.is_empty(), "--shard {}/{}: holds no run of this plan ({} runs in all)", opts.shard.index, opts.shard.count, campaign::plan(&StudyOptions { shard: Shard { index: 1, count: 1 }, ..opts.clone() }).len());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        set_threads(checked_threads(args.threads, cores)?);
+        let mut datasets = BTreeMap::new();
+        for &d in &opts.datasets {
+            let mut data = data::load(d, &data::default_dir(d))?;
+            let (train, test) = (limit_of("--train-limit", args.budget.train_limit, data.train.n)?, limit_of("--test-limit", args.budget.test_limit, data.test.n)?);
+            data.train.limit(train);
+            data.test.limit(test);
+            datasets.insert(d, data);
+        }
+        let bar = progress_bar(keys.len() * opts.epochs, "study");
+        for key in &keys {
+            let data = &datasets[&key.dataset];
+            let spec: ModelSpec = key.model.parse()?;
+            let settings = RunSettings {
+                key: key.clone(),
+                epochs: opts.epochs,
+                train_images: data.train.n,
+                test_images: data.test.n,
+                dtype,
+                lr: study::mnist::LR,
+                momentum: study::mnist::MOMENTUM,
+                train_batch: study::mnist::TRAIN_BATCH,
+                test_batch: study::mnist::TEST_BATCH,
+                candle_maxpool: opts.backend_options.candle_maxpool,
+            };
+            bar.set_message(key.label());
+            let before = bar.position();
+            let done = campaign::run_one(data, &spec, &settings, &dir, |_| bar.inc(1))?;
+            bar.set_position(before + opts.epochs as u64);
+            let acc: Vec<String> = done.last.results.iter().map(|(k, r)| format!("{k} {:.2}%", r.test_accuracy)).collect();
+            let resumed = if done.resumed_from > 0 { format!(", resumed after epoch {}", done.resumed_from) } else { String::new() };
+            bar.suspend(|| say!("study {}: epoch {}: {} ({:.0} s{resumed})", key.label(), done.last.epoch, acc.join(", "), done.seconds));
+        }
+        bar.finish_and_clear();
+        vec![dir]
+    } else {
+        anyhow::ensure!(args.records.is_none() && args.shard.is_none(), "--merge: reports from the folders it names; --records and --shard do not apply");
+        args.merge.clone()
+    };
+    let runs = campaign::collect(&records)?;
+    anyhow::ensure!(!runs.is_empty(), "{}: holds no study runs", records.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    let summary = summary::summarise(&runs);
+    let mut backends: Vec<BackendKind> = runs.iter().flat_map(|r| r.settings.key.backends.iter().copied()).collect();
+    backends.sort();
+    backends.dedup();
+    finish(ctx, report::study::outputs(&summary, &Provenance::collect(&backends, &[dtype]))?)?;
+    Ok(Verdict::Agree)
+}
+
+fn study_options(args: &StudyArgs) -> Result<backprop_parity::study::campaign::StudyOptions> {
+    let datasets: Vec<DatasetKind> = list("--datasets", &args.datasets, |s| s.parse::<DatasetKind>().map_err(|e| e.to_string()))?;
+    let seeds: Vec<u64> = list("--seeds", &args.seeds, |s| s.parse::<u64>().map_err(|_| format!("'{s}' is not a seed (a non-negative integer)")))?;
+    let lockstep_seeds = match &args.lockstep_seeds {
+        None => seeds[..1].to_vec(),
+        Some(l) => list("--lockstep-seeds", l, |s| s.parse::<u64>().map_err(|_| format!("'{s}' is not a seed")))?,
+    };
+    if let Some(s) = lockstep_seeds.iter().find(|s| !seeds.contains(s)) {
+        anyhow::bail!("--lockstep-seeds: seed {s} is not among --seeds");
+    }
+    anyhow::ensure!((1..=MAX_EPOCHS).contains(&args.budget.epochs), "--epochs {}: expected 1 to {MAX_EPOCHS}", args.budget.epochs);
+    let mut backends = args.common.backends()?;
+    if args.common.backends.is_none() {
+        // candle's CNN epochs take minutes here: name it to include it.
+        backends.retain(|&k| k != BackendKind::Candle);
+    }
+    anyhow::ensure!(backends.first() == Some(&BackendKind::Engine), "--backends: the study's runs are the engine's, with others in lockstep; list engine first");
+    Ok(backprop_parity::study::campaign::StudyOptions {
+        datasets,
+        models: parse_models(&ModelArgs { models: args.models.clone(), seed: 0, params: None, dataset: DatasetKind::Mnist, data_dir: None, candle_maxpool: args.candle_maxpool })?,
+        seeds,
+        lockstep_seeds,
+        backends,
+        backend_options: BackendOptions { candle_maxpool: args.candle_maxpool },
+        epochs: args.budget.epochs,
+        train_limit: args.budget.train_limit,
+        test_limit: args.budget.test_limit,
+        shard: args.shard.unwrap_or(Shard { index: 1, count: 1 }),
+    })
+}
+
+/// A comma-separated list, each item parsed, none twice, at least one.
+fn list<T: PartialEq + std::fmt::Debug>(flag: &str, text: &str, parse: impl Fn(&str) -> std::result::Result<T, String>) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for item in text.split(',').map(str::trim) {
+        let v = parse(item).map_err(|e| anyhow::anyhow!("{flag} {text}: {e}"))?;
+        anyhow::ensure!(!out.contains(&v), "{flag} {text}: '{item}' appears twice");
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// `--train-limit`/`--test-limit`: 1 to what the split holds (refused, never clamped).
+fn limit_of(flag: &str, given: Option<usize>, available: usize) -> Result<usize> {
+    match given {
+        None => Ok(available),
+        Some(n) if (1..=available).contains(&n) => Ok(n),
+        Some(n) => anyhow::bail!("{flag} {n}: expected 1 to {available}, the images this split holds"),
+    }
 }
 
 /// Agreement here means every fault was caught and localised.

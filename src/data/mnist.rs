@@ -24,7 +24,7 @@ pub const SUMS_FILE: &str = "SHA256SUMS";
 pub const SIDE: usize = 28;
 pub const FASHION_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DatasetKind {
     Mnist,

@@ -4,6 +4,7 @@
 mod gradcheck;
 mod metrics;
 mod scaled;
+pub mod stats;
 mod tolerance;
 mod trace;
 mod verdict;

@@ -13,6 +13,7 @@ pub mod plot;
 pub mod provenance;
 pub mod run;
 pub mod schema;
+pub mod study;
 
 pub use output::{check_dir, check_json_target, check_out_dir, write_atomic, write_set, JsonTarget};
 pub use provenance::{Provenance, SCHEMA_VERSION};

@@ -14,6 +14,7 @@ use crate::study::gate::Baseline;
 use crate::study::grads::GradsStudy;
 use crate::study::mnist::MnistStudy;
 use crate::study::mutants::MutantsReport;
+use crate::study::campaign::summary::StudySummary;
 use crate::study::run::RunStudy;
 
 /// Every output kind with its schema, by file stem: `<kind>.schema.json`.
@@ -26,6 +27,7 @@ pub fn all() -> Vec<(&'static str, Value)> {
         ("mutants", document::<MutantsReport>("mutants")),
         ("bench", document::<BenchReport>("bench")),
         ("run", document::<RunStudy>("run")),
+        ("study", document::<StudySummary>("study")),
         ("baseline", finish::<Baseline>("reference/baseline.json: the gate's accepted metrics (`parity-report check --update-baseline`)")),
     ]
 }

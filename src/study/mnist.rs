@@ -61,7 +61,7 @@ pub struct MnistSettings {
     pub tolerance: Tolerance,
 }
 
-#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct EpochResult {
     pub epoch: usize,
     /// Percent of test images classified correctly.

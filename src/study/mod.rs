@@ -3,6 +3,7 @@
 
 pub mod abc;
 pub mod bench;
+pub mod campaign;
 pub mod claims;
 pub mod gate;
 pub mod grads;

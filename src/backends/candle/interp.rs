@@ -227,6 +227,17 @@ impl Executor for CandleExecutor {
     fn sgd_step(&mut self, lr: f64, momentum: Option<f64>) -> Result<()> {
         crate::backends::guarded("candle", || self.sgd_unguarded(lr, momentum))
     }
+
+    fn velocity(&self, index: usize) -> Result<Option<HostTensor>> {
+        self.velocity.get(index).and_then(|v| v.as_ref()).map(|v| to_host(v).map_err(err)).transpose()
+    }
+
+    fn set_velocity(&mut self, index: usize, value: &HostTensor) -> Result<()> {
+        let t = to_candle(value, self.dtype).map_err(err)?;
+        let slot = self.velocity.get_mut(index).ok_or_else(|| Error::Invalid(format!("no input {index}")))?;
+        *slot = Some(t);
+        Ok(())
+    }
 }
 
 impl CandleExecutor {

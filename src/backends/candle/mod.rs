@@ -13,7 +13,7 @@ mod interp;
 mod maxpool;
 
 /// Which max-pool backward the candle adapter uses (`--candle-maxpool`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MaxPoolMode {
     /// candle-core's own `max_pool2d`, as released.

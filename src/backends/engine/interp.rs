@@ -64,6 +64,16 @@ impl<F: Float> Executor for EngineExecutor<F> {
         crate::backends::guarded("engine", || self.run_unguarded(req))
     }
 
+    fn velocity(&self, index: usize) -> Result<Option<HostTensor>> {
+        Ok(self.velocity.get(index).and_then(|v| v.as_ref()).map(to_host))
+    }
+
+    fn set_velocity(&mut self, index: usize, value: &HostTensor) -> Result<()> {
+        let slot = self.velocity.get_mut(index).ok_or_else(|| Error::Invalid(format!("no input {index}")))?;
+        *slot = Some(to_engine(value)?);
+        Ok(())
+    }
+
     fn sgd_step(&mut self, lr: f64, momentum: Option<f64>) -> Result<()> {
         self.sgd_unguarded(lr, momentum);
         Ok(())

@@ -20,13 +20,27 @@ pub struct TorchExecutor {
     tensors: Vec<Option<Tensor>>,
     /// Created on the first momentum step, so its hyper-parameters come from `sgd_step`.
     optimizer: Option<(COptimizer, f64, f64)>,
+    /// With `track_velocity`: a copy of the optimiser's momentum buffers, updated with
+    /// the very ops `torch::optim::SGD` runs (`buf.mul_(m).add_(g)`, a clone of the first
+    /// gradient), since the C++ optimiser does not hand its state out.
+    mirror: Option<Vec<Option<Tensor>>>,
+    /// Momentum buffers to install when the optimiser is created (a resumed run).
+    pending: Vec<Option<Tensor>>,
 }
 
 impl TorchExecutor {
     pub fn new(program: &Program, inputs: &[HostTensor], dtype: DType) -> Result<Self> {
         let checked = check(program)?;
         let n = program.inputs.len();
-        let mut e = TorchExecutor { program: program.clone(), checked, dtype, tensors: (0..n).map(|_| None).collect(), optimizer: None };
+        let mut e = TorchExecutor {
+            program: program.clone(),
+            checked,
+            dtype,
+            tensors: (0..n).map(|_| None).collect(),
+            optimizer: None,
+            mirror: None,
+            pending: (0..n).map(|_| None).collect(),
+        };
         for (i, t) in inputs.iter().enumerate() {
             e.set_input(i, t)?;
         }
@@ -169,10 +183,60 @@ impl TorchExecutor {
                         opt.add_parameters(self.tensors[i].as_ref().expect("has a value"), 0)?;
                     }
                     self.optimizer = Some((opt, lr, m));
+                    self.install_pending(&params)?;
                 }
-                self.optimizer.as_ref().expect("just created").0.step()
+                self.optimizer.as_ref().expect("just created").0.step()?;
+                if let Some(mirror) = self.mirror.as_mut() {
+                    for &i in &params {
+                        let g = self.tensors[i].as_ref().expect("has a value").grad();
+                        if !g.defined() {
+                            continue;
+                        }
+                        mirror[i] = Some(match mirror[i].take() {
+                            None => g.copy(),
+                            Some(mut v) => {
+                                let _ = v.f_mul_scalar_(m)?;
+                                let _ = v.f_add_(&g)?;
+                                v
+                            }
+                        });
+                    }
+                }
+                Ok(())
             }
         }
+    }
+
+    /// Gives a fresh optimiser the momentum buffers of `set_velocity`: one step with each
+    /// buffer as the gradient makes the optimiser's buffer an exact clone of it (PyTorch's
+    /// first-step rule); parameters and gradients are then put back as they were.
+    fn install_pending(&mut self, params: &[usize]) -> Result<(), TchError> {
+        if params.iter().all(|&i| self.pending[i].is_none()) {
+            return Ok(());
+        }
+        let mut saved = Vec::new();
+        for &i in params {
+            let p = self.tensors[i].as_ref().expect("has a value");
+            let g = p.grad();
+            match (self.pending[i].take(), g.defined()) {
+                (Some(v), true) => {
+                    let (p_saved, g_saved) = (p.copy(), g.copy());
+                    tch::no_grad(|| g.shallow_clone().f_copy_(&v))?;
+                    saved.push((i, p_saved, g_saved));
+                }
+                (None, false) => {}
+                (Some(_), false) | (None, true) => {
+                    return Err(TchError::Kind(format!("momentum buffer of input {i}: restored buffers must cover exactly the parameters with gradients")))
+                }
+            }
+        }
+        self.optimizer.as_ref().expect("created").0.step()?;
+        for (i, p_saved, g_saved) in saved {
+            let p = self.tensors[i].as_mut().expect("has a value");
+            tch::no_grad(|| p.f_copy_(&p_saved))?;
+            tch::no_grad(|| p.grad().f_copy_(&g_saved))?;
+        }
+        Ok(())
     }
 }
 
@@ -206,5 +270,28 @@ impl Executor for TorchExecutor {
 
     fn sgd_step(&mut self, lr: f64, momentum: Option<f64>) -> Result<()> {
         crate::backends::guarded("torch", || self.sgd(lr, momentum).map_err(err))
+    }
+
+    fn track_velocity(&mut self) {
+        if self.mirror.is_none() {
+            self.mirror = Some((0..self.tensors.len()).map(|_| None).collect());
+        }
+    }
+
+    fn velocity(&self, index: usize) -> Result<Option<HostTensor>> {
+        let mirror = self.mirror.as_ref().ok_or_else(|| Error::Invalid("libtorch's momentum buffers are readable only after track_velocity".into()))?;
+        mirror.get(index).and_then(|v| v.as_ref()).map(|v| to_host(v).map_err(err)).transpose()
+    }
+
+    fn set_velocity(&mut self, index: usize, value: &HostTensor) -> Result<()> {
+        if self.optimizer.is_some() {
+            return Err(Error::Invalid("libtorch: momentum buffers can be restored only before the first step".into()));
+        }
+        let t = to_torch(value, self.dtype).map_err(err)?;
+        if let Some(mirror) = self.mirror.as_mut() {
+            mirror[index] = Some(t.copy());
+        }
+        self.pending[index] = Some(t);
+        Ok(())
     }
 }
