@@ -27,7 +27,9 @@ fn study(extra: &[&str], out: &Path) -> Command {
 }
 
 fn run_dir(records: &Path, model: &str, seed: u64) -> PathBuf {
-    records.join("mnist").join(model).join(format!("seed-{seed}")).join(backends().replace(',', "+"))
+    // candle's two max-pool modes are two runs; the mode is part of the folder's name.
+    let mode = if backends().contains("candle") { "-maxpool-builtin" } else { "" };
+    records.join("mnist").join(model).join(format!("seed-{seed}")).join(backends().replace(',', "+") + mode)
 }
 
 /// Every training result of a run (epoch records without their wall times).

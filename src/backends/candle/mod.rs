@@ -13,7 +13,7 @@ mod interp;
 mod maxpool;
 
 /// Which max-pool backward the candle adapter uses (`--candle-maxpool`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MaxPoolMode {
     /// candle-core's own `max_pool2d`, as released.
@@ -23,14 +23,25 @@ pub enum MaxPoolMode {
     Exact,
 }
 
+impl MaxPoolMode {
+    pub const ALL: [MaxPoolMode; 2] = [MaxPoolMode::Builtin, MaxPoolMode::Exact];
+
+    /// The one spelling of the mode: the command line's, JSON's and the records' folders.
+    pub fn name(self) -> &'static str {
+        match self {
+            MaxPoolMode::Builtin => "builtin",
+            MaxPoolMode::Exact => "exact",
+        }
+    }
+}
+
 impl std::str::FromStr for MaxPoolMode {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "builtin" => Ok(MaxPoolMode::Builtin),
-            "exact" => Ok(MaxPoolMode::Exact),
-            _ => Err(format!("unknown max-pool mode '{s}': expected builtin or exact")),
-        }
+        MaxPoolMode::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("unknown max-pool mode '{s}': expected builtin or exact"))
     }
 }
 

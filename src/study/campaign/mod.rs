@@ -34,18 +34,29 @@ pub struct RunKey {
     pub seed: u64,
     /// Backends trained in lockstep from the same start (the engine first).
     pub backends: Vec<BackendKind>,
+    /// candle's max-pool backward, when candle is among the backends: its two modes are
+    /// two runs (what the released backward costs in accuracy is their difference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candle_maxpool: Option<crate::backends::MaxPoolMode>,
 }
 
 impl RunKey {
-    /// `<dataset>/<model>/seed-<seed>/<backend>+<backend>`: where its records live.
+    /// `<dataset>/<model>/seed-<seed>/<backend>+<backend>[-maxpool-<mode>]`: where its
+    /// records live.
     pub fn dir(&self, records: &Path) -> PathBuf {
-        let backends: Vec<&str> = self.backends.iter().map(|k| k.name()).collect();
-        records.join(self.dataset.to_string()).join(&self.model).join(format!("seed-{}", self.seed)).join(backends.join("+"))
+        records.join(self.dataset.to_string()).join(&self.model).join(format!("seed-{}", self.seed)).join(self.backends_name())
     }
 
     pub fn label(&self) -> String {
+        format!("{} {} seed {} on {}", self.dataset, self.model, self.seed, self.backends_name())
+    }
+
+    fn backends_name(&self) -> String {
         let backends: Vec<&str> = self.backends.iter().map(|k| k.name()).collect();
-        format!("{} {} seed {} on {}", self.dataset, self.model, self.seed, backends.join("+"))
+        match self.candle_maxpool {
+            Some(mode) => format!("{}-maxpool-{}", backends.join("+"), mode.name()),
+            None => backends.join("+"),
+        }
     }
 }
 
@@ -134,7 +145,8 @@ pub fn plan(opts: &StudyOptions) -> Vec<RunKey> {
         for spec in &opts.models {
             for &seed in &opts.seeds {
                 let backends = if opts.lockstep_seeds.contains(&seed) { opts.backends.clone() } else { vec![BackendKind::Engine] };
-                keys.push(RunKey { dataset, model: spec.name.clone(), seed, backends });
+                let candle_maxpool = backends.contains(&BackendKind::Candle).then_some(opts.backend_options.candle_maxpool);
+                keys.push(RunKey { dataset, model: spec.name.clone(), seed, backends, candle_maxpool });
             }
         }
     }
@@ -394,4 +406,47 @@ fn run_files(root: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = level.into_iter().map(|d| d.join("run.json")).filter(|p| p.is_file()).collect();
     files.sort();
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(backends: Vec<BackendKind>, shard: Shard) -> StudyOptions {
+        StudyOptions {
+            datasets: vec![DatasetKind::Mnist, DatasetKind::Fashion],
+            models: ["CNN", "MLP"].iter().map(|m| m.parse().unwrap()).collect(),
+            seeds: vec![0, 1, 2],
+            lockstep_seeds: vec![1],
+            backends,
+            backend_options: BackendOptions::default(),
+            epochs: 1,
+            train_limit: None,
+            test_limit: None,
+            shard,
+        }
+    }
+
+    #[test]
+    fn shards_partition_the_plan_in_order() {
+        let whole = plan(&options(vec![BackendKind::Engine, BackendKind::Torch], Shard { index: 1, count: 1 }));
+        assert_eq!(whole.len(), 12);
+        assert_eq!(whole.iter().filter(|k| k.backends.len() == 2).count(), 4, "one lockstep seed per dataset and model");
+        let mut merged: Vec<RunKey> = (1..=5).flat_map(|i| plan(&options(vec![BackendKind::Engine, BackendKind::Torch], Shard { index: i, count: 5 }))).collect();
+        merged.sort();
+        let mut sorted = whole.clone();
+        sorted.sort();
+        assert_eq!(merged, sorted);
+        assert!("3/2".parse::<Shard>().is_err() && "0/1".parse::<Shard>().is_err() && "1/0".parse::<Shard>().is_err());
+        assert_eq!("2/4".parse::<Shard>(), Ok(Shard { index: 2, count: 4 }));
+    }
+
+    #[test]
+    fn candle_runs_name_their_max_pool_mode() {
+        let keys = plan(&options(vec![BackendKind::Engine, BackendKind::Candle], Shard { index: 1, count: 1 }));
+        let lockstep = keys.iter().find(|k| k.backends.len() == 2).unwrap();
+        assert!(lockstep.dir(Path::new("r")).ends_with("engine+candle-maxpool-builtin"));
+        let solo = keys.iter().find(|k| k.backends.len() == 1).unwrap();
+        assert!(solo.dir(Path::new("r")).ends_with("engine") && solo.candle_maxpool.is_none());
+    }
 }
