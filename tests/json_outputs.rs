@@ -172,6 +172,14 @@ fn check_and_mutants_write_valid_json() {
 }
 
 #[test]
+fn fuzz_writes_valid_json() {
+    let (code, out) = run("fuzz", &["fuzz", "--cases", "200", "--seed", "1"]);
+    assert!(code == 0 || code == 1, "{code}");
+    let doc = check_set(&out, "fuzz", &built_backends());
+    assert_eq!(doc["cases"], 200);
+}
+
+#[test]
 fn study_writes_valid_json() {
     let (code, out) = run("study", &["study", "--models", "Softmax,Softmax_Dropout", "--seeds", "0,1", "--epochs", "2", "--train-limit", "100", "--test-limit", "50", "--backends", "engine"]);
     assert_eq!(code, 0);

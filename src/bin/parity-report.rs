@@ -62,6 +62,8 @@ enum Command {
     Check(CheckArgs),
     /// The seed's study for real: 25 epochs, several seeds, MNIST and Fashion-MNIST; resumable and shardable (--full is its alias).
     Study(StudyArgs),
+    /// Differential gradient fuzzing: generated programs on every backend, findings shrunk to reproducers.
+    Fuzz(FuzzArgs),
     /// Mutation testing: each catalogued backprop fault switched on in the engine, the suite rerun.
     Mutants(MutantsArgs),
     /// Speed: median training-step and eval times per model and backend, interleaved; matrix-product GFLOP/s.
@@ -143,6 +145,30 @@ struct StudyArgs {
     /// Threads for every backend; 1 to the number of cores (default: every core).
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Clone)]
+struct FuzzArgs {
+    /// Generated programs to run (at most 10000000).
+    #[arg(long, default_value_t = 1000)]
+    cases: u64,
+    /// Seed of the campaign: the same seed gives the same programs and the same findings.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Comma-separated ops the generator draws from (default: all of them).
+    #[arg(long, value_name = "LIST", help = format!("Comma-separated ops the generator draws from, of {} (default: all)", names(backprop_parity::study::fuzz::gen::OPS)))]
+    ops: Option<String>,
+    /// Largest number of nodes of a generated program (1 to 32; a final sum is added).
+    #[arg(long, default_value_t = 4)]
+    max_nodes: usize,
+    /// candle's max-pool backward: `builtin` (candle-core as released) or `exact` (PyTorch's rule).
+    #[arg(long, default_value = "builtin", value_name = "builtin|exact")]
+    candle_maxpool: MaxPoolMode,
+    /// Run only cases I, I+N, ... of the campaign.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
     #[command(flatten)]
     common: Common,
 }
@@ -436,6 +462,7 @@ fn dispatch(cli: Cli) -> Result<(Verdict, bool)> {
         Some(Command::Check(args)) => run_check(&ctx, args)?,
         Some(Command::Mutants(args)) => run_mutants(&ctx, args)?,
         Some(Command::Study(args)) => run_study(&ctx, args)?,
+        Some(Command::Fuzz(args)) => run_fuzz(&ctx, args)?,
         Some(Command::Bench(args)) => run_bench(&ctx, args).map(|()| Verdict::Agree)?,
         Some(Command::MemoryChild(args)) => run_memory_child(args).map(|()| Verdict::Agree)?,
         Some(Command::Run(args)) => run_program(&ctx, args)?,
@@ -456,6 +483,7 @@ impl Command {
             Command::Check(a) => Some(&a.common),
             Command::Mutants(a) => Some(&a.common),
             Command::Study(a) => Some(&a.common),
+            Command::Fuzz(a) => Some(&a.common),
             Command::Bench(a) => Some(&a.common),
             Command::Run(a) => Some(&a.common),
             Command::Program(_) | Command::Schemas(_) | Command::MemoryChild(_) => None,
@@ -772,6 +800,45 @@ fn run_check(ctx: &Ctx, args: &CheckArgs) -> Result<Verdict> {
     let provenance = Provenance::collect(&cfg.backends, &[DType::F32, DType::F64]);
     finish(ctx, report::gate::check_outputs(&result, &path.display().to_string(), &provenance)?)?;
     Ok(Verdict::of(result.passed))
+}
+
+/// `fuzz`: exit 0 when every generated program agreed, 1 with findings.
+fn run_fuzz(ctx: &Ctx, args: &FuzzArgs) -> Result<Verdict> {
+    use backprop_parity::study::fuzz::{self, gen::OPS, FuzzOptions};
+    let c = &args.common;
+    anyhow::ensure!(c.rtol.is_none() && c.atol.is_none(), "--rtol/--atol do not apply to fuzz: it judges as `run` does");
+    anyhow::ensure!((1..=10_000_000).contains(&args.cases), "--cases {}: expected 1 to 10000000", args.cases);
+    anyhow::ensure!((1..=32).contains(&args.max_nodes), "--max-nodes {}: expected 1 to 32", args.max_nodes);
+    let ops: Vec<&'static str> = match &args.ops {
+        None => OPS.to_vec(),
+        Some(l) => list("--ops", l, |s| OPS.iter().copied().find(|o| *o == s).ok_or_else(|| format!("'{s}' is not an op the generator draws; expected some of {}", names(OPS))))?,
+    };
+    let backends = c.backends()?;
+    anyhow::ensure!(backends.len() >= 2, "--backends: fuzzing compares backends, so it needs at least two (got {})", backends.len());
+    let shard = args.shard.unwrap_or(Shard { index: 1, count: 1 });
+    let dtype = c.dtype(DType::F64);
+    let opts = FuzzOptions {
+        cases: args.cases,
+        seed: args.seed,
+        max_nodes: args.max_nodes,
+        ops,
+        dtype,
+        backends: backends.clone(),
+        backend_options: BackendOptions { candle_maxpool: args.candle_maxpool },
+        shard: (shard.index as u64, shard.count as u64),
+    };
+    let bar = progress_bar(0, "fuzz");
+    let report = fuzz::run(&opts, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    say!("fuzz: {} cases, {} agreed, {} disagreed, {} finding(s) in {:.1} s", report.cases, report.agreed, report.disagreed, report.findings.len(), report.seconds);
+    for f in &report.findings {
+        say!("fuzz finding: {} in {} ({}), shrunk to {} node(s) and {} entries", f.key.kind, f.key.op, f.key.odd_backend.map_or("-".into(), |k| k.to_string()), f.nodes, f.input_entries);
+    }
+    finish(ctx, report::fuzz::outputs(&report, args.candle_maxpool.name(), &Provenance::collect(&backends, &[dtype]))?)?;
+    Ok(Verdict::of(report.findings.is_empty()))
 }
 
 /// `study`: trains (or resumes) this shard's runs into the records, then reports on every

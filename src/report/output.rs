@@ -107,7 +107,12 @@ pub fn write_set(out: &Path, set: &ReportSet) -> Result<Vec<PathBuf>> {
     let staged = (|| -> std::io::Result<()> {
         fs::create_dir(&staging)?;
         for o in &set.outputs {
-            fs::write(staging.join(&o.file_name), &o.contents)?;
+            let path = staging.join(&o.file_name);
+            // A set may hold folders of its own (fuzz findings).
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::write(path, &o.contents)?;
         }
         Ok(())
     })();

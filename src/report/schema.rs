@@ -15,6 +15,7 @@ use crate::study::grads::GradsStudy;
 use crate::study::mnist::MnistStudy;
 use crate::study::mutants::MutantsReport;
 use crate::study::campaign::summary::StudySummary;
+use crate::study::fuzz::FuzzReport;
 use crate::study::run::RunStudy;
 
 /// Every output kind with its schema, by file stem: `<kind>.schema.json`.
@@ -28,6 +29,7 @@ pub fn all() -> Vec<(&'static str, Value)> {
         ("bench", document::<BenchReport>("bench")),
         ("run", document::<RunStudy>("run")),
         ("study", document::<StudySummary>("study")),
+        ("fuzz", document::<FuzzReport>("fuzz")),
         ("baseline", finish::<Baseline>("reference/baseline.json: the gate's accepted metrics (`parity-report check --update-baseline`)")),
     ]
 }

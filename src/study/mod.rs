@@ -5,6 +5,7 @@ pub mod abc;
 pub mod bench;
 pub mod campaign;
 pub mod claims;
+pub mod fuzz;
 pub mod gate;
 pub mod grads;
 pub mod lockstep;

@@ -1,0 +1,199 @@
+//! The fuzzing report: `fuzz.md`, `fuzz.json`, `findings.json`, and per finding a folder
+//! `findings/<op>-<backend>-<kind>/` with the shrunk program (`parity-report run` replays
+//! it), a standalone PyTorch script that prints the reference values, and `finding.md`.
+
+use serde::Serialize;
+
+use super::fmt::table;
+use super::{Output, Provenance, ReportSet};
+use crate::error::Result;
+use crate::models::{Op, Program};
+use crate::study::fuzz::{Finding, FuzzReport};
+
+/// One line of `findings.json`.
+#[derive(Serialize)]
+struct Listed<'a> {
+    op: &'a str,
+    implementation: String,
+    odd_backend: Option<String>,
+    kind: &'a str,
+    program: String,
+    cases_to_find: u64,
+    cases: u64,
+    nodes: usize,
+    input_entries: usize,
+}
+
+pub fn outputs(report: &FuzzReport, candle_maxpool: &str, provenance: &Provenance) -> Result<ReportSet> {
+    let mut files = Vec::new();
+    let mut listed = Vec::new();
+    for f in &report.findings {
+        let dir = format!("findings/{}", slug(f));
+        files.push(Output { file_name: format!("{dir}/program.json"), contents: f.program.to_json() + "\n" });
+        files.push(Output { file_name: format!("{dir}/reference.py"), contents: torch_script(&f.program) });
+        files.push(Output { file_name: format!("{dir}/finding.md"), contents: finding_md(f) });
+        listed.push(Listed {
+            op: &f.key.op,
+            implementation: implementation(f, candle_maxpool),
+            odd_backend: f.key.odd_backend.map(|k| k.to_string()),
+            kind: &f.key.kind,
+            program: format!("{dir}/program.json"),
+            cases_to_find: f.cases_to_find,
+            cases: f.cases,
+            nodes: f.nodes,
+            input_entries: f.input_entries,
+        });
+    }
+    files.push(Output { file_name: "findings.json".into(), contents: super::to_json(&listed)? });
+    super::set("fuzz", provenance, report, markdown(report, candle_maxpool), files)
+}
+
+fn slug(f: &Finding) -> String {
+    let backend = f.key.odd_backend.map_or("unattributed".to_string(), |k| k.to_string());
+    format!("{}-{}-{}", f.key.op, backend, f.key.kind.replace(' ', "-"))
+}
+
+/// Which of a framework's implementations ran: candle's max-pool has two here.
+fn implementation(f: &Finding, candle_maxpool: &str) -> String {
+    match (f.key.odd_backend.map(|k| k.name()), f.key.op.as_str()) {
+        (Some("candle"), "max_pool2d") => format!("candle-core max_pool2d ({candle_maxpool} backward)"),
+        (Some(b), op) => format!("{b} {op}"),
+        (None, op) => op.to_string(),
+    }
+}
+
+fn markdown(r: &FuzzReport, candle_maxpool: &str) -> String {
+    let mut md = format!(
+        "# Differential gradient fuzzing\n\n{} generated programs (seed {}, shard {}/{}, at most {} nodes, {}, backends {}): \
+         {} agreed, {} showed a disagreement, {} distinct finding(s), in {:.1} s.\n\n",
+        r.cases,
+        r.seed,
+        r.shard.0,
+        r.shard.1,
+        r.max_nodes,
+        r.dtype,
+        r.backends.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
+        r.agreed,
+        r.disagreed,
+        r.findings.len(),
+        r.seconds
+    );
+    let rows: Vec<Vec<String>> = r
+        .findings
+        .iter()
+        .map(|f| {
+            vec![
+                f.key.kind.clone(),
+                f.key.op.clone(),
+                implementation(f, candle_maxpool),
+                f.key.odd_backend.map_or("-".into(), |k| k.to_string()),
+                f.cases.to_string(),
+                f.cases_to_find.to_string(),
+                format!("{} nodes, {} entries", f.nodes, f.input_entries),
+                format!("[finding](findings/{}/finding.md)", slug(f)),
+            ]
+        })
+        .collect();
+    md.push_str(&table(&["kind", "op", "implementation", "backend at fault", "cases", "cases to find", "shrunk to", ""], &rows));
+    if !r.accepted.is_empty() {
+        md.push_str("\nAccepted differences (reference/accepted-differences.json), not findings:\n\n");
+        let rows: Vec<Vec<String>> = r.accepted.iter().map(|(a, n)| vec![a.clone(), n.to_string()]).collect();
+        md.push_str(&table(&["difference", "cases"], &rows));
+    }
+    md.push_str("\nCases per op (an op counted once per case):\n\n");
+    let rows: Vec<Vec<String>> = r.op_cases.iter().map(|(op, n)| vec![op.clone(), n.to_string()]).collect();
+    md.push_str(&table(&["op", "cases"], &rows));
+    md
+}
+
+fn finding_md(f: &Finding) -> String {
+    let mut md = format!(
+        "# {} in {} ({})\n\nFirst seen in case {} ({} cases into the campaign, regime {:?}), in {} case(s) in all. Shrunk to {} node(s) \
+         and {} input entries: `program.json` (run it with `parity-report run program.json`), `reference.py` prints what PyTorch \
+         computes for it.\n\n",
+        f.key.kind,
+        f.key.op,
+        f.key.odd_backend.map_or("no single backend".into(), |k| k.to_string()),
+        f.first_case,
+        f.cases_to_find,
+        f.regime,
+        f.cases,
+        f.nodes,
+        f.input_entries
+    );
+    md.push_str("## What each backend returned\n\n");
+    for line in &f.summary {
+        md.push_str(&format!("- {line}\n"));
+    }
+    if let Some(e) = &f.evidence {
+        md.push_str("\n## Gradients\n\n");
+        for (k, r) in &e.backends {
+            for (name, g) in &r.grads {
+                md.push_str(&format!("- {k} d/d{name}: {:?}\n", g.data.iter().map(|v| (v * 1e6).round() / 1e6).collect::<Vec<_>>()));
+            }
+        }
+    }
+    md
+}
+
+/// A standalone PyTorch script computing the program's loss and every gradient in f64.
+pub fn torch_script(p: &Program) -> String {
+    let mut py = String::from("# What PyTorch computes for this program (float64). Generated by parity-report fuzz.\nimport torch\nimport torch.nn.functional as F\n\n");
+    for d in &p.inputs {
+        let values = d.values.as_ref().map_or("[]".to_string(), |v| v.to_string());
+        let grad = if d.needs_grad() { ", requires_grad=True" } else { "" };
+        py.push_str(&format!("{} = torch.tensor({values}, dtype=torch.float64).reshape({:?}).detach().requires_grad_({})\n", var(&d.name), d.shape, if grad.is_empty() { "False" } else { "True" }));
+    }
+    for n in &p.nodes {
+        let a: Vec<String> = n.inputs.iter().map(|i| i.as_deref().map_or("None".to_string(), var)).collect();
+        let arg = |i: usize| a.get(i).cloned().unwrap_or_else(|| "None".into());
+        let expr = match &n.op {
+            Op::MatMul {} => format!("{} @ {}", arg(0), arg(1)),
+            Op::Add {} => format!("{} + {}", arg(0), arg(1)),
+            Op::Sub {} => format!("{} - {}", arg(0), arg(1)),
+            Op::Mul {} => format!("{} * {}", arg(0), arg(1)),
+            Op::Neg {} => format!("-{}", arg(0)),
+            Op::Sigmoid {} => format!("torch.sigmoid({})", arg(0)),
+            Op::Square {} => format!("torch.square({})", arg(0)),
+            Op::Relu {} => format!("torch.relu({})", arg(0)),
+            Op::Tanh {} => format!("torch.tanh({})", arg(0)),
+            Op::Exp {} => format!("torch.exp({})", arg(0)),
+            Op::Log {} => format!("torch.log({})", arg(0)),
+            Op::Sum {} => format!("{}.sum()", arg(0)),
+            Op::Mean {} => format!("{}.mean()", arg(0)),
+            Op::MaxPool2d { kernel, stride, padding } => format!("F.max_pool2d({}, {kernel}, {}, {padding})", arg(0), stride.unwrap_or(*kernel)),
+            Op::Conv2d { stride, padding } => format!("F.conv2d({}, {}, {}, {stride}, {padding})", arg(0), arg(1), arg(2)),
+            Op::Linear {} => format!("F.linear({}, {}, {})", arg(0), arg(1), arg(2)),
+            Op::BatchNorm { training, momentum, eps } => {
+                format!("F.batch_norm({}, {}, {}, {}, {}, {}, {momentum}, {eps})", arg(0), arg(3), arg(4), arg(1), arg(2), if *training { "True" } else { "False" })
+            }
+            Op::Softmax { dim } => format!("F.softmax({}, {dim})", arg(0)),
+            Op::LogSoftmax { dim } => format!("F.log_softmax({}, {dim})", arg(0)),
+            Op::NllLoss { .. } => format!("F.nll_loss({}, {}.long())", arg(0), arg(1)),
+            Op::CrossEntropy { .. } => format!("F.cross_entropy({}, {}.long())", arg(0), arg(1)),
+            Op::Dropout { p, training } => {
+                if *training {
+                    format!("{} * {} / (1 - {p})", arg(0), arg(1))
+                } else {
+                    arg(0)
+                }
+            }
+            Op::Reshape { shape } => format!("{}.reshape({shape:?})", arg(0)),
+            Op::Flatten { start_dim, end_dim } => format!("torch.flatten({}, {start_dim}, {end_dim})", arg(0)),
+        };
+        py.push_str(&format!("{} = {expr}\n", var(&n.id)));
+    }
+    if let Some(loss) = &p.loss {
+        py.push_str(&format!("{}.backward()\nprint('loss', {}.item())\n", var(loss), var(loss)));
+    }
+    for d in p.inputs.iter().filter(|d| d.needs_grad()) {
+        py.push_str(&format!("print('d/d{}', {}.grad.flatten().tolist())\n", d.name, var(&d.name)));
+    }
+    py
+}
+
+/// A Python identifier for a program value.
+fn var(name: &str) -> String {
+    let s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    format!("v_{s}")
+}

@@ -1,0 +1,223 @@
+//! Random well-typed programs: a DAG built op by op from the values made so far (so values
+//! fan out, and a binary op may take one value twice), small shapes with odd, non-square
+//! and size-one dimensions, attributes over their valid domain, every shape checked by
+//! the program format's own inference. Values come from one of several regimes, among
+//! them exact ties and zeros at kinks, where frameworks' backward rules differ most.
+
+use serde::Serialize;
+
+use crate::host::HostTensor;
+use crate::models::program::infer;
+use crate::models::rng::SplitMix64;
+use crate::models::{InputDecl, Op, Program, Role};
+
+/// How the input values are drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Regime {
+    /// Uniform in (-1, 1).
+    Ordinary,
+    /// Small integers in {-1, 0, 1, 2}: equal values in one pooling window, exact zeros
+    /// at ReLU's kink.
+    Ties,
+    /// Uniform in (-100, 100).
+    Large,
+}
+
+impl Regime {
+    pub const ALL: [Regime; 3] = [Regime::Ordinary, Regime::Ties, Regime::Large];
+
+    pub fn draw(self, rng: &mut SplitMix64) -> f64 {
+        match self {
+            Regime::Ordinary => rng.uniform(-1.0, 1.0),
+            Regime::Ties => (rng.next_u64() % 4) as f64 - 1.0,
+            Regime::Large => rng.uniform(-100.0, 100.0),
+        }
+    }
+}
+
+/// The ops the generator draws from (the program format's differentiable ones).
+pub const OPS: [&str; 17] = [
+    "add", "sub", "mul", "neg", "square", "relu", "sigmoid", "tanh", "matmul", "linear", "max_pool2d", "conv2d", "batch_norm", "softmax",
+    "log_softmax", "flatten", "mean",
+];
+
+/// One generated case: the program (values inline, so `parity-report run` replays it)
+/// and its inputs.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub program: Program,
+    pub inputs: Vec<HostTensor>,
+    pub regime: Regime,
+}
+
+/// The case `index` of campaign `seed`: a function of the two alone.
+pub fn generate(seed: u64, index: u64, max_nodes: usize, ops: &[&str]) -> Case {
+    let mut rng = SplitMix64::new(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let regime = Regime::ALL[(rng.next_u64() % 3) as usize];
+    let mut b = Builder { program: Program::default(), shapes: vec![], names: vec![], rng };
+    let x = if b.rng.next_u64() % 2 == 0 {
+        let dims = [b.dim(1, 2), b.dim(1, 3), b.dim(1, 6), b.dim(1, 6)];
+        b.param(&dims)
+    } else {
+        let dims = [b.dim(1, 4), b.dim(1, 6)];
+        b.param(&dims)
+    };
+    let mut last = x;
+    let nodes = 1 + (b.rng.next_u64() as usize) % max_nodes.max(1);
+    for _ in 0..nodes {
+        for _attempt in 0..20 {
+            let op = ops[(b.rng.next_u64() as usize) % ops.len()];
+            if let Some(v) = b.try_op(op, last) {
+                last = v;
+                break;
+            }
+        }
+    }
+    // The differentiated scalar: the sum of the last value (which may already be one).
+    let loss = if b.shapes[last].is_empty() { last } else { b.push(Op::Sum {}, &[Some(last)]).expect("sum takes any shape") };
+    b.program.loss = Some(b.name(loss));
+    let inputs = b.program.inputs.iter().map(|d| HostTensor::filled(&d.shape, 0.0)).collect::<Vec<_>>();
+    let mut case = Case { program: b.program, inputs, regime };
+    fill(&mut case, &mut b.rng);
+    case
+}
+
+/// Draws every input's values from the case's regime and writes them into the program.
+pub fn fill(case: &mut Case, rng: &mut SplitMix64) {
+    for (d, t) in case.program.inputs.iter_mut().zip(case.inputs.iter_mut()) {
+        t.shape = d.shape.clone();
+        t.data = (0..d.shape.iter().product::<usize>()).map(|_| case.regime.draw(rng)).collect();
+        d.values = Some(serde_json::json!(t.data));
+    }
+}
+
+/// The values made so far, inputs and nodes, in creation order: (name, shape).
+struct Builder {
+    program: Program,
+    shapes: Vec<Vec<usize>>,
+    names: Vec<String>,
+    rng: SplitMix64,
+}
+
+impl Builder {
+    fn dim(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.rng.next_u64() as usize) % (hi - lo + 1)
+    }
+
+    fn coin(&mut self) -> bool {
+        self.rng.next_u64() % 2 == 0
+    }
+
+    fn name(&self, v: usize) -> String {
+        self.names[v].clone()
+    }
+
+    /// A new input that receives a gradient (`x` first, then `p1`, `p2`, ...).
+    fn param(&mut self, shape: &[usize]) -> usize {
+        let name = if self.program.inputs.is_empty() { "x".to_string() } else { format!("p{}", self.program.inputs.len()) };
+        self.program.inputs.push(InputDecl::new(&name, shape, Role::Param));
+        self.names.push(name);
+        self.shapes.push(shape.to_vec());
+        self.names.len() - 1
+    }
+
+    /// `op(args)` when its shapes check; None otherwise (nothing is added).
+    fn push(&mut self, op: Op, args: &[Option<usize>]) -> Option<usize> {
+        let shapes: Vec<Option<&[usize]>> = args.iter().map(|a| a.map(|v| self.shapes[v].as_slice())).collect();
+        let shape = infer(&op, &shapes).ok()?;
+        let id = format!("n{}", self.program.nodes.len());
+        self.program.nodes.push(crate::models::program::Node { id: id.clone(), op, inputs: args.iter().map(|a| a.map(|v| self.names[v].clone())).collect() });
+        self.names.push(id);
+        self.shapes.push(shape);
+        Some(self.names.len() - 1)
+    }
+
+    /// A value made so far with `shape`, or a new parameter of it.
+    fn partner(&mut self, shape: &[usize]) -> usize {
+        let same: Vec<usize> = (0..self.shapes.len()).filter(|&v| self.shapes[v] == shape).collect();
+        if !same.is_empty() && self.coin() {
+            same[(self.rng.next_u64() as usize) % same.len()]
+        } else {
+            self.param(shape)
+        }
+    }
+
+    /// Applies `op` to `last` (and partners it needs), if `last`'s shape allows it.
+    fn try_op(&mut self, op: &str, last: usize) -> Option<usize> {
+        let shape = self.shapes[last].clone();
+        let rank = shape.len();
+        match op {
+            "add" | "sub" | "mul" => {
+                let other = self.partner(&shape);
+                let op = match op {
+                    "add" => Op::Add {},
+                    "sub" => Op::Sub {},
+                    _ => Op::Mul {},
+                };
+                self.push(op, &[Some(last), Some(other)])
+            }
+            "neg" => self.push(Op::Neg {}, &[Some(last)]),
+            "square" => self.push(Op::Square {}, &[Some(last)]),
+            "relu" => self.push(Op::Relu {}, &[Some(last)]),
+            "sigmoid" => self.push(Op::Sigmoid {}, &[Some(last)]),
+            "tanh" => self.push(Op::Tanh {}, &[Some(last)]),
+            "mean" if rank > 0 => self.push(Op::Mean {}, &[Some(last)]),
+            "matmul" if rank == 2 => {
+                let n = self.dim(1, 4);
+                let w = self.param(&[shape[1], n]);
+                self.push(Op::MatMul {}, &[Some(last), Some(w)])
+            }
+            "linear" if rank == 2 => {
+                let out = self.dim(1, 4);
+                let w = self.param(&[out, shape[1]]);
+                let b = if self.coin() { Some(self.param(&[out])) } else { None };
+                self.push(Op::Linear {}, &[Some(last), Some(w), b])
+            }
+            "max_pool2d" if rank == 4 => {
+                let kernel = self.dim(1, 3);
+                let stride = if self.coin() { None } else { Some(self.dim(1, 3)) };
+                let padding = self.dim(0, kernel / 2);
+                self.push(Op::MaxPool2d { kernel, stride, padding }, &[Some(last)])
+            }
+            "conv2d" if rank == 4 => {
+                let (o, k) = (self.dim(1, 3), self.dim(1, 3));
+                let (stride, padding) = (self.dim(1, 2), self.dim(0, 1));
+                let w = self.param(&[o, shape[1], k, k]);
+                let b = if self.coin() { Some(self.param(&[o])) } else { None };
+                self.push(Op::Conv2d { stride, padding }, &[Some(last), Some(w), b])
+            }
+            "batch_norm" if rank == 2 || rank == 4 => {
+                let c = shape[1];
+                let affine = self.coin();
+                let (w, b) = if affine { (Some(self.param(&[c])), Some(self.param(&[c]))) } else { (None, None) };
+                self.push(Op::BatchNorm { training: true, momentum: 0.1, eps: 1e-5 }, &[Some(last), w, b])
+            }
+            "softmax" if rank == 2 => {
+                let dim = if self.coin() { 1 } else { -1 };
+                self.push(Op::Softmax { dim }, &[Some(last)])
+            }
+            "log_softmax" if rank == 2 => {
+                let dim = if self.coin() { 1 } else { -1 };
+                self.push(Op::LogSoftmax { dim }, &[Some(last)])
+            }
+            "flatten" if rank == 4 => self.push(Op::Flatten { start_dim: 1, end_dim: -1 }, &[Some(last)]),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_generated_program_checks_and_the_same_seed_gives_the_same_case() {
+        for i in 0..300 {
+            let c = generate(7, i, 5, &OPS);
+            crate::models::program::check(&c.program).unwrap_or_else(|e| panic!("case {i}: {e}\n{}", c.program.to_json()));
+            assert_eq!(generate(7, i, 5, &OPS).program, c.program);
+        }
+        assert_ne!(generate(7, 1, 5, &OPS).program, generate(8, 1, 5, &OPS).program);
+    }
+}

@@ -1,0 +1,301 @@
+//! `parity-report fuzz`: differential gradient fuzzing. Generated programs (`gen`) run on
+//! every backend through `run`'s oracle (every loss, output and gradient pairwise, the
+//! odd one out, each node alone, finite differences where the function is smooth there);
+//! a disagreement becomes a finding, deduplicated by (op, backend, kind) and shrunk
+//! (`shrink`) to the smallest program that still shows it.
+
+pub mod gen;
+pub mod shrink;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::lockstep::BackendOptions;
+use super::run::{run as run_program, RunOptions, RunStudy};
+use crate::backends::BackendKind;
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::models::Program;
+
+pub use gen::{Case, Regime};
+
+#[derive(Clone, Debug)]
+pub struct FuzzOptions {
+    pub cases: u64,
+    pub seed: u64,
+    pub max_nodes: usize,
+    pub ops: Vec<&'static str>,
+    pub dtype: DType,
+    pub backends: Vec<BackendKind>,
+    pub backend_options: BackendOptions,
+    /// Cases `index` with `index % count == shard - 1` (1-based shard).
+    pub shard: (u64, u64),
+}
+
+/// What makes two findings the same one.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
+pub struct FindingKey {
+    /// The op whose node disagrees when run alone (`graph` when no single node does).
+    pub op: String,
+    /// The backend at fault: the odd one out, or the one finite differences contradict.
+    pub odd_backend: Option<BackendKind>,
+    /// `wrong gradient`, `wrong value`, `refused` or `failed`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct Finding {
+    #[serde(flatten)]
+    pub key: FindingKey,
+    /// The first case that showed it, and how many cases did.
+    pub first_case: u64,
+    pub cases: u64,
+    /// How many cases the campaign had run when it first appeared (1-based).
+    pub cases_to_find: u64,
+    pub regime: Regime,
+    /// Nodes and input entries of the shrunk program.
+    pub nodes: usize,
+    pub input_entries: usize,
+    /// The shrunk program, values inline (`parity-report run` replays it).
+    #[serde(skip)]
+    pub program: Program,
+    /// The shrunk program's run, as `run` reports it.
+    #[serde(skip)]
+    pub evidence: Option<RunStudy>,
+    /// What the backends said, one line each.
+    pub summary: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct FuzzReport {
+    pub seed: u64,
+    pub cases: u64,
+    pub shard: (u64, u64),
+    pub max_nodes: usize,
+    pub dtype: DType,
+    pub backends: Vec<BackendKind>,
+    pub ops: Vec<&'static str>,
+    /// Cases whose backends all agreed, and those with a finding.
+    pub agreed: u64,
+    pub disagreed: u64,
+    /// Cases per op the generator placed (an op counted once per case).
+    pub op_cases: BTreeMap<String, u64>,
+    /// Cases whose disagreement is a documented semantic difference, by entry.
+    pub accepted: BTreeMap<String, u64>,
+    pub findings: Vec<Finding>,
+    pub seconds: f64,
+}
+
+/// The oracle's verdict on one program: None when every backend agrees.
+pub fn judge(program: &Program, inputs: &[crate::HostTensor], opts: &FuzzOptions) -> Result<Option<(FindingKey, RunStudy)>> {
+    let study = run_program(&RunOptions {
+        program: program.clone(),
+        origin: "fuzz".into(),
+        inputs: inputs.to_vec(),
+        dtype: opts.dtype,
+        backends: opts.backends.clone(),
+        backend_options: opts.backend_options,
+    })?;
+    if (study.agree || within_noise(&study, opts.dtype)) && !study.backend_failed {
+        return Ok(None);
+    }
+    Ok(Some((key_of(program, &study), study)))
+}
+
+/// Differences no larger than rounding noise in absolute terms are not findings: a value
+/// that is exactly zero in exact arithmetic (the sum of a batch norm's output, a
+/// saturated softmax's gradient) is rounding noise on every backend, and measured
+/// against its own scale that noise looks like total disagreement.
+fn within_noise(study: &RunStudy, dtype: DType) -> bool {
+    let floor = match dtype {
+        DType::F64 => 1e-10,
+        DType::F32 => 1e-5,
+    };
+    study.compared.iter().all(|c| c.pairs.values().all(|d| !d.non_finite && d.max_abs <= floor))
+}
+
+fn key_of(program: &Program, study: &RunStudy) -> FindingKey {
+    if study.backend_failed {
+        let (kind, failed) = study.backends.iter().find(|(_, r)| !r.ok).map(|(k, r)| (*k, first_line(r.error.as_deref().unwrap_or_default()))).expect("one failed");
+        // The op is found by `attribute`: the first node whose prefix already fails.
+        let op = program.nodes.last().map_or("graph", |n| n.op.name()).to_string();
+        let kind_name = if failed.contains("panicked") { "failed (panic)" } else { "refused" };
+        // Refusals differ by what is refused: the message without its numbers.
+        let detail: String = failed.chars().map(|c| if c.is_ascii_digit() { 'N' } else { c }).collect();
+        return FindingKey { op, odd_backend: Some(kind), kind: format!("{kind_name}: {detail}") };
+    }
+    let d = study.diagnosis.as_ref();
+    let op = d.and_then(|d| d.culprit_ops.first().cloned()).unwrap_or_else(|| "graph".into());
+    let odd = d.and_then(|d| d.odd_one_out.or_else(|| d.at_fault.first().copied()));
+    // The culprit node's own output decides between a wrong forward and a wrong backward.
+    let tol = study.settings.scaled_tolerance;
+    let culprit = d.and_then(|d| d.culprits.first().and_then(|c| d.nodes.iter().find(|n| &n.node == c)));
+    let forward_differs = culprit.is_some_and(|n| n.output_scaled.values().any(|v| !(v <= &tol)));
+    FindingKey { op, odd_backend: odd, kind: if forward_differs { "wrong value".into() } else { "wrong gradient".into() } }
+}
+
+/// Runs the campaign; `progress(done, total)` after every case.
+pub fn run(opts: &FuzzOptions, mut progress: impl FnMut(u64, u64)) -> Result<FuzzReport> {
+    let start = Instant::now();
+    let (shard, count) = opts.shard;
+    let indices: Vec<u64> = (0..opts.cases).filter(|i| i % count == shard - 1).collect();
+    let mut findings: BTreeMap<FindingKey, Finding> = BTreeMap::new();
+    let (mut agreed, mut disagreed) = (0, 0);
+    let mut op_cases: BTreeMap<String, u64> = BTreeMap::new();
+    let accepted_list = accepted_differences();
+    let mut accepted: BTreeMap<String, u64> = BTreeMap::new();
+    let mut shrunk_to_accepted: BTreeMap<FindingKey, String> = BTreeMap::new();
+    for (done, &index) in indices.iter().enumerate() {
+        let case = gen::generate(opts.seed, index, opts.max_nodes, &opts.ops);
+        let mut ops: Vec<&str> = case.program.nodes.iter().map(|n| n.op.name()).collect();
+        ops.sort();
+        ops.dedup();
+        for op in ops {
+            *op_cases.entry(op.to_string()).or_default() += 1;
+        }
+        match judge(&case.program, &case.inputs, opts)? {
+            None => agreed += 1,
+            Some((_, study)) if accepted_as(&study, &accepted_list).is_some() => {
+                *accepted.entry(accepted_as(&study, &accepted_list).expect("just matched")).or_default() += 1;
+            }
+            Some((key, study)) => {
+                let key = if key.kind.starts_with("refused") || key.kind.starts_with("failed") { attribute(&case, key, opts)? } else { key };
+                disagreed += 1;
+                match findings.get_mut(&key) {
+                    Some(f) => f.cases += 1,
+                    None if shrunk_to_accepted.contains_key(&key) => {
+                        *accepted.entry(shrunk_to_accepted[&key].clone()).or_default() += 1;
+                    }
+                    None => {
+                        let shrunk = shrink::shrink(&case, &key, opts)?;
+                        let evidence = judge(&shrunk.program, &shrunk.inputs, opts)?.map(|(_, s)| s).unwrap_or(study);
+                        // Shrunk to its core, a disagreement may turn out to be a documented
+                        // difference (another node disagreed too in the whole program).
+                        if let Some(a) = accepted_as(&evidence, &accepted_list) {
+                            *accepted.entry(a.clone()).or_default() += 1;
+                            shrunk_to_accepted.insert(key, a);
+                            progress(done as u64 + 1, indices.len() as u64);
+                            continue;
+                        }
+                        findings.insert(
+                            key.clone(),
+                            Finding {
+                                summary: summary(&evidence),
+                                key,
+                                first_case: index,
+                                cases: 1,
+                                cases_to_find: done as u64 + 1,
+                                regime: case.regime,
+                                nodes: shrunk.program.nodes.len(),
+                                input_entries: shrunk.inputs.iter().map(|t| t.data.len()).sum(),
+                                program: shrunk.program,
+                                evidence: Some(evidence),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        progress(done as u64 + 1, indices.len() as u64);
+    }
+    Ok(FuzzReport {
+        seed: opts.seed,
+        cases: indices.len() as u64,
+        shard: opts.shard,
+        max_nodes: opts.max_nodes,
+        dtype: opts.dtype,
+        backends: opts.backends.clone(),
+        ops: opts.ops.clone(),
+        agreed,
+        disagreed,
+        op_cases,
+        accepted,
+        findings: findings.into_values().collect(),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// A documented semantic difference (`reference/accepted-differences.json`).
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct Accepted {
+    pub op: String,
+    /// A substring of the finite-difference obstacle `run` reports at the culprit node.
+    pub obstacle: String,
+    pub reason: String,
+    pub source: String,
+}
+
+/// The reviewed list, compiled in so that an installed binary applies the same rules.
+pub fn accepted_differences() -> Vec<Accepted> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        accepted: Vec<Accepted>,
+    }
+    let file: File = serde_json::from_str(include_str!("../../../reference/accepted-differences.json")).expect("reference/accepted-differences.json parses");
+    file.accepted
+}
+
+/// The accepted difference a disagreement is, if any: its culprit node's op and the
+/// obstacle that kept finite differences from judging it match an entry.
+fn accepted_as(study: &RunStudy, list: &[Accepted]) -> Option<String> {
+    let d = study.diagnosis.as_ref()?;
+    let culprits: Vec<_> = d.nodes.iter().filter(|n| !n.agree).collect();
+    if culprits.is_empty() {
+        return None;
+    }
+    let mut names = Vec::new();
+    for n in culprits {
+        let obstacle = n.finite_differences.as_ref().and_then(|f| f.skipped.clone())?;
+        let a = list.iter().find(|a| a.op == n.op && obstacle.contains(&a.obstacle))?;
+        names.push(format!("{}: {}", a.op, a.obstacle));
+    }
+    Some(names.join("; "))
+}
+
+/// A failure named by the first node at which it happens: the shortest prefix of the
+/// program (that node's ancestors, summed) on which the same backend fails the same way.
+fn attribute(case: &Case, key: FindingKey, opts: &FuzzOptions) -> Result<FindingKey> {
+    let whole = shrink::Shrunk { program: case.program.clone(), inputs: case.inputs.clone() };
+    for k in 0..case.program.nodes.len() {
+        let prefix = shrink::ancestors_of(&whole, k);
+        if let Some((found, _)) = judge(&prefix.program, &prefix.inputs, opts)? {
+            if found.odd_backend == key.odd_backend && found.kind == key.kind {
+                return Ok(FindingKey { op: case.program.nodes[k].op.name().to_string(), ..key });
+            }
+        }
+    }
+    Ok(key)
+}
+
+/// A backend's message without the backtrace frameworks append to it.
+pub fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or_default().trim().to_string()
+}
+
+/// One line per backend: its loss or its error, and its worst difference.
+fn summary(study: &RunStudy) -> Vec<String> {
+    let mut out: Vec<String> = study
+        .backends
+        .iter()
+        .map(|(k, r)| match (&r.error, r.loss) {
+            (Some(e), _) => format!("{k}: {}", first_line(e)),
+            (None, Some(l)) => format!("{k}: loss {l:e}"),
+            (None, None) => format!("{k}: ran"),
+        })
+        .collect();
+    out.extend(study.worst_scaled.iter().map(|(p, v)| format!("{p}: worst difference {v:.1e} of scale")));
+    if let Some(d) = &study.diagnosis {
+        for n in d.nodes.iter().filter(|n| !n.agree) {
+            if let Some(fd) = &n.finite_differences {
+                let fd_line = match &fd.skipped {
+                    Some(why) => format!("finite differences skipped: {why}"),
+                    None => format!("finite differences agree with {:?}, contradict {:?}", fd.agree, fd.disagree),
+                };
+                out.push(format!("node {} ({}) alone: {fd_line}", n.node, n.op));
+            }
+        }
+    }
+    out
+}
