@@ -48,9 +48,18 @@ pub fn outputs(report: &FuzzReport, candle_maxpool: &str, provenance: &Provenanc
     super::set("fuzz", provenance, report, markdown(report, candle_maxpool), files)
 }
 
+/// The finding's folder: op, backend and kind in letters, digits and dashes only.
 fn slug(f: &Finding) -> String {
     let backend = f.key.odd_backend.map_or("unattributed".to_string(), |k| k.to_string());
-    format!("{}-{}-{}", f.key.op, backend, f.key.kind.replace(' ', "-"))
+    let raw = format!("{}-{}-{}", f.key.op, backend, f.key.kind.to_lowercase());
+    let mut out = String::new();
+    for c in raw.chars() {
+        let c = if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' };
+        if !(c == '-' && out.ends_with('-')) {
+            out.push(c);
+        }
+    }
+    out.trim_end_matches('-').chars().take(80).collect()
 }
 
 /// Which of a framework's implementations ran: candle's max-pool has two here.

@@ -77,7 +77,8 @@ pub struct FuzzReport {
     pub dtype: DType,
     pub backends: Vec<BackendKind>,
     pub ops: Vec<&'static str>,
-    /// Cases whose backends all agreed, and those with a finding.
+    /// Cases whose backends all agreed, and those with a finding (the accepted
+    /// differences are counted apart: the three add up to `cases`).
     pub agreed: u64,
     pub disagreed: u64,
     /// Cases per op the generator placed (an op counted once per case).
@@ -162,9 +163,11 @@ pub fn run(opts: &FuzzOptions, mut progress: impl FnMut(u64, u64)) -> Result<Fuz
             }
             Some((key, study)) => {
                 let key = if key.kind.starts_with("refused") || key.kind.starts_with("failed") { attribute(&case, key, opts)? } else { key };
-                disagreed += 1;
                 match findings.get_mut(&key) {
-                    Some(f) => f.cases += 1,
+                    Some(f) => {
+                        f.cases += 1;
+                        disagreed += 1;
+                    }
                     None if shrunk_to_accepted.contains_key(&key) => {
                         *accepted.entry(shrunk_to_accepted[&key].clone()).or_default() += 1;
                     }
@@ -179,6 +182,7 @@ pub fn run(opts: &FuzzOptions, mut progress: impl FnMut(u64, u64)) -> Result<Fuz
                             progress(done as u64 + 1, indices.len() as u64);
                             continue;
                         }
+                        disagreed += 1;
                         findings.insert(
                             key.clone(),
                             Finding {
@@ -251,6 +255,8 @@ fn accepted_as(study: &RunStudy, list: &[Accepted]) -> Option<String> {
         let a = list.iter().find(|a| a.op == n.op && obstacle.contains(&a.obstacle))?;
         names.push(format!("{}: {}", a.op, a.obstacle));
     }
+    names.sort();
+    names.dedup();
     Some(names.join("; "))
 }
 
