@@ -77,10 +77,13 @@ pub fn mutants_table(report: &MutantsReport) -> String {
                 if f.localised { "yes".into() } else { "no".into() },
                 f.step.map_or("-".into(), |s| s.to_string()),
                 f.failing.to_string(),
+                f.fuzz.as_ref().map_or(format!("not in {}", crate::study::mutants::FUZZ_CASES), |h| {
+                    format!("{} cases: {} in {}, shrunk to {} nodes, {} entries", h.cases_to_find, h.kind, h.op, h.nodes, h.input_entries)
+                }),
             ]
         })
         .collect();
-    table(&["fault", "caught", "first failing check", "localised to", "expected", "right place", "step", "failing metrics"], &rows)
+    table(&["fault", "caught", "first failing check", "localised to", "expected", "right place", "step", "failing metrics", "fuzzer alone"], &rows)
 }
 
 fn mutants_markdown(report: &MutantsReport) -> String {

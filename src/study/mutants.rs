@@ -27,7 +27,14 @@ pub struct FaultResult {
     pub step: Option<usize>,
     /// How many measurements failed.
     pub failing: usize,
+    /// The fuzzer alone (seed 0, at most `FUZZ_CASES` cases): how many generated cases it
+    /// took to blame the engine, and what it shrank to; None when it did not within them
+    /// (faults of training state: optimiser, running statistics, dropout masks).
+    pub fuzz: Option<super::fuzz::Hunt>,
 }
+
+/// Cases the fuzzer gets per fault.
+pub const FUZZ_CASES: u64 = 2000;
 
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct MutantsReport {
@@ -55,6 +62,21 @@ pub fn judge(fault: Fault, regressions: &[Regression]) -> FaultResult {
         expected: fault.site(),
         step: sorted.iter().filter_map(|r| r.step).min(),
         failing: regressions.len(),
+        fuzz: None,
+    }
+}
+
+/// The fuzzer's settings for the hunt: the default campaign on the suite's backends.
+fn fuzz_options(cfg: &SuiteConfig) -> super::fuzz::FuzzOptions {
+    super::fuzz::FuzzOptions {
+        cases: FUZZ_CASES,
+        seed: 0,
+        max_nodes: 4,
+        ops: super::fuzz::gen::OPS.to_vec(),
+        dtype: crate::dtype::DType::F64,
+        backends: cfg.backends.clone(),
+        backend_options: cfg.options,
+        shard: (1, 1),
     }
 }
 
@@ -72,7 +94,9 @@ pub fn run(cfg: &SuiteConfig, data: &Dataset, baseline: &Baseline, list: &[Fault
         let _on = faults::inject(fault);
         outputs.insert(BackendKind::Engine, collect(BackendKind::Engine, cfg, data, Some(&ref_params))?);
         let current = metrics(cfg, &outputs)?;
-        faults_out.push(judge(fault, &evaluate(baseline, &current, &cfg.backends).regressions));
+        let mut result = judge(fault, &evaluate(baseline, &current, &cfg.backends).regressions);
+        result.fuzz = super::fuzz::hunt(&fuzz_options(cfg), FUZZ_CASES)?;
+        faults_out.push(result);
     }
     Ok(MutantsReport {
         backends: cfg.backends.clone(),

@@ -280,6 +280,38 @@ pub fn first_line(message: &str) -> String {
     message.lines().next().unwrap_or_default().trim().to_string()
 }
 
+/// How a campaign finds a fault switched on in the engine: the first case whose finding
+/// blames the engine (within `max_cases`), and the size it shrinks to.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct Hunt {
+    pub cases_to_find: u64,
+    pub op: String,
+    pub kind: String,
+    pub nodes: usize,
+    pub input_entries: usize,
+}
+
+/// Runs cases `0..max_cases` of `opts.seed` until one blames the engine. The caller
+/// switches the fault on (`engine::faults::inject`) around the call.
+pub fn hunt(opts: &FuzzOptions, max_cases: u64) -> Result<Option<Hunt>> {
+    for index in 0..max_cases {
+        let case = gen::generate(opts.seed, index, opts.max_nodes, &opts.ops);
+        if let Some((key, _)) = judge(&case.program, &case.inputs, opts)? {
+            if key.odd_backend == Some(BackendKind::Engine) {
+                let shrunk = shrink::shrink(&case, &key, opts)?;
+                return Ok(Some(Hunt {
+                    cases_to_find: index + 1,
+                    op: key.op,
+                    kind: key.kind,
+                    nodes: shrunk.program.nodes.len(),
+                    input_entries: shrunk.inputs.iter().map(|t| t.data.len()).sum(),
+                }));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// One line per backend: its loss or its error, and its worst difference.
 fn summary(study: &RunStudy) -> Vec<String> {
     let mut out: Vec<String> = study
