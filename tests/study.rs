@@ -103,6 +103,23 @@ fn shards_merged_give_the_unsharded_report() {
     assert_eq!(report(&whole)["runs"].as_array().unwrap().len(), 4);
 }
 
+/// Finished runs are committed without their checkpoints (git ignores them): running the
+/// same study again on such records trains nothing and gives the same report.
+#[test]
+fn finished_runs_without_checkpoints_are_kept_as_they_are() {
+    let args = ["--models", "Softmax", "--seeds", "0", "--epochs", "2", "--train-limit", "300", "--test-limit", "100", "--backends", "engine"];
+    let out = temp_dir("study-no-checkpoints");
+    assert!(study(&args, &out).status().unwrap().success());
+    let dir = out.join("study-records/mnist/Softmax/seed-0/engine");
+    std::fs::remove_file(dir.join("checkpoint-002.safetensors")).unwrap();
+    let before = snapshot(&dir);
+    let first = report(&out);
+    let o = study(&args, &out).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(snapshot(&dir), before, "a finished run's records were rewritten");
+    assert_eq!(report(&out), first);
+}
+
 fn snapshot(d: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<(String, Vec<u8>)> =
         std::fs::read_dir(d).unwrap().map(|e| e.unwrap()).map(|e| (e.file_name().to_string_lossy().to_string(), std::fs::read(e.path()).unwrap())).collect();

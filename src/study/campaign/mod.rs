@@ -169,6 +169,10 @@ pub fn run_one(data: &Dataset, spec: &ModelSpec, settings: &RunSettings, records
     claim(&dir, settings)?;
     let done = finished_epochs(&dir, settings.epochs)?;
     let key = &settings.key;
+    if done == settings.epochs && done > 0 {
+        // Finished: its records are the result; its checkpoint may be gone (git ignores them).
+        return Ok(RunDone { key: key.clone(), resumed_from: done, last: read_epoch(&dir, done)?, seconds: start.elapsed().as_secs_f64() });
+    }
     let init = ParamSet::init(spec, key.seed);
     let options = BackendOptions { candle_maxpool: settings.candle_maxpool };
     let mut runners: Vec<(BackendKind, Box<dyn ModelRunner>)> =
