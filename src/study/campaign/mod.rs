@@ -362,9 +362,10 @@ pub struct RunRecords {
 }
 
 /// Every run under each folder of `records` (a study's or a shard's `--records`). The same
-/// run in two folders must hold the same records.
+/// run (key and epoch budget) in two folders must hold the same records; the same key
+/// with another budget (a longer training) is another run.
 pub fn collect(records: &[PathBuf]) -> Result<Vec<RunRecords>> {
-    let mut runs: BTreeMap<RunKey, RunRecords> = BTreeMap::new();
+    let mut runs: BTreeMap<(RunKey, usize), RunRecords> = BTreeMap::new();
     for root in records {
         if !root.is_dir() {
             return Err(Error::file(root, "not a folder of study records (expected <dataset>/<model>/seed-<n>/<backends>/run.json below it)"));
@@ -378,13 +379,13 @@ pub fn collect(records: &[PathBuf]) -> Result<Vec<RunRecords>> {
                 epochs.push(read_epoch(&dir, epochs.len() + 1)?);
             }
             let run = RunRecords { settings, epochs, dir };
-            match runs.get(&run.settings.key) {
+            match runs.get(&(run.settings.key.clone(), run.settings.epochs)) {
                 Some(prev) if prev.settings != run.settings || prev.epochs != run.epochs => {
                     return Err(Error::file(&run.dir, format!("conflicts with {}: the same run with other records", prev.dir.display())));
                 }
                 Some(_) => {}
                 None => {
-                    runs.insert(run.settings.key.clone(), run);
+                    runs.insert((run.settings.key.clone(), run.settings.epochs), run);
                 }
             }
         }

@@ -34,8 +34,18 @@ pub struct StudySummary {
     /// Every run found in the records, finished or not.
     pub runs: Vec<RunStatus>,
     pub datasets: BTreeMap<DatasetKind, DatasetSummary>,
+    /// Other epoch budgets of a dataset (a longer training, say), each summarised like the
+    /// main one, where its finished runs can judge a claim (both models of a family, two or
+    /// more seeds each).
+    pub other_budgets: Vec<Budget>,
     /// The test behind every claim verdict.
     pub test: &'static str,
+}
+
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct Budget {
+    pub dataset: DatasetKind,
+    pub summary: DatasetSummary,
 }
 
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
@@ -95,7 +105,15 @@ pub struct DriftSummary {
     pub model: String,
     pub seed: u64,
     pub pair: String,
+    /// The run, as its records name it (with candle's max-pool mode where it has one).
+    pub run: String,
+    /// The backend setting that tells this run from others of the same model, seed and
+    /// backends (candle's max-pool mode), if any.
+    pub variant: Option<String>,
     pub epochs: usize,
+    /// Test accuracy per epoch of each backend of the run: what a difference in the
+    /// backward costs in accuracy, measured.
+    pub accuracy: BTreeMap<BackendKind, Vec<f64>>,
     /// Largest parameter difference over the largest parameter, at any epoch's end.
     pub max_params_scaled: f64,
     /// Largest |accuracy difference| at any epoch, in points.
@@ -107,8 +125,23 @@ pub struct DriftSummary {
 pub fn summarise(runs: &[RunRecords]) -> StudySummary {
     let status = runs.iter().map(run_status).collect();
     let datasets: BTreeSet<DatasetKind> = runs.iter().map(|r| r.settings.key.dataset).collect();
-    let datasets = datasets.into_iter().map(|d| (d, dataset(d, runs))).collect();
-    StudySummary { runs: status, datasets, test: TEST }
+    let mut other_budgets = Vec::new();
+    let mut main = BTreeMap::new();
+    for d in datasets {
+        let budgets = budgets(d, runs);
+        let Some(&epochs) = budgets.first() else {
+            main.insert(d, dataset(d, runs, 0));
+            continue;
+        };
+        main.insert(d, dataset(d, runs, epochs));
+        for &other in &budgets[1..] {
+            let summary = dataset(d, runs, other);
+            if summary.claims.iter().any(|c| c.comparisons.iter().any(|cmp| cmp.paired.n >= 2)) {
+                other_budgets.push(Budget { dataset: d, summary });
+            }
+        }
+    }
+    StudySummary { runs: status, datasets: main, other_budgets, test: TEST }
 }
 
 fn run_status(r: &RunRecords) -> RunStatus {
@@ -130,42 +163,63 @@ fn run_status(r: &RunRecords) -> RunStatus {
     }
 }
 
-/// The engine's accuracy per epoch of every finished run of `dataset`, by model and seed.
-/// The engine is in every run, so its results cover every seed; the most common epoch
-/// count wins when runs of several lengths are merged.
-fn curves(dataset: DatasetKind, runs: &[RunRecords]) -> (usize, BTreeMap<String, BTreeMap<u64, Vec<f64>>>) {
-    let finished: Vec<&RunRecords> = runs.iter().filter(|r| r.settings.key.dataset == dataset && r.epochs.len() == r.settings.epochs).collect();
+fn finished(dataset: DatasetKind, runs: &[RunRecords]) -> impl Iterator<Item = &RunRecords> {
+    runs.iter().filter(move |r| r.settings.key.dataset == dataset && r.epochs.len() == r.settings.epochs)
+}
+
+/// The epoch budgets of `dataset`'s finished runs, the most common first (ties: the
+/// longer first): the first is the study's main budget.
+fn budgets(dataset: DatasetKind, runs: &[RunRecords]) -> Vec<usize> {
     let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
-    for r in &finished {
+    for r in finished(dataset, runs) {
         *counts.entry(r.settings.epochs).or_default() += 1;
     }
-    let epochs = counts.iter().max_by_key(|(e, n)| (**n, **e)).map_or(0, |(e, _)| *e);
+    let mut budgets: Vec<(usize, usize)> = counts.into_iter().collect();
+    budgets.sort_by_key(|&(e, n)| std::cmp::Reverse((n, e)));
+    budgets.into_iter().map(|(e, _)| e).collect()
+}
+
+/// The engine's accuracy per epoch of every finished run of `dataset` with `epochs`
+/// epochs, by model and seed. The engine is in every run, so its results cover every seed.
+fn curves(dataset: DatasetKind, runs: &[RunRecords], epochs: usize) -> BTreeMap<String, BTreeMap<u64, Vec<f64>>> {
     let mut out: BTreeMap<String, BTreeMap<u64, Vec<f64>>> = BTreeMap::new();
-    for r in finished.into_iter().filter(|r| r.settings.epochs == epochs) {
+    for r in finished(dataset, runs).filter(|r| r.settings.epochs == epochs) {
         let acc: Vec<f64> = r.epochs.iter().filter_map(|e| e.results.get(&BackendKind::Engine)).map(|e| e.test_accuracy).collect();
         if acc.len() == epochs {
             out.entry(r.settings.key.model.clone()).or_default().entry(r.settings.key.seed).or_insert(acc);
         }
     }
-    (epochs, out)
+    out
 }
 
-fn dataset(d: DatasetKind, runs: &[RunRecords]) -> DatasetSummary {
-    let (epochs, curves) = curves(d, runs);
+/// `d`'s summary at one epoch budget. Lockstep drift is listed with the main budget only
+/// (`other_budgets` hold the claims of a longer training), whatever each run's length.
+fn dataset(d: DatasetKind, runs: &[RunRecords], epochs: usize) -> DatasetSummary {
+    let main = budgets(d, runs).first().copied().unwrap_or(0) == epochs;
+    let curves = curves(d, runs, epochs);
     let models = curves.iter().map(|(m, by_seed)| (m.clone(), model(d, m, by_seed))).collect();
     let claims = claims(d, &curves);
     let drift = runs
         .iter()
-        .filter(|r| r.settings.key.dataset == d && r.settings.key.backends.len() > 1)
+        .filter(|r| main && r.settings.key.dataset == d && r.settings.key.backends.len() > 1)
         .flat_map(|r| {
             let pairs: BTreeSet<String> = r.epochs.iter().flat_map(|e| e.drift.keys().cloned()).collect();
             pairs.into_iter().map(move |pair| {
                 let of = |f: &dyn Fn(&super::Drift) -> f64| r.epochs.iter().filter_map(|e| e.drift.get(&pair)).map(f).collect::<Vec<f64>>();
                 let worst = |v: Vec<f64>| v.into_iter().fold(0.0f64, crate::parity::max_nan);
+                let mut accuracy: BTreeMap<BackendKind, Vec<f64>> = BTreeMap::new();
+                for e in &r.epochs {
+                    for (k, v) in &e.results {
+                        accuracy.entry(*k).or_default().push(v.test_accuracy);
+                    }
+                }
                 DriftSummary {
                     model: r.settings.key.model.clone(),
                     seed: r.settings.key.seed,
+                    run: r.settings.key.label(),
+                    variant: r.settings.key.candle_maxpool.map(|m| format!("maxpool-{}", m.name())),
                     epochs: r.epochs.len(),
+                    accuracy,
                     max_params_scaled: worst(of(&|x| x.params_scaled)),
                     max_accuracy_points: worst(of(&|x| x.accuracy_points.abs())),
                     last_accuracy_points: of(&|x| x.accuracy_points).last().copied().unwrap_or(f64::NAN),
