@@ -143,7 +143,7 @@ fn the_shipped_data_is_found_from_another_folder() {
 fn check_finds_the_baseline_from_a_subfolder() {
     let out = temp_dir("sweep-check-cwd");
     let o = Command::new(env!("CARGO_BIN_EXE_parity-report"))
-        .args(["check", "--quiet", "--out", out.to_str().unwrap()])
+        .args(["check", "--quiet", "--fuzz-cases", "100", "--out", out.to_str().unwrap()])
         .current_dir(repo_path("src"))
         .output()
         .unwrap();

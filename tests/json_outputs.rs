@@ -151,10 +151,12 @@ fn mnist_and_bench_write_valid_json() {
     assert_eq!(code, 0);
     let doc = check_set(&out, "mnist", &all);
     assert_eq!(doc["agree"], true);
-    let (code, out) = run("bench", &["bench", "--models", "Softmax", "--steps", "2", "--warmup", "1", "--block", "1", "--memory-images", "0"]);
+    let (code, out) = run("bench", &["bench", "--models", "Softmax", "--steps", "2", "--warmup", "1", "--block", "1", "--memory-images", "0", "--fuzz-cases", "40"]);
     assert_eq!(code, 0);
     let doc = check_set(&out, "bench", &all);
     assert!(doc["models"]["Softmax"]["ratios"]["engine-candle"].as_f64().unwrap() > 0.0, "pairs spelt as everywhere else");
+    assert_eq!(doc["fuzz"]["cases"], 40, "the fuzz throughput campaign ran");
+    assert!(doc["fuzz"]["cases_per_second"].as_f64().unwrap() > 0.0);
 }
 
 /// The gate and the mutation run need every backend of the committed baseline (libtorch).
@@ -162,9 +164,11 @@ fn mnist_and_bench_write_valid_json() {
 #[test]
 fn check_and_mutants_write_valid_json() {
     let all = built_backends();
-    let (code, out) = run("check", &["check"]);
+    let (code, out) = run("check", &["check", "--fuzz-cases", "300"]);
     assert_eq!(code, 0);
-    check_set(&out, "check", &all);
+    let doc = check_set(&out, "check", &all);
+    assert_eq!(doc["fuzz"]["cases"], 300, "the gate ran its fuzz campaign");
+    assert_eq!(doc["fuzz"]["new"].as_array().unwrap().len(), 0, "no finding outside the reviewed lists: {}", doc["fuzz"]);
     let (code, out) = run("mutants", &["mutants", "--faults", "vecmat-inner-product"]);
     assert_eq!(code, 0);
     let doc = check_set(&out, "mutants", &all);
@@ -177,6 +181,36 @@ fn fuzz_writes_valid_json() {
     assert!(code == 0 || code == 1, "{code}");
     let doc = check_set(&out, "fuzz", &built_backends());
     assert_eq!(doc["cases"], 200);
+}
+
+/// `ops`: every implementation of an op on a few cases; candle's fused softmax_last_dim
+/// has no backward, which the report names as a missing gradient (exit 1), and the case
+/// it keeps replays with `run`.
+#[test]
+fn ops_writes_valid_json_and_names_a_missing_gradient() {
+    let (code, out) = run("ops", &["ops", "--ops", "matmul,softmax", "--cases", "4"]);
+    assert_eq!(code, 1);
+    let doc = check_set(&out, "ops", &built_backends());
+    let rows = doc["rows"].as_array().unwrap();
+    let fused = rows.iter().find(|r| r["backend"] == "candle" && r["implementation"] == "softmax_last_dim").expect("candle's fused softmax is a row of its own");
+    assert_eq!(fused["missing_or_non_finite"], 4, "{fused}");
+    assert!(fused["first_refusal"].as_str().unwrap().contains("gradient missing"), "{fused}");
+    for r in rows.iter().filter(|r| r["op"] == "matmul") {
+        assert_eq!(r["fd_agree"], 4, "{r}");
+        assert_eq!(r["findings"], 0, "{r}");
+    }
+    let case = out.join("ops").join(fused["first_disagreement"].as_str().unwrap());
+    let o = parity_report(&["run", case.to_str().unwrap(), "--implementation", "candle:softmax:softmax_last_dim", "--out", out.join("replay").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3), "candle's missing gradient is a backend failure: {}", String::from_utf8_lossy(&o.stderr));
+    let o = parity_report(&["run", case.to_str().unwrap(), "--out", out.join("replay-default").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "candle's default softmax has its gradient: {}", String::from_utf8_lossy(&o.stderr));
+    let o = parity_report(&["run", case.to_str().unwrap(), "--implementation", "candle:softmax:nope"]);
+    assert_eq!(o.status.code(), Some(2), "an unknown implementation is bad input");
+    for args in [&["ops", "--ops", "nope"][..], &["ops", "--cases", "0"]] {
+        let (code, out) = run("ops-bad", args);
+        assert_eq!(code, 2, "{args:?}");
+        assert!(!out.join("ops").exists(), "{args:?}: no report for bad input");
+    }
 }
 
 #[test]

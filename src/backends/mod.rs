@@ -133,8 +133,32 @@ pub fn count_correct(logits: &[f64], classes: usize, labels: &[usize]) -> usize 
         .count()
 }
 
+/// A second implementation of an op that a framework offers next to the one its
+/// interpreter uses by default (a fused kernel next to a composition of primitives, or
+/// the reverse). `parity-report ops` checks each one as an implementation of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct Implementation {
+    /// The program-format op it implements.
+    pub op: &'static str,
+    /// Its name in reports (`softmax_last_dim`, `composition`).
+    pub name: &'static str,
+    /// What it is, in the framework's own terms.
+    pub about: &'static str,
+}
+
 pub trait Backend {
     fn kind(&self) -> BackendKind;
+
+    /// The framework's other implementations of ops, beyond the default ones its
+    /// interpreter uses.
+    fn implementations(&self) -> Vec<Implementation> {
+        Vec::new()
+    }
+
+    /// This backend with `which` (one of `implementations`) used for its op.
+    fn with_implementation(&self, which: &Implementation) -> Result<Box<dyn Backend>> {
+        Err(Error::Invalid(format!("{} has no other implementation '{}' of {}", self.kind(), which.name, which.op)))
+    }
 
     /// Median seconds of `reps` f32 products of an `m×k` and a `k×n` matrix (after one
     /// warm-up), for the throughput table of `parity-report bench`.

@@ -19,7 +19,7 @@ use backprop_parity::models::abc::{AbcSpec, InitSource, SEED_LR, SEED_STEPS};
 use backprop_parity::models::mnist::{ModelSpec, ParamSet, SEED_MODELS};
 use backprop_parity::models::program::{check as check_program, resolve_inputs};
 use backprop_parity::models::safetensors_io;
-use backprop_parity::models::Program;
+use backprop_parity::models::{Op, Program};
 use backprop_parity::parity::Tolerance;
 use backprop_parity::report::{self, JsonTarget, Provenance, ReportSet};
 use backprop_parity::study::campaign::Shard;
@@ -64,6 +64,8 @@ enum Command {
     Study(StudyArgs),
     /// Differential gradient fuzzing: generated programs on every backend, findings shrunk to reproducers.
     Fuzz(FuzzArgs),
+    /// Every op and every implementation a backend offers, on random cases over the op's valid domain: agreement with finite differences and with each other backend (exit 0: no finding, 1: findings).
+    Ops(OpsArgs),
     /// Mutation testing: each catalogued backprop fault switched on in the engine, the suite rerun.
     Mutants(MutantsArgs),
     /// Speed: median training-step and eval times per model and backend, interleaved; matrix-product GFLOP/s.
@@ -92,6 +94,10 @@ struct RunArgs {
     /// Write each backend's gradients as DIR/<program>-<backend>.safetensors.
     #[arg(long, value_name = "DIR")]
     save_grads: Option<PathBuf>,
+    /// Run one backend with another of its implementations of an op, as `parity-report ops`
+    /// lists them: BACKEND:OP:NAME, e.g. candle:softmax:softmax_last_dim.
+    #[arg(long, value_name = "BACKEND:OP:NAME")]
+    implementation: Option<String>,
     #[command(flatten)]
     common: Common,
 }
@@ -173,6 +179,24 @@ struct FuzzArgs {
     common: Common,
 }
 
+#[derive(Args, Clone)]
+struct OpsArgs {
+    /// Comma-separated ops (default: every op of the program format).
+    #[arg(long, value_name = "LIST", help = format!("Comma-separated ops, of {} (default: all)", names(Op::NAMES)))]
+    ops: Option<String>,
+    /// Random cases per op (1 to 100000).
+    #[arg(long, default_value_t = 100)]
+    cases: usize,
+    /// Seed of the cases: the same seed gives the same cases.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// candle's max-pool backward: `builtin` (candle-core as released) or `exact` (PyTorch's rule).
+    #[arg(long, default_value = "builtin", value_name = "builtin|exact")]
+    candle_maxpool: MaxPoolMode,
+    #[command(flatten)]
+    common: Common,
+}
+
 /// `study` with every default, for `parity-report --full`.
 #[derive(Parser)]
 struct StudyDefaults {
@@ -235,6 +259,9 @@ struct BenchArgs {
     /// intra-op threads; 1 to the number of cores (default: every core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Generated programs of the fuzz-throughput campaign (0: skip it; at most 1000000).
+    #[arg(long, default_value_t = study::bench::FUZZ_CASES)]
+    fuzz_cases: u64,
     #[command(flatten)]
     common: Common,
 }
@@ -247,6 +274,10 @@ struct CheckArgs {
     /// Rewrite the baseline from this run (on purpose), and say what changed.
     #[arg(long)]
     update_baseline: bool,
+    /// Generated programs of the gate's fixed-seed fuzz campaign (0: skip it, and say so;
+    /// at most 1000000).
+    #[arg(long, default_value_t = gate::GATE_FUZZ_CASES)]
+    fuzz_cases: u64,
     #[command(flatten)]
     common: Common,
 }
@@ -463,6 +494,7 @@ fn dispatch(cli: Cli) -> Result<(Verdict, bool)> {
         Some(Command::Mutants(args)) => run_mutants(&ctx, args)?,
         Some(Command::Study(args)) => run_study(&ctx, args)?,
         Some(Command::Fuzz(args)) => run_fuzz(&ctx, args)?,
+        Some(Command::Ops(args)) => run_ops(&ctx, args)?,
         Some(Command::Bench(args)) => run_bench(&ctx, args).map(|()| Verdict::Agree)?,
         Some(Command::MemoryChild(args)) => run_memory_child(args).map(|()| Verdict::Agree)?,
         Some(Command::Run(args)) => run_program(&ctx, args)?,
@@ -484,6 +516,7 @@ impl Command {
             Command::Mutants(a) => Some(&a.common),
             Command::Study(a) => Some(&a.common),
             Command::Fuzz(a) => Some(&a.common),
+            Command::Ops(a) => Some(&a.common),
             Command::Bench(a) => Some(&a.common),
             Command::Run(a) => Some(&a.common),
             Command::Program(_) | Command::Schemas(_) | Command::MemoryChild(_) => None,
@@ -757,6 +790,7 @@ fn mnist_data() -> Result<Dataset> {
 /// Whether the gate passed.
 fn run_check(ctx: &Ctx, args: &CheckArgs) -> Result<Verdict> {
     let c = &args.common;
+    anyhow::ensure!(args.fuzz_cases <= 1_000_000, "--fuzz-cases {}: expected 0 to 1000000", args.fuzz_cases);
     let path = baseline_path(&args.baseline);
     let old = match (path.exists(), args.update_baseline) {
         (false, _) => None,
@@ -791,13 +825,54 @@ fn run_check(ctx: &Ctx, args: &CheckArgs) -> Result<Verdict> {
         return Ok(Verdict::Agree);
     }
     let baseline = old.expect("checked above");
-    let result = gate::evaluate(&baseline, &current, &cfg.backends);
+    let mut result = gate::evaluate(&baseline, &current, &cfg.backends);
+    if args.fuzz_cases == 0 {
+        say!("check: the fuzz campaign is skipped (--fuzz-cases 0)");
+        return report_gate(ctx, result, &path, &cfg.backends);
+    }
+    // The fixed-seed fuzz campaign: a finding in neither reviewed list fails the gate.
+    let fuzz_opts = backprop_parity::study::fuzz::FuzzOptions {
+        cases: args.fuzz_cases,
+        seed: gate::GATE_FUZZ_SEED,
+        max_nodes: 4,
+        ops: backprop_parity::study::fuzz::gen::OPS.to_vec(),
+        dtype: DType::F64,
+        backends: cfg.backends.clone(),
+        backend_options: BackendOptions::default(),
+        shard: (1, 1),
+    };
+    let bar = progress_bar(args.fuzz_cases as usize, "check: fuzz");
+    let campaign = backprop_parity::study::fuzz::run(&fuzz_opts, |done, _| bar.set_position(done))?;
+    bar.finish_and_clear();
+    let fuzz = gate::judge_fuzz(&campaign, &gate::known_reference_bugs());
+    say!(
+        "check: fuzz {} cases in {:.0} s: {} known reference bug(s), {} new finding(s)",
+        fuzz.cases,
+        fuzz.seconds,
+        fuzz.known.len(),
+        fuzz.new.len()
+    );
+    for g in &fuzz.new {
+        say!("check: new fuzz finding: {} in {} ({})", g.kind, g.op, g.backend.map_or("-".into(), |b| b.to_string()));
+    }
+    result = result.with_fuzz(fuzz);
+    report_gate(ctx, result, &path, &cfg.backends)
+}
+
+/// The gate's verdict on the terminal and in its report set.
+fn report_gate(ctx: &Ctx, result: gate::GateReport, path: &std::path::Path, backends: &[BackendKind]) -> Result<Verdict> {
     if result.passed {
         say!("check: pass ({} metrics compared with {})", result.compared, path.display());
     } else {
-        say!("check: FAIL, {} regression(s) against {}:\n{}", result.regressions.len(), path.display(), report::gate::regression_table(&result));
+        say!(
+            "check: FAIL, {} regression(s) against {} and {} new fuzz finding(s):\n{}",
+            result.regressions.len(),
+            path.display(),
+            result.fuzz.as_ref().map_or(0, |f| f.new.len()),
+            report::gate::regression_table(&result)
+        );
     }
-    let provenance = Provenance::collect(&cfg.backends, &[DType::F32, DType::F64]);
+    let provenance = Provenance::collect(backends, &[DType::F32, DType::F64]);
     finish(ctx, report::gate::check_outputs(&result, &path.display().to_string(), &provenance)?)?;
     Ok(Verdict::of(result.passed))
 }
@@ -839,6 +914,34 @@ fn run_fuzz(ctx: &Ctx, args: &FuzzArgs) -> Result<Verdict> {
     }
     finish(ctx, report::fuzz::outputs(&report, args.candle_maxpool.name(), &Provenance::collect(&backends, &[dtype]))?)?;
     Ok(Verdict::of(report.findings.is_empty()))
+}
+
+/// `ops`: exit 0 when no implementation has a finding or a missing gradient, 1 otherwise.
+fn run_ops(ctx: &Ctx, args: &OpsArgs) -> Result<Verdict> {
+    use backprop_parity::study::ops::{self, OpsOptions};
+    let c = &args.common;
+    anyhow::ensure!(c.rtol.is_none() && c.atol.is_none(), "--rtol/--atol do not apply to ops: it judges as `run` does");
+    anyhow::ensure!((1..=100_000).contains(&args.cases), "--cases {}: expected 1 to 100000", args.cases);
+    let op_names: Vec<&'static str> = match &args.ops {
+        None => Op::NAMES.to_vec(),
+        Some(l) => list("--ops", l, |s| Op::NAMES.iter().copied().find(|o| *o == s).ok_or_else(|| format!("'{s}' is not an op of the program format; expected some of {}", names(Op::NAMES))))?,
+    };
+    let backends = c.backends()?;
+    let dtype = c.dtype(DType::F64);
+    let opts = OpsOptions { ops: op_names, cases: args.cases, seed: args.seed, dtype, backends: backends.clone(), backend_options: BackendOptions { candle_maxpool: args.candle_maxpool } };
+    let bar = progress_bar(opts.ops.len(), "ops");
+    let report = ops::run(&opts, |op, done, _| {
+        bar.set_message(op.to_string());
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    let bad: Vec<&ops::ImplRow> = report.rows.iter().filter(|r| r.findings > 0 || r.missing_or_non_finite > 0).collect();
+    say!("ops: {} implementations of {} ops, {} cases each, in {:.1} s; {} with findings or missing gradients", report.rows.len(), opts.ops.len(), report.cases, report.seconds, bad.len());
+    for r in &bad {
+        say!("ops: {} {} ({}): {}", r.op, r.backend, r.implementation, report::ops::verdict(r).replace("**", ""));
+    }
+    finish(ctx, report::ops::outputs(&report, &Provenance::collect(&backends, &[dtype]))?)?;
+    Ok(Verdict::of(bad.is_empty()))
 }
 
 /// `study`: trains (or resumes) this shard's runs into the records, then reports on every
@@ -1036,6 +1139,7 @@ fn run_bench(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
         data_dir: None,
         candle_maxpool: MaxPoolMode::Exact,
     })?;
+    anyhow::ensure!(args.fuzz_cases <= 1_000_000, "--fuzz-cases {}: expected 0 to 1000000", args.fuzz_cases);
     let opts = study::bench::BenchOptions {
         models,
         backends: c.backends()?,
@@ -1046,6 +1150,7 @@ fn run_bench(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
         memory_images: args.memory_images,
         exe: Some(std::env::current_exe().context("locating parity-report for the memory child processes")?),
         threads,
+        fuzz_cases: args.fuzz_cases,
     };
     let data = mnist_data()?;
     // One stage per model's timing, per model and backend's memory epoch, then the matrix
@@ -1085,14 +1190,12 @@ fn run_program(ctx: &Ctx, args: &RunArgs) -> Result<Verdict> {
     if let Some(dir) = &args.save_grads {
         report::check_dir("--save-grads", dir)?;
     }
-    let opts = RunOptions {
-        program,
-        origin: path.display().to_string(),
-        inputs,
-        dtype,
-        backends: backends.clone(),
-        backend_options: BackendOptions { candle_maxpool: args.candle_maxpool },
+    let backend_options = BackendOptions { candle_maxpool: args.candle_maxpool };
+    let implementation = match &args.implementation {
+        None => None,
+        Some(spec) => Some(parse_implementation(spec, &backends, backend_options)?),
     };
+    let opts = RunOptions { program, origin: path.display().to_string(), inputs, dtype, backends: backends.clone(), backend_options, implementation };
     let result = study::run::run(&opts)?;
     if let Some(dir) = &args.save_grads {
         std::fs::create_dir_all(dir).map_err(|e| RunFailed(format!("--save-grads {}: {e}", dir.display())))?;
@@ -1105,6 +1208,20 @@ fn run_program(ctx: &Ctx, args: &RunArgs) -> Result<Verdict> {
     say!("run {}: {}", path.display(), report::run::summary(&result));
     finish(ctx, report::run::outputs(&result, &Provenance::collect(&backends, &[dtype]))?)?;
     Ok(if result.backend_failed { Verdict::BackendFailed } else { Verdict::of(result.agree) })
+}
+
+/// `--implementation BACKEND:OP:NAME`: one of the backend's other implementations.
+fn parse_implementation(spec: &str, backends: &[BackendKind], options: BackendOptions) -> Result<(BackendKind, backprop_parity::backends::Implementation)> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    anyhow::ensure!(parts.len() == 3, "--implementation {spec}: expected BACKEND:OP:NAME, e.g. candle:softmax:softmax_last_dim");
+    let kind: BackendKind = parts[0].parse().map_err(|e: String| anyhow::anyhow!("--implementation {spec}: {e}"))?;
+    anyhow::ensure!(backends.contains(&kind), "--implementation {spec}: {kind} is not among --backends");
+    let known = study::lockstep::backend(kind, options)?.implementations();
+    let which = known.iter().find(|i| i.op == parts[1] && i.name == parts[2]).copied().ok_or_else(|| {
+        let list: Vec<String> = known.iter().map(|i| format!("{kind}:{}:{}", i.op, i.name)).collect();
+        anyhow::anyhow!("--implementation {spec}: {kind} has no such implementation; expected one of {}", if list.is_empty() { "none".into() } else { list.join(", ") })
+    })?;
+    Ok((kind, which))
 }
 
 /// `program MODEL`: the model's program on stdout, and with --write-inputs the values

@@ -34,7 +34,8 @@ pub enum Op {
     Mean(Var),
     Conv2d { x: Var, w: Var, b: Option<Var>, stride: usize, padding: usize },
     /// `argmax[i]` is the flat input index output element `i` was taken from.
-    MaxPool2d { x: Var, argmax: Arc<[usize]> },
+    /// `window`: kernel, stride, padding.
+    MaxPool2d { x: Var, argmax: Arc<[usize]>, window: [usize; 3] },
     Linear { x: Var, w: Var, b: Option<Var> },
     /// `mean` and `invstd` per channel, as the backward kernel uses them.
     BatchNorm { x: Var, gamma: Var, beta: Var, mean: Arc<[f64]>, invstd: Arc<[f64]>, training: bool },
@@ -227,7 +228,7 @@ impl<F: Float> Graph<F> {
                     out.extend(b.zip(gb));
                     out
                 }
-                Op::MaxPool2d { x, ref argmax } => vec![(x, pool::backward(self.value(x), argmax, g))],
+                Op::MaxPool2d { x, ref argmax, window } => vec![(x, pool::backward(self.value(x), argmax, window, g))],
                 Op::Linear { x, w, b } => {
                     let need_b = b.is_some_and(needs);
                     let (gx, gw, gb) = linear::backward(self.value(x), self.value(w), g, needs(x), needs(w), need_b);

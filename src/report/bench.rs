@@ -67,6 +67,21 @@ fn markdown(report: &BenchReport, machine: &str) -> String {
          thread(s) at once. The products above run on {} thread(s).\n",
         p.isa, p.one_thread_gflops, p.all_threads_gflops, p.threads, report.threads
     );
+    if let Some(f) = &report.fuzz {
+        let shares: Vec<String> = f.backend_seconds.iter().map(|(k, t)| format!("{k} {t:.1} s ({:.0}%)", 100.0 * t / f.seconds.max(1e-9))).collect();
+        md += &format!(
+            "\n## Differential fuzzing\n\n{} generated programs (`parity-report fuzz --cases {} --seed 0`, f64, these backends, finite differences \
+             included) in {:.1} s: **{:.0} cases per second**. The backends' runs take {}; the rest of the oracle (each node alone, finite \
+             differences) {:.1} s; attributing and shrinking findings {:.1} s.\n",
+            f.cases,
+            f.cases,
+            f.seconds,
+            f.cases_per_second,
+            shares.join(", "),
+            f.oracle_seconds,
+            f.shrink_seconds
+        );
+    }
     md
 }
 

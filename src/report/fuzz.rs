@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::fmt::table;
 use super::{Output, Provenance, ReportSet};
 use crate::error::Result;
-use crate::models::{Op, Program};
+use crate::models::{Op, Program, Role, ValueType};
 use crate::study::fuzz::{Finding, FuzzReport};
 
 /// One line of `findings.json`.
@@ -31,7 +31,11 @@ pub fn outputs(report: &FuzzReport, candle_maxpool: &str, provenance: &Provenanc
         let dir = format!("findings/{}", slug(f));
         files.push(Output { file_name: format!("{dir}/program.json"), contents: f.program.to_json() + "\n" });
         files.push(Output { file_name: format!("{dir}/reference.py"), contents: torch_script(&f.program) });
-        files.push(Output { file_name: format!("{dir}/finding.md"), contents: finding_md(f) });
+        let snippet = super::snippet::candle_snippet(&f.program);
+        if let Ok(rs) = &snippet {
+            files.push(Output { file_name: format!("{dir}/candle.rs"), contents: rs.clone() });
+        }
+        files.push(Output { file_name: format!("{dir}/finding.md"), contents: finding_md(f, snippet.err()) });
         listed.push(Listed {
             op: &f.key.op,
             implementation: implementation(f, candle_maxpool),
@@ -104,6 +108,7 @@ fn markdown(r: &FuzzReport, candle_maxpool: &str) -> String {
         })
         .collect();
     md.push_str(&table(&["kind", "op", "implementation", "backend at fault", "cases", "cases to find", "shrunk to", ""], &rows));
+    md.push_str(&format!("\n{}\n", throughput(r)));
     if !r.accepted.is_empty() {
         md.push_str("\nAccepted differences (reference/accepted-differences.json), not findings:\n\n");
         let rows: Vec<Vec<String>> = r.accepted.iter().map(|(a, n)| vec![a.clone(), n.to_string()]).collect();
@@ -115,11 +120,30 @@ fn markdown(r: &FuzzReport, candle_maxpool: &str) -> String {
     md
 }
 
-fn finding_md(f: &Finding) -> String {
+/// Cases per second and where the time went, in one sentence.
+pub fn throughput(r: &FuzzReport) -> String {
+    let total: f64 = r.backend_seconds.values().sum();
+    let shares: Vec<String> = r.backend_seconds.iter().map(|(k, t)| format!("{k} {t:.1} s ({:.0}%)", 100.0 * t / r.seconds.max(1e-9))).collect();
+    format!(
+        "Throughput: {:.0} cases per second. Time: the backends' runs of the generated programs {total:.1} s ({}), the rest of the oracle \
+         (each node alone, finite differences) {:.1} s, attributing and shrinking findings {:.1} s, of {:.1} s in all.",
+        r.cases as f64 / r.seconds.max(1e-9),
+        shares.join(", "),
+        r.oracle_seconds,
+        r.shrink_seconds,
+        r.seconds
+    )
+}
+
+fn finding_md(f: &Finding, no_snippet: Option<String>) -> String {
+    let candle = match no_snippet {
+        None => "`candle.rs` is the same program in candle-core/candle-nn alone (a `main.rs` for an upstream issue)".to_string(),
+        Some(why) => format!("no candle snippet ({why} is not in the snippet emitter)"),
+    };
     let mut md = format!(
         "# {} in {} ({})\n\nFirst seen in case {} ({} cases into the campaign, regime {:?}), in {} case(s) in all. Shrunk to {} node(s) \
          and {} input entries: `program.json` (run it with `parity-report run program.json`), `reference.py` prints what PyTorch \
-         computes for it.\n\n",
+         computes for it, {candle}.\n\n",
         f.key.kind,
         f.key.op,
         f.key.odd_backend.map_or("no single backend".into(), |k| k.to_string()),
@@ -153,6 +177,42 @@ pub fn torch_script(p: &Program) -> String {
         let grad = if d.needs_grad() { ", requires_grad=True" } else { "" };
         py.push_str(&format!("{} = torch.tensor({values}, dtype=torch.float64).reshape({:?}).detach().requires_grad_({})\n", var(&d.name), d.shape, if grad.is_empty() { "False" } else { "True" }));
     }
+    py.push_str(&torch_forward(p));
+    if let Some(loss) = &p.loss {
+        py.push_str(&format!("{}.backward()\nprint('loss', {}.item())\n", var(loss), var(loss)));
+    }
+    for d in p.inputs.iter().filter(|d| d.needs_grad()) {
+        py.push_str(&format!("print('d/d{}', {}.grad.flatten().tolist())\n", d.name, var(&d.name)));
+    }
+    for d in p.inputs.iter().filter(|d| d.role == Role::State && d.value_type == ValueType::Float) {
+        py.push_str(&format!("print('{} after the run', {}.flatten().tolist())\n", d.name, var(&d.name)));
+    }
+    if let (Some(t), Some(loss)) = (&p.train, &p.loss) {
+        let params: Vec<String> = p.params().map(|(_, d)| var(&d.name)).collect();
+        py.push_str(&format!(
+            "\n# {} SGD step(s), lr {}, momentum {}: the first uses the gradient above.\nopt = torch.optim.SGD([{}], lr={}, momentum={})\nfor step in range({}):\n    if step > 0:\n        opt.zero_grad()\n",
+            t.steps,
+            t.lr,
+            t.momentum.unwrap_or(0.0),
+            params.join(", "),
+            t.lr,
+            t.momentum.unwrap_or(0.0),
+            t.steps
+        ));
+        for line in torch_forward(p).lines() {
+            py.push_str(&format!("        {line}\n"));
+        }
+        py.push_str(&format!("        {}.backward()\n    opt.step()\n", var(loss)));
+        for d in p.params().map(|(_, d)| d) {
+            py.push_str(&format!("print('{} after training', {}.detach().flatten().tolist())\n", d.name, var(&d.name)));
+        }
+    }
+    py
+}
+
+/// The program's nodes as PyTorch statements, one per node.
+fn torch_forward(p: &Program) -> String {
+    let mut py = String::new();
     for n in &p.nodes {
         let a: Vec<String> = n.inputs.iter().map(|i| i.as_deref().map_or("None".to_string(), var)).collect();
         let arg = |i: usize| a.get(i).cloned().unwrap_or_else(|| "None".into());
@@ -191,12 +251,6 @@ pub fn torch_script(p: &Program) -> String {
             Op::Flatten { start_dim, end_dim } => format!("torch.flatten({}, {start_dim}, {end_dim})", arg(0)),
         };
         py.push_str(&format!("{} = {expr}\n", var(&n.id)));
-    }
-    if let Some(loss) = &p.loss {
-        py.push_str(&format!("{}.backward()\nprint('loss', {}.item())\n", var(loss), var(loss)));
-    }
-    for d in p.inputs.iter().filter(|d| d.needs_grad()) {
-        py.push_str(&format!("print('d/d{}', {}.grad.flatten().tolist())\n", d.name, var(&d.name)));
     }
     py
 }

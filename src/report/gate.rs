@@ -53,8 +53,31 @@ fn check_markdown(report: &GateReport, baseline_path: &str) -> String {
         report.new_metrics,
         if report.passed { "pass" } else { "FAIL" }
     );
-    if !report.passed {
+    if !report.regressions.is_empty() {
         md += &regression_table(report);
+    }
+    if let Some(f) = &report.fuzz {
+        md += &format!(
+            "\n## Fixed-seed fuzz campaign\n\n{} generated programs (seed {}) in {:.1} s: {} agreed, {} accepted differences, {} known reference bug(s) \
+             (reference/known-reference-bugs.json), **{} new finding(s)** (each fails the gate).\n\n",
+            f.cases,
+            f.seed,
+            f.seconds,
+            f.agreed,
+            f.accepted,
+            f.known.len(),
+            f.new.len()
+        );
+        let rows: Vec<Vec<String>> = f
+            .new
+            .iter()
+            .map(|g| (g, "**new**".to_string()))
+            .chain(f.known.iter().map(|g| (g, format!("known: {}", g.source.clone().unwrap_or_default()))))
+            .map(|(g, status)| vec![g.op.clone(), g.backend.map_or("-".into(), |b| b.to_string()), g.kind.clone(), g.cases.to_string(), status])
+            .collect();
+        if !rows.is_empty() {
+            md += &table(&["op", "backend at fault", "kind", "cases", "status"], &rows);
+        }
     }
     md
 }

@@ -9,11 +9,13 @@ pub mod fuzz;
 pub mod gate;
 pub mod grads;
 pub mod mnist;
+pub mod ops;
 pub mod output;
 pub mod plot;
 pub mod provenance;
 pub mod run;
 pub mod schema;
+pub mod snippet;
 pub mod study;
 
 pub use output::{check_dir, check_json_target, check_out_dir, write_atomic, write_set, JsonTarget};

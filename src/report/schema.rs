@@ -30,6 +30,7 @@ pub fn all() -> Vec<(&'static str, Value)> {
         ("run", document::<RunStudy>("run")),
         ("study", document::<StudySummary>("study")),
         ("fuzz", document::<FuzzReport>("fuzz")),
+        ("ops", document::<crate::study::ops::OpsReport>("ops")),
         ("baseline", finish::<Baseline>("reference/baseline.json: the gate's accepted metrics (`parity-report check --update-baseline`)")),
     ]
 }

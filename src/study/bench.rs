@@ -29,6 +29,8 @@ pub struct BenchOptions {
     pub memory_images: usize,
     pub exe: Option<std::path::PathBuf>,
     pub threads: usize,
+    /// Generated programs of the fuzz-throughput campaign (0: none).
+    pub fuzz_cases: u64,
 }
 
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
@@ -66,7 +68,24 @@ pub struct BenchReport {
     pub gemm: Vec<GemmBench>,
     /// The machine's f32 FMA peak, next to which the `gemm` rates are read.
     pub peak: super::peak::Peak,
+    /// Differential fuzzing throughput: a fixed-seed campaign on the bench's backends.
+    pub fuzz: Option<FuzzThroughput>,
 }
+
+/// Generated programs per second through the whole oracle, and where the time goes.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct FuzzThroughput {
+    pub cases: u64,
+    pub seconds: f64,
+    pub cases_per_second: f64,
+    pub backend_seconds: BTreeMap<BackendKind, f64>,
+    /// Node checks and finite differences.
+    pub oracle_seconds: f64,
+    pub shrink_seconds: f64,
+}
+
+/// Cases of the bench's fuzz campaign (seed 0, f64).
+pub const FUZZ_CASES: u64 = 1000;
 
 /// Rounds of the interleaved matrix-product timing.
 const GEMM_ROUNDS: usize = 8;
@@ -175,6 +194,28 @@ pub fn run(data: &Dataset, opts: &BenchOptions, mut progress: impl FnMut(&str)) 
         let gflops = rounds.into_iter().map(|(kind, r)| (kind, 2.0 * (m * k * n) as f64 / median(r) / 1e9)).collect();
         gemm.push(GemmBench { m, k, n, what, gflops });
     }
+    progress("fuzz throughput");
+    let campaign = (opts.fuzz_cases > 0).then(|| super::fuzz::run(
+        &super::fuzz::FuzzOptions {
+            cases: opts.fuzz_cases,
+            seed: 0,
+            max_nodes: 4,
+            ops: super::fuzz::gen::OPS.to_vec(),
+            dtype: DType::F64,
+            backends: opts.backends.clone(),
+            backend_options: opts.options,
+            shard: (1, 1),
+        },
+        |_, _| {},
+    )).transpose()?;
+    let fuzz = campaign.map(|campaign| FuzzThroughput {
+        cases: campaign.cases,
+        seconds: campaign.seconds,
+        cases_per_second: campaign.cases as f64 / campaign.seconds.max(1e-9),
+        backend_seconds: campaign.backend_seconds,
+        oracle_seconds: campaign.oracle_seconds,
+        shrink_seconds: campaign.shrink_seconds,
+    });
     progress("machine peak");
     let peak = super::peak::measure(opts.threads);
     Ok(BenchReport {
@@ -184,5 +225,6 @@ pub fn run(data: &Dataset, opts: &BenchOptions, mut progress: impl FnMut(&str)) 
         models,
         gemm,
         peak,
+        fuzz,
     })
 }

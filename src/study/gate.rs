@@ -128,6 +128,83 @@ pub struct Regression {
     pub check: String,
 }
 
+/// An examined finding about a reference framework (`reference/known-reference-bugs.json`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct KnownBug {
+    pub op: String,
+    pub backend: String,
+    /// A prefix of the finding's kind.
+    pub kind: String,
+    pub reason: String,
+    pub source: String,
+}
+
+/// The reviewed list, compiled in so that an installed binary applies the same rules.
+pub fn known_reference_bugs() -> Vec<KnownBug> {
+    #[derive(Deserialize)]
+    struct File {
+        known: Vec<KnownBug>,
+    }
+    let file: File = serde_json::from_str(include_str!("../../reference/known-reference-bugs.json")).expect("reference/known-reference-bugs.json parses");
+    file.known
+}
+
+/// The gate's fixed-seed fuzz campaign: its size, and every finding judged against the
+/// reviewed lists.
+pub const GATE_FUZZ_SEED: u64 = 0;
+pub const GATE_FUZZ_CASES: u64 = 5000;
+
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct GateFuzz {
+    pub seed: u64,
+    pub cases: u64,
+    pub agreed: u64,
+    /// Cases that are documented semantic differences.
+    pub accepted: u64,
+    pub seconds: f64,
+    /// Findings that match a known reference bug, with its source.
+    pub known: Vec<GateFinding>,
+    /// Findings in neither list, or that blame the engine: each one fails the gate.
+    pub new: Vec<GateFinding>,
+}
+
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct GateFinding {
+    pub op: String,
+    pub backend: Option<BackendKind>,
+    pub kind: String,
+    pub cases: u64,
+    /// The known bug's source, for a known one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// Sorts a campaign's findings into known reference bugs and new ones.
+pub fn judge_fuzz(report: &super::fuzz::FuzzReport, known: &[KnownBug]) -> GateFuzz {
+    let (mut known_found, mut new) = (Vec::new(), Vec::new());
+    for f in &report.findings {
+        let backend = f.key.odd_backend;
+        let matched = known.iter().find(|k| {
+            k.op == f.key.op && backend.is_some_and(|b| b != BackendKind::Engine && b.name() == k.backend) && f.key.kind.starts_with(&k.kind)
+        });
+        let g = GateFinding { op: f.key.op.clone(), backend, kind: f.key.kind.clone(), cases: f.cases, source: matched.map(|k| k.source.clone()) };
+        if matched.is_some() {
+            known_found.push(g);
+        } else {
+            new.push(g);
+        }
+    }
+    GateFuzz {
+        seed: report.seed,
+        cases: report.cases,
+        agreed: report.agreed,
+        accepted: report.accepted.values().sum(),
+        seconds: report.seconds,
+        known: known_found,
+        new,
+    }
+}
+
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct GateReport {
     pub passed: bool,
@@ -138,6 +215,9 @@ pub struct GateReport {
     /// Metrics the baseline does not know (each one between baseline backends is also a
     /// regression).
     pub new_metrics: usize,
+    /// The fixed-seed fuzz campaign, when it ran: a new finding fails the gate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fuzz: Option<GateFuzz>,
 }
 
 /// Compares `current` (from a run on `ran`) with the baseline.
@@ -211,7 +291,16 @@ pub fn evaluate(baseline: &Baseline, current: &[Metric], ran: &[BackendKind]) ->
             });
         }
     }
-    GateReport { passed: regressions.is_empty(), compared, regressions, improved, new_metrics }
+    GateReport { passed: regressions.is_empty(), compared, regressions, improved, new_metrics, fuzz: None }
+}
+
+impl GateReport {
+    /// Adds the fuzz campaign's verdict: every new finding fails the gate.
+    pub fn with_fuzz(mut self, fuzz: GateFuzz) -> Self {
+        self.passed &= fuzz.new.is_empty();
+        self.fuzz = Some(fuzz);
+        self
+    }
 }
 
 /// What `--update-baseline` changes, in words: counts and the largest moves.

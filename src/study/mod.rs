@@ -11,6 +11,7 @@ pub mod grads;
 pub mod lockstep;
 pub mod memory;
 pub mod mnist;
+pub mod ops;
 pub mod mutants;
 pub mod peak;
 pub mod probe;

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::grads::{grad_tolerance, MODEL_SCALE_FLOOR};
-use super::lockstep::{backend, BackendOptions};
+use super::lockstep::BackendOptions;
 use super::{backend_pairs, pair_name};
-use crate::backends::{BackendKind, Request};
+use crate::backends::{Backend, BackendKind, Implementation, Request};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::host::HostTensor;
@@ -27,6 +27,19 @@ pub struct RunOptions {
     pub dtype: DType,
     pub backends: Vec<BackendKind>,
     pub backend_options: BackendOptions,
+    /// One backend with another of its implementations of an op (`--implementation`).
+    pub implementation: Option<(BackendKind, Implementation)>,
+}
+
+impl RunOptions {
+    /// The backend `kind` as this run uses it.
+    fn backend(&self, kind: BackendKind) -> Result<Box<dyn Backend>> {
+        let b = super::lockstep::backend(kind, self.backend_options)?;
+        match &self.implementation {
+            Some((k, which)) if *k == kind => b.with_implementation(which),
+            _ => Ok(b),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
@@ -35,6 +48,9 @@ pub struct RunSettings {
     pub dtype: DType,
     pub backends: Vec<BackendKind>,
     pub backend_options: BackendOptions,
+    /// `backend:op:name` when one backend ran another of its implementations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub implementation: Option<String>,
     /// Agreement: max |a - b| <= this × max |b| for every compared value.
     pub scaled_tolerance: f64,
 }
@@ -52,6 +68,14 @@ pub struct BackendRun {
     pub outputs: BTreeMap<String, HostTensor>,
     /// Gradients by input name.
     pub grads: BTreeMap<String, HostTensor>,
+    /// State inputs after the run (batch norm's running statistics as the run updated
+    /// them), by name.
+    pub state: BTreeMap<String, HostTensor>,
+    /// With the program's `train`: every parameter after the last step, by name.
+    pub trained: BTreeMap<String, HostTensor>,
+    /// Wall time of this backend's run (executor, forward, backward, training), for the
+    /// fuzzer's throughput figures.
+    pub seconds: f64,
 }
 
 /// One value compared between every pair of backends that ran.
@@ -140,21 +164,49 @@ pub fn run(opts: &RunOptions) -> Result<RunStudy> {
     let output_names: Vec<String> = opts.program.outputs.iter().map(|o| o.value.clone()).collect();
     let mut backends = BTreeMap::new();
     for &kind in &opts.backends {
-        let result = backend(kind, opts.backend_options).and_then(|be| {
+        let started = std::time::Instant::now();
+        let result = opts.backend(kind).and_then(|be| {
             let mut exec = be.executor(&opts.program, &inputs, dtype)?;
-            exec.run(Request { backward: true, host_grads: true, ..Request::default() })
+            let o = exec.run(Request { backward: true, host_grads: true, ..Request::default() })?;
+            let state = state_inputs(&opts.program).map(|(i, d)| Ok((d.name.clone(), exec.input(i)?))).collect::<Result<BTreeMap<_, _>>>()?;
+            let mut trained = BTreeMap::new();
+            if let Some(t) = &opts.program.train {
+                for step in 0..t.steps {
+                    if step > 0 {
+                        exec.run(Request { backward: true, ..Request::default() })?;
+                    }
+                    exec.sgd_step(t.lr, t.momentum)?;
+                }
+                for (i, d) in opts.program.params() {
+                    trained.insert(d.name.clone(), exec.input(i)?);
+                }
+            }
+            Ok((o, state, trained))
         });
+        let seconds = started.elapsed().as_secs_f64();
         backends.insert(
             kind,
             match result {
-                Ok(o) => BackendRun {
+                Ok((o, state, trained)) => BackendRun {
                     ok: true,
                     error: None,
                     loss: o.loss,
                     outputs: output_names.iter().cloned().zip(o.values).collect(),
                     grads: opts.program.inputs.iter().zip(o.grads).filter_map(|(d, g)| g.map(|g| (d.name.clone(), g))).collect(),
+                    state,
+                    trained,
+                    seconds,
                 },
-                Err(e) => BackendRun { ok: false, error: Some(e.to_string()), loss: None, outputs: BTreeMap::new(), grads: BTreeMap::new() },
+                Err(e) => BackendRun {
+                    ok: false,
+                    error: Some(e.to_string()),
+                    loss: None,
+                    outputs: BTreeMap::new(),
+                    grads: BTreeMap::new(),
+                    state: BTreeMap::new(),
+                    trained: BTreeMap::new(),
+                    seconds,
+                },
             },
         );
     }
@@ -184,6 +236,22 @@ pub fn run(opts: &RunOptions) -> Result<RunStudy> {
             per.insert(pair_name(a, b), compare(&backends[&a].outputs[name], &backends[&b].outputs[name], dtype, close)?);
         }
         add(format!("output:{name}"), per, &mut worst_scaled);
+    }
+    for (_, d) in state_inputs(&opts.program) {
+        let mut per = BTreeMap::new();
+        for &(a, b) in &pairs {
+            per.insert(pair_name(a, b), compare(&backends[&a].state[&d.name], &backends[&b].state[&d.name], dtype, close)?);
+        }
+        add(format!("state:{}", d.name), per, &mut worst_scaled);
+    }
+    if opts.program.train.is_some() {
+        for (_, d) in opts.program.params() {
+            let mut per = BTreeMap::new();
+            for &(a, b) in &pairs {
+                per.insert(pair_name(a, b), compare(&backends[&a].trained[&d.name], &backends[&b].trained[&d.name], dtype, close)?);
+            }
+            add(format!("trained:{}", d.name), per, &mut worst_scaled);
+        }
     }
     for (_, d) in opts.program.grad_inputs() {
         let mut per = BTreeMap::new();
@@ -230,7 +298,14 @@ pub fn run(opts: &RunOptions) -> Result<RunStudy> {
         })
     };
     Ok(RunStudy {
-        settings: RunSettings { program: opts.origin.clone(), dtype, backends: opts.backends.clone(), backend_options: opts.backend_options, scaled_tolerance: tol },
+        settings: RunSettings {
+            program: opts.origin.clone(),
+            dtype,
+            backends: opts.backends.clone(),
+            backend_options: opts.backend_options,
+            implementation: opts.implementation.as_ref().map(|(k, i)| format!("{k}:{}:{}", i.op, i.name)),
+            scaled_tolerance: tol,
+        },
         backends,
         compared,
         worst_scaled,
@@ -240,6 +315,11 @@ pub fn run(opts: &RunOptions) -> Result<RunStudy> {
     })
 }
 
+/// The float state inputs (running statistics, masks), which ops may update.
+fn state_inputs(program: &Program) -> impl Iterator<Item = (usize, &InputDecl)> {
+    program.inputs.iter().enumerate().filter(|(_, d)| d.role == Role::State && d.value_type == ValueType::Float)
+}
+
 /// Every node alone: its inputs are the values `source` computed for them (float values
 /// as trainable inputs, labels and state as they are), its output is weighted by a fixed
 /// pseudo-random cotangent, and every backend's output and input gradients are compared.
@@ -247,7 +327,7 @@ fn node_checks(opts: &RunOptions, inputs: &[HostTensor], kinds: &[BackendKind], 
     let dtype = opts.dtype;
     let program = &opts.program;
     let checked = check(program)?;
-    let mut exec = backend(source, opts.backend_options)?.executor(program, inputs, dtype)?;
+    let mut exec = opts.backend(source)?.executor(program, inputs, dtype)?;
     let values: Vec<HostTensor> = inputs.iter().cloned().chain(exec.run(Request { all_values: true, ..Request::default() })?.values).collect();
     let mut out = Vec::new();
     for (k, node) in program.nodes.iter().enumerate() {
@@ -282,7 +362,7 @@ fn node_checks(opts: &RunOptions, inputs: &[HostTensor], kinds: &[BackendKind], 
         let mut results = BTreeMap::new();
         let mut refused = BTreeMap::new();
         for &kind in kinds {
-            let r = backend(kind, opts.backend_options).and_then(|be| {
+            let r = opts.backend(kind).and_then(|be| {
                 let mut e = be.executor(&single, &feed, dtype)?;
                 e.run(Request { backward: true, host_grads: true, ..Request::default() })
             });
@@ -363,7 +443,7 @@ fn finite_differences(opts: &RunOptions, single: &Program, feed: &[HostTensor], 
         check.skipped = Some(why);
         return Ok(check);
     }
-    let exec = std::cell::RefCell::new(backend(source, opts.backend_options)?.executor(single, feed, DType::F64)?);
+    let exec = std::cell::RefCell::new(opts.backend(source)?.executor(single, feed, DType::F64)?);
     let failed = std::cell::Cell::new(None::<String>);
     let f = |xs: &[HostTensor]| -> f64 {
         let mut e = exec.borrow_mut();

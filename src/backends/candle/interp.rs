@@ -28,6 +28,11 @@ pub struct CandleExecutor {
     slots: Vec<Slot>,
     grads: Vec<Option<Tensor>>,
     velocity: Vec<Option<Tensor>>,
+    /// Another implementation of candle's to use for its op (`alternatives.rs`).
+    pub alternative: Option<crate::backends::Implementation>,
+    /// Per input: whether the program's dataflow carries it to the differentiated scalar
+    /// (a gradient candle does not produce for such an input is missing, not zero).
+    reaches_root: Vec<bool>,
 }
 
 impl CandleExecutor {
@@ -42,6 +47,8 @@ impl CandleExecutor {
             slots: (0..n).map(|_| Slot::Empty).collect(),
             grads: vec![None; n],
             velocity: vec![None; n],
+            alternative: None,
+            reaches_root: program.reaches_root(),
         };
         for (i, t) in inputs.iter().enumerate() {
             e.set_input(i, t)?;
@@ -70,7 +77,12 @@ impl CandleExecutor {
             let op = if req.eval { node.op.in_eval_mode() } else { node.op.clone() };
             let a = |i: usize| args.get(i).copied().flatten().map(|v| values[v].clone().expect("computed"));
             let x = a(0).expect("checked");
+            let mut other = match self.alternative {
+                Some(which) if which.op == op.name() => super::alternatives::apply(which.name, &op, &x)?,
+                _ => None,
+            };
             let y = match op {
+                _ if other.is_some() => other.take().expect("just checked"),
                 Op::MatMul {} => matmul(&x, &a(1).expect("checked"))?,
                 Op::Add {} => x.broadcast_add(&a(1).expect("checked"))?,
                 Op::Sub {} => x.broadcast_sub(&a(1).expect("checked"))?,
@@ -257,6 +269,15 @@ impl CandleExecutor {
                     // alive, and the momentum buffer would chain one step's graph to the next.
                     let g = match store.get(v.as_tensor()) {
                         Some(g) => g.detach(),
+                        // candle leaves out what its backward never reached: for an input
+                        // the program carries to the loss, some op on the way recorded no
+                        // backward (a gradient missing, not a zero one).
+                        None if self.reaches_root[i] => {
+                            return Err(Error::backend(
+                                "candle",
+                                format!("gradient missing: no gradient reached input '{}' (an op on its path to the loss has no backward)", self.program.inputs[i].name),
+                            ))
+                        }
                         None => v.as_tensor().zeros_like().map_err(err)?,
                     };
                     if req.host_grads {

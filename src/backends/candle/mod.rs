@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::host::HostTensor;
 use crate::models::Program;
 
+mod alternatives;
 mod interp;
 mod maxpool;
 
@@ -54,9 +55,45 @@ pub(crate) fn err(e: candle_core::Error) -> Error {
     Error::backend("candle", e)
 }
 
+/// candle with one of its other implementations (`alternatives.rs`) in place of the
+/// default one for its op.
+#[derive(Clone, Copy, Debug)]
+pub struct CandleAlternative {
+    pub base: CandleBackend,
+    pub which: super::Implementation,
+}
+
+impl Backend for CandleAlternative {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Candle
+    }
+
+    fn executor(&self, program: &Program, inputs: &[HostTensor], dtype: DType) -> Result<Box<dyn Executor>> {
+        check_inputs(program, inputs)?;
+        let mut e = interp::CandleExecutor::new(program, inputs, dtype, self.base.maxpool)?;
+        e.alternative = Some(self.which);
+        Ok(Box::new(e))
+    }
+
+    fn matmul_seconds(&self, m: usize, k: usize, n: usize, reps: usize) -> Result<f64> {
+        self.base.matmul_seconds(m, k, n, reps)
+    }
+}
+
 impl Backend for CandleBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Candle
+    }
+
+    fn implementations(&self) -> Vec<super::Implementation> {
+        alternatives::IMPLEMENTATIONS.to_vec()
+    }
+
+    fn with_implementation(&self, which: &super::Implementation) -> Result<Box<dyn Backend>> {
+        if !alternatives::IMPLEMENTATIONS.contains(which) {
+            return Err(Error::Invalid(format!("candle has no other implementation '{}' of {}", which.name, which.op)));
+        }
+        Ok(Box::new(CandleAlternative { base: *self, which: *which }))
     }
 
     fn executor(&self, program: &Program, inputs: &[HostTensor], dtype: DType) -> Result<Box<dyn Executor>> {

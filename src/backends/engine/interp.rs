@@ -101,18 +101,21 @@ impl<F: Float> EngineExecutor<F> {
             (true, Some(root)) => Ok(Some(g.backward(root)?)),
             _ => Ok(None),
         });
+        // Outputs are read before the leaves' values move back out: a node's value may be
+        // a leaf's own (eval-mode dropout is the identity).
+        let read = result.map(|grads| {
+            let loss = self.checked.loss.map(|l| g.value(vars[l].expect("computed")).iter().next().copied().unwrap_or_else(F::zero).as_f64());
+            let wanted: Vec<usize> = if req.all_values { (n_inputs..vars.len()).collect() } else { self.checked.outputs.iter().map(|(v, _)| *v).collect() };
+            let values = wanted.into_iter().map(|v| to_host(g.value(vars[v].expect("computed")))).collect();
+            (grads, loss, values)
+        });
         for (i, d) in self.program.inputs.iter().enumerate() {
             if d.value_type == ValueType::Float && d.role != Role::State {
                 self.values[i] = Some(g.take_value(vars[i].expect("on the graph")));
             }
         }
-        let grads = result?;
-        let mut out = Outcome { loss: None, values: vec![], grads: vec![None; n_inputs] };
-        if let Some(l) = self.checked.loss {
-            out.loss = Some(g.value(vars[l].expect("computed")).iter().next().copied().unwrap_or_else(F::zero).as_f64());
-        }
-        let wanted: Vec<usize> = if req.all_values { (n_inputs..vars.len()).collect() } else { self.checked.outputs.iter().map(|(v, _)| *v).collect() };
-        out.values = wanted.into_iter().map(|v| to_host(g.value(vars[v].expect("computed")))).collect();
+        let (grads, loss, values) = read?;
+        let mut out = Outcome { loss, values, grads: vec![None; n_inputs] };
         if let Some(mut grads) = grads {
             for (i, d) in self.program.inputs.iter().enumerate() {
                 if d.needs_grad() {

@@ -9,9 +9,33 @@ use crate::error::{Error, Result};
 use crate::host::HostTensor;
 use crate::models::Program;
 
+mod alternatives;
 mod interp;
 
 pub struct TorchBackend;
+
+/// libtorch with one of its other implementations (`alternatives.rs`) in place of the
+/// default one for its op.
+pub struct TorchAlternative {
+    pub which: super::Implementation,
+}
+
+impl Backend for TorchAlternative {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Torch
+    }
+
+    fn executor(&self, program: &Program, inputs: &[HostTensor], dtype: DType) -> Result<Box<dyn Executor>> {
+        check_inputs(program, inputs)?;
+        let mut e = interp::TorchExecutor::new(program, inputs, dtype)?;
+        e.alternative = Some(self.which);
+        Ok(Box::new(e))
+    }
+
+    fn matmul_seconds(&self, m: usize, k: usize, n: usize, reps: usize) -> Result<f64> {
+        TorchBackend.matmul_seconds(m, k, n, reps)
+    }
+}
 
 impl TorchBackend {
     pub fn new() -> Self {
@@ -32,6 +56,17 @@ pub(crate) fn err(e: TchError) -> Error {
 impl Backend for TorchBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Torch
+    }
+
+    fn implementations(&self) -> Vec<super::Implementation> {
+        alternatives::IMPLEMENTATIONS.to_vec()
+    }
+
+    fn with_implementation(&self, which: &super::Implementation) -> Result<Box<dyn Backend>> {
+        if !alternatives::IMPLEMENTATIONS.contains(which) {
+            return Err(Error::Invalid(format!("torch has no other implementation '{}' of {}", which.name, which.op)));
+        }
+        Ok(Box::new(TorchAlternative { which: *which }))
     }
 
     fn executor(&self, program: &Program, inputs: &[HostTensor], dtype: DType) -> Result<Box<dyn Executor>> {

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 impl<F: Float> Graph<F> {
     pub fn max_pool2d(&mut self, x: Var, kernel: usize) -> Result<Var> {
         let (value, argmax) = forward(self.value(x), kernel)?;
-        Ok(self.push(value, Op::MaxPool2d { x, argmax: argmax.into() }))
+        Ok(self.push(value, Op::MaxPool2d { x, argmax: argmax.into(), window: [kernel, kernel, 0] }))
     }
 
     /// Max-pooling with any stride and padding (PyTorch's `max_pool2d`, floor mode).
@@ -24,7 +24,7 @@ impl<F: Float> Graph<F> {
             return self.max_pool2d(x, kernel);
         }
         let (value, argmax) = forward_strided(self.value(x), kernel, stride, padding)?;
-        Ok(self.push(value, Op::MaxPool2d { x, argmax: argmax.into() }))
+        Ok(self.push(value, Op::MaxPool2d { x, argmax: argmax.into(), window: [kernel, stride, padding] }))
     }
 }
 
@@ -222,9 +222,10 @@ pub fn forward_strided<F: Float>(x: &Tensor<F>, kernel: usize, stride: usize, pa
     Ok((Tensor::from_shape_vec(vec![n, c, oh, ow], out).expect("sizes match"), argmax))
 }
 
-pub fn backward<F: Float>(x: &Tensor<F>, argmax: &Arc<[usize]>, g: &Tensor<F>) -> Tensor<F> {
+/// `window`: kernel, stride and padding (only the fault below needs them).
+pub fn backward<F: Float>(x: &Tensor<F>, argmax: &Arc<[usize]>, window: [usize; 3], g: &Tensor<F>) -> Tensor<F> {
     if faults::on(Fault::MaxPoolGradToAllTies) {
-        return backward_to_all_ties(x, argmax, g);
+        return backward_to_all_ties(x, argmax, window, g);
     }
     let s = x.shape();
     let (plane_in, plane_out) = ((s[2] * s[3]).max(1), (g.shape()[2] * g.shape()[3]).max(1));
@@ -244,23 +245,24 @@ pub fn backward<F: Float>(x: &Tensor<F>, argmax: &Arc<[usize]>, g: &Tensor<F>) -
     })
 }
 
-/// The `MaxPoolGradToAllTies` fault: every position equal to its window's maximum gets
-/// the whole gradient.
-fn backward_to_all_ties<F: Float>(x: &Tensor<F>, argmax: &Arc<[usize]>, g: &Tensor<F>) -> Tensor<F> {
+/// The `MaxPoolGradToAllTies` fault: every position of the window equal to its maximum
+/// gets the whole gradient.
+fn backward_to_all_ties<F: Float>(x: &Tensor<F>, argmax: &Arc<[usize]>, [k, stride, padding]: [usize; 3], g: &Tensor<F>) -> Tensor<F> {
     let s = x.shape();
     let (h, w) = (s[2], s[3]);
     let (oh, ow) = (g.shape()[2], g.shape()[3]);
-    let k = h / oh;
     let data = x.as_standard_layout();
     let data = data.as_slice().expect("standard layout");
+    let g = g.as_standard_layout();
     let mut gx = vec![F::zero(); x.len()];
     for (o, (&at, &gv)) in argmax.iter().zip(g.iter()).enumerate() {
         let plane = o / (oh * ow);
         let (oy, ox) = ((o % (oh * ow)) / ow, o % ow);
-        let first = plane * h * w + oy * k * w + ox * k;
-        for i in 0..k {
-            for j in 0..k {
-                let idx = first + i * w + j;
+        // The window's rows and columns inside the image (padding holds no input).
+        let rows = (oy * stride).saturating_sub(padding)..(oy * stride + k).saturating_sub(padding).min(h);
+        for i in rows {
+            for j in (ox * stride).saturating_sub(padding)..(ox * stride + k).saturating_sub(padding).min(w) {
+                let idx = plane * h * w + i * w + j;
                 if data[idx] == data[at] {
                     gx[idx] += gv;
                 }

@@ -127,6 +127,20 @@ pub fn check(program: &Program) -> Result<Checked> {
     if loss.is_none() && outputs.iter().all(|(_, c)| c.is_none()) && program.inputs.iter().any(InputDecl::needs_grad) {
         return Err(Error::Invalid("the program has inputs that need a gradient but neither a \"loss\" nor an output with a \"cotangent\"".into()));
     }
+    if let Some(t) = &program.train {
+        if t.steps == 0 || t.steps > super::MAX_TRAIN_STEPS {
+            return Err(Error::Invalid(format!("train.steps: {}; expected 1 to {}", t.steps, super::MAX_TRAIN_STEPS)));
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return Err(Error::Invalid(format!("train.lr: {}; expected a finite number > 0", t.lr)));
+        }
+        if let Some(m) = t.momentum.filter(|m| !(m.is_finite() && (0.0..1.0).contains(m))) {
+            return Err(Error::Invalid(format!("train.momentum: {m}; expected a number in [0, 1)")));
+        }
+        if !program.inputs.iter().any(|d| d.role == Role::Param && d.needs_grad()) {
+            return Err(Error::Invalid("train: the program has no \"param\" input to update".into()));
+        }
+    }
     Ok(Checked { args: args_all, shapes, loss, outputs })
 }
 

@@ -17,6 +17,8 @@ mod ops;
 
 use serde::{Deserialize, Serialize};
 
+use crate::host::HostTensor;
+
 pub use check::{check, check_input_value, infer, labels_of, resolve_inputs, values_to_tensor, Checked};
 pub use ops::{Op, Reduction};
 
@@ -128,11 +130,29 @@ pub struct Program {
     pub loss: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<Output>,
+    /// Optional training: after the gradient, `steps` updates of every parameter (each
+    /// after a new forward and backward), so an optimiser's rule is compared too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<Train>,
 }
+
+/// SGD as PyTorch's `torch.optim.SGD`: `p -= lr·g` without momentum, `v = m·v + g;
+/// p -= lr·v` with it (no dampening, no Nesterov, no weight decay).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Train {
+    pub steps: usize,
+    pub lr: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f64>,
+}
+
+/// Training steps a program may ask for.
+pub const MAX_TRAIN_STEPS: usize = 1000;
 
 impl Default for Program {
     fn default() -> Self {
-        Program { format: FORMAT.into(), version: VERSION, description: None, inputs: vec![], nodes: vec![], loss: None, outputs: vec![] }
+        Program { format: FORMAT.into(), version: VERSION, description: None, inputs: vec![], nodes: vec![], loss: None, outputs: vec![], train: None }
     }
 }
 
@@ -247,6 +267,75 @@ impl Program {
         }
         p.set_loss(&out);
         p
+    }
+
+    /// Per input: whether some node that the loss (or an output with a cotangent)
+    /// depends on reads it, so that a gradient flows to it. Unchecked programs: false.
+    pub fn reaches_root(&self) -> Vec<bool> {
+        let Ok(c) = check(self) else { return vec![false; self.inputs.len()] };
+        let n = self.inputs.len();
+        let mut live = vec![false; n + self.nodes.len()];
+        for v in c.loss.into_iter().chain(c.outputs.iter().filter(|(_, cot)| cot.is_some()).map(|(v, _)| *v)) {
+            live[v] = true;
+        }
+        for k in (0..self.nodes.len()).rev() {
+            if live[n + k] {
+                for v in c.args[k].iter().flatten() {
+                    live[*v] = true;
+                }
+            }
+        }
+        live.truncate(n);
+        live
+    }
+
+    /// `op` alone with a pseudo-random cotangent: the loss is `Σ op(inputs) ⊙ w`, where `w`
+    /// is the last input (data, no gradient; `cotangent(shape)` gives its values), or
+    /// the op's output itself when that is a scalar. Unlike a plain sum, a weighted sum
+    /// tells every output entry apart, so a backward that permutes, drops or mixes
+    /// entries cannot hide behind equal weights. Returns the program and `w`'s shape.
+    pub fn weighted(op: Op, shapes: &[Option<Vec<usize>>]) -> std::result::Result<(Program, Option<Vec<usize>>), String> {
+        let given: Vec<Option<&[usize]>> = shapes.iter().map(|s| s.as_deref()).collect();
+        let out_shape = infer(&op, &given)?;
+        let mut p = Program::default();
+        let mut args = Vec::new();
+        for (i, s) in shapes.iter().enumerate() {
+            let name = format!("x{i}");
+            args.push(s.as_ref().map(|s| {
+                if op.takes_index(i) {
+                    let mut d = InputDecl::new(&name, s, Role::Input);
+                    d.value_type = ValueType::Index;
+                    p.declare(d)
+                } else if op.takes_state(i) {
+                    p.state(&name, s)
+                } else {
+                    p.param(&name, s)
+                }
+            }));
+        }
+        let refs: Vec<Option<&ValueId>> = args.iter().map(Option::as_ref).collect();
+        let y = p.node("y", op, &refs);
+        if out_shape.is_empty() {
+            p.set_loss(&y);
+            return Ok((p, None));
+        }
+        let w = p.input("w", &out_shape);
+        let weighted = p.node("weighted", Op::Mul {}, &[Some(&y), Some(&w)]);
+        let loss = p.node("loss", Op::Sum {}, &[Some(&weighted)]);
+        p.set_loss(&loss);
+        Ok((p, Some(out_shape)))
+    }
+
+    /// The cotangent `weighted` programs use: a fixed function of the shape, entries
+    /// in ±[0.5, 1.5), all different in magnitude for small outputs.
+    pub fn cotangent(shape: &[usize]) -> HostTensor {
+        let mut rng = super::rng::SplitMix64::new(0xC07A_1637 ^ shape.iter().fold(17u64, |h, &d| h.wrapping_mul(31).wrapping_add(d as u64)));
+        let n: usize = shape.iter().product();
+        let data = (0..n).map(|_| {
+            let m = rng.uniform(0.5, 1.5);
+            if rng.next_u64() % 2 == 0 { m } else { -m }
+        }).collect();
+        HostTensor { shape: shape.to_vec(), data }
     }
 
     /// Reads a program file; every problem is one line naming the file and the place.

@@ -9,7 +9,8 @@ use serde::Serialize;
 use crate::host::HostTensor;
 use crate::models::program::infer;
 use crate::models::rng::SplitMix64;
-use crate::models::{InputDecl, Op, Program, Role};
+use crate::models::program::Reduction;
+use crate::models::{InputDecl, Op, Program, Role, ValueType};
 
 /// How the input values are drawn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -36,11 +37,75 @@ impl Regime {
     }
 }
 
-/// The ops the generator draws from (the program format's differentiable ones).
-pub const OPS: [&str; 17] = [
+/// The ops the generator draws from. `cross_entropy` and `nll_loss` end a program (on a
+/// `[N, C]` value, with labels) instead of the sum; `dropout` draws its own 0/1 mask and
+/// `batch_norm` its running statistics when it has them.
+pub const OPS: [&str; 20] = [
     "add", "sub", "mul", "neg", "square", "relu", "sigmoid", "tanh", "matmul", "linear", "max_pool2d", "conv2d", "batch_norm", "softmax",
-    "log_softmax", "flatten", "mean",
+    "log_softmax", "flatten", "mean", "dropout", "cross_entropy", "nll_loss",
 ];
+
+/// What an input of a generated program holds, by the generator's names for them: the
+/// shrinker draws simpler values by the same rule, so labels stay class indices, masks
+/// 0 or 1 and variances positive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputKind {
+    Values,
+    /// Class indices below `classes`.
+    Labels { classes: usize },
+    /// A dropout mask: 0 or 1.
+    Mask,
+    /// A running variance: positive.
+    Variance,
+}
+
+/// The kind of every input of `program` (one of the generator's).
+pub fn input_kinds(program: &Program) -> Vec<InputKind> {
+    let checked = crate::models::program::check(program).ok();
+    program
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            if d.value_type == ValueType::Index {
+                // The class count is the width of the scores the labels are read with.
+                let classes = checked
+                    .as_ref()
+                    .and_then(|c| c.args.iter().find(|a| a.get(1).copied().flatten() == Some(i)).and_then(|a| a[0]).map(|x| c.shapes[x][1]))
+                    .unwrap_or(1);
+                InputKind::Labels { classes }
+            } else if d.name.starts_with("mask") {
+                InputKind::Mask
+            } else if d.name.starts_with("running_var") {
+                InputKind::Variance
+            } else {
+                InputKind::Values
+            }
+        })
+        .collect()
+}
+
+impl InputKind {
+    /// Entry `e` of an input of this kind, from `regime`.
+    pub fn draw(self, regime: Regime, rng: &mut SplitMix64) -> f64 {
+        match self {
+            InputKind::Values => regime.draw(rng),
+            InputKind::Labels { classes } => (rng.next_u64() % classes.max(1) as u64) as f64,
+            InputKind::Mask => (rng.next_u64() % 2) as f64,
+            InputKind::Variance => regime.draw(rng).abs() + 0.5,
+        }
+    }
+
+    /// `v` made valid for this kind (a simplified value the shrinker proposes).
+    pub fn clamp(self, v: f64) -> f64 {
+        match self {
+            InputKind::Values => v,
+            InputKind::Labels { classes } => (v.abs() as usize % classes.max(1)) as f64,
+            InputKind::Mask => (v != 0.0) as u8 as f64,
+            InputKind::Variance => v.abs() + 0.5,
+        }
+    }
+}
 
 /// One generated case: the program (values inline, so `parity-report run` replays it)
 /// and its inputs.
@@ -55,39 +120,67 @@ pub struct Case {
 pub fn generate(seed: u64, index: u64, max_nodes: usize, ops: &[&str]) -> Case {
     let mut rng = SplitMix64::new(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let regime = Regime::ALL[(rng.next_u64() % 3) as usize];
-    let mut b = Builder { program: Program::default(), shapes: vec![], names: vec![], rng };
-    let x = if b.rng.next_u64() % 2 == 0 {
-        let dims = [b.dim(1, 2), b.dim(1, 3), b.dim(1, 6), b.dim(1, 6)];
-        b.param(&dims)
-    } else {
-        let dims = [b.dim(1, 4), b.dim(1, 6)];
-        b.param(&dims)
+    let mut b = Builder { program: Program::default(), shapes: vec![], names: vec![], rng, fixed: vec![] };
+    let x = match b.rng.next_u64() % 5 {
+        0 | 1 => {
+            let dims = [b.dim(1, 2), b.dim(1, 3), b.dim(1, 6), b.dim(1, 6)];
+            b.param(&dims)
+        }
+        2 => {
+            // A vector: the seed's `x·B` with a vector x.
+            let dims = [b.dim(1, 6)];
+            b.param(&dims)
+        }
+        _ => {
+            let dims = [b.dim(1, 4), b.dim(1, 6)];
+            b.param(&dims)
+        }
     };
     let mut last = x;
     let nodes = 1 + (b.rng.next_u64() as usize) % max_nodes.max(1);
+    let losses: Vec<&str> = ops.iter().copied().filter(|o| LOSSES.contains(o)).collect();
+    let inner: Vec<&str> = ops.iter().copied().filter(|o| !LOSSES.contains(o)).collect();
     for _ in 0..nodes {
         for _attempt in 0..20 {
-            let op = ops[(b.rng.next_u64() as usize) % ops.len()];
+            let Some(&op) = inner.get((b.rng.next_u64() as usize) % inner.len().max(1)) else { break };
             if let Some(v) = b.try_op(op, last) {
                 last = v;
                 break;
             }
         }
     }
-    // The differentiated scalar: the sum of the last value (which may already be one).
-    let loss = if b.shapes[last].is_empty() { last } else { b.push(Op::Sum {}, &[Some(last)]).expect("sum takes any shape") };
+    // The differentiated scalar: a loss with labels where one is wanted and the last
+    // value is `[N, C]` (always when the loss is the only op asked for), else the sum of
+    // the last value (which may already be one).
+    let labelled = !losses.is_empty() && b.shapes[last].len() == 2 && (inner.is_empty() || b.rng.next_u64() % 3 == 0);
+    let loss = match labelled.then(|| losses[(b.rng.next_u64() as usize) % losses.len()]) {
+        Some(name) => b.loss(name, last),
+        None if b.shapes[last].is_empty() => last,
+        None => b.push(Op::Sum {}, &[Some(last)]).expect("sum takes any shape"),
+    };
     b.program.loss = Some(b.name(loss));
+    // A quarter of the cases also train: two SGD steps with momentum, so the update rule
+    // (and the second step's gradient, from updated parameters and running statistics)
+    // is compared too.
+    if b.rng.next_u64() % 4 == 0 {
+        b.program.train = Some(crate::models::program::Train { steps: 2, lr: 0.1, momentum: Some(0.9) });
+    }
     let inputs = b.program.inputs.iter().map(|d| HostTensor::filled(&d.shape, 0.0)).collect::<Vec<_>>();
     let mut case = Case { program: b.program, inputs, regime };
     fill(&mut case, &mut b.rng);
     case
 }
 
-/// Draws every input's values from the case's regime and writes them into the program.
+/// Ops that end a program instead of the sum.
+const LOSSES: [&str; 2] = ["cross_entropy", "nll_loss"];
+
+/// Draws every input's values from the case's regime (labels, masks and variances by
+/// their kind) and writes them into the program.
 pub fn fill(case: &mut Case, rng: &mut SplitMix64) {
-    for (d, t) in case.program.inputs.iter_mut().zip(case.inputs.iter_mut()) {
+    let kinds = input_kinds(&case.program);
+    for ((d, t), kind) in case.program.inputs.iter_mut().zip(case.inputs.iter_mut()).zip(kinds) {
         t.shape = d.shape.clone();
-        t.data = (0..d.shape.iter().product::<usize>()).map(|_| case.regime.draw(rng)).collect();
+        t.data = (0..d.shape.iter().product::<usize>()).map(|_| kind.draw(case.regime, rng)).collect();
         d.values = Some(serde_json::json!(t.data));
     }
 }
@@ -98,6 +191,8 @@ struct Builder {
     shapes: Vec<Vec<usize>>,
     names: Vec<String>,
     rng: SplitMix64,
+    /// Values that only their own op may read (labels, masks, running statistics).
+    fixed: Vec<usize>,
 }
 
 impl Builder {
@@ -122,6 +217,26 @@ impl Builder {
         self.names.len() - 1
     }
 
+    /// An input that is not differentiated: labels or state (masks, running statistics).
+    fn fixed(&mut self, prefix: &str, shape: &[usize], role: Role, value_type: ValueType) -> usize {
+        let name = format!("{prefix}{}", self.program.inputs.len());
+        let mut d = InputDecl::new(&name, shape, role);
+        d.value_type = value_type;
+        self.program.inputs.push(d);
+        self.names.push(name);
+        self.shapes.push(shape.to_vec());
+        self.fixed.push(self.names.len() - 1);
+        self.names.len() - 1
+    }
+
+    /// A loss over `[N, C]` scores `last` with labels.
+    fn loss(&mut self, name: &str, last: usize) -> usize {
+        let labels = self.fixed("labels", &[self.shapes[last][0]], Role::Input, ValueType::Index);
+        let reduction = Reduction::default();
+        let op = if name == "nll_loss" { Op::NllLoss { reduction } } else { Op::CrossEntropy { reduction } };
+        self.push(op, &[Some(last), Some(labels)]).expect("a loss takes [N, C] scores")
+    }
+
     /// `op(args)` when its shapes check; None otherwise (nothing is added).
     fn push(&mut self, op: Op, args: &[Option<usize>]) -> Option<usize> {
         let shapes: Vec<Option<&[usize]>> = args.iter().map(|a| a.map(|v| self.shapes[v].as_slice())).collect();
@@ -135,7 +250,7 @@ impl Builder {
 
     /// A value made so far with `shape`, or a new parameter of it.
     fn partner(&mut self, shape: &[usize]) -> usize {
-        let same: Vec<usize> = (0..self.shapes.len()).filter(|&v| self.shapes[v] == shape).collect();
+        let same: Vec<usize> = (0..self.shapes.len()).filter(|&v| self.shapes[v] == shape && !self.fixed.contains(&v)).collect();
         if !same.is_empty() && self.coin() {
             same[(self.rng.next_u64() as usize) % same.len()]
         } else {
@@ -163,10 +278,20 @@ impl Builder {
             "sigmoid" => self.push(Op::Sigmoid {}, &[Some(last)]),
             "tanh" => self.push(Op::Tanh {}, &[Some(last)]),
             "mean" if rank > 0 => self.push(Op::Mean {}, &[Some(last)]),
-            "matmul" if rank == 2 => {
-                let n = self.dim(1, 4);
-                let w = self.param(&[shape[1], n]);
+            // Matrix or vector times matrix, and matrix times vector.
+            "matmul" if rank == 1 || rank == 2 => {
+                let w = if rank == 2 && self.rng.next_u64() % 4 == 0 {
+                    self.param(&[shape[1]])
+                } else {
+                    let n = self.dim(1, 4);
+                    self.param(&[shape[rank - 1], n])
+                };
                 self.push(Op::MatMul {}, &[Some(last), Some(w)])
+            }
+            "dropout" if rank > 0 => {
+                let p = [0.2, 0.5, 0.75][(self.rng.next_u64() % 3) as usize];
+                let mask = self.fixed("mask", &shape, Role::State, ValueType::Float);
+                self.push(Op::Dropout { p, training: true }, &[Some(last), Some(mask)])
             }
             "linear" if rank == 2 => {
                 let out = self.dim(1, 4);
@@ -191,7 +316,20 @@ impl Builder {
                 let c = shape[1];
                 let affine = self.coin();
                 let (w, b) = if affine { (Some(self.param(&[c])), Some(self.param(&[c]))) } else { (None, None) };
-                self.push(Op::BatchNorm { training: true, momentum: 0.1, eps: 1e-5 }, &[Some(last), w, b])
+                // Running statistics in a third of the cases: updated in training, read in
+                // evaluation.
+                let (stats, training) = match self.rng.next_u64() % 6 {
+                    0 => (true, true),
+                    1 => (true, false),
+                    _ => (false, true),
+                };
+                let (rm, rv) = if stats {
+                    (Some(self.fixed("running_mean", &[c], Role::State, ValueType::Float)), Some(self.fixed("running_var", &[c], Role::State, ValueType::Float)))
+                } else {
+                    (None, None)
+                };
+                let momentum = [0.1, 0.5][(self.rng.next_u64() % 2) as usize];
+                self.push(Op::BatchNorm { training, momentum, eps: 1e-5 }, &[Some(last), w, b, rm, rv])
             }
             "softmax" if rank == 2 => {
                 let dim = if self.coin() { 1 } else { -1 };

@@ -87,10 +87,20 @@ pub struct FuzzReport {
     pub accepted: BTreeMap<String, u64>,
     pub findings: Vec<Finding>,
     pub seconds: f64,
+    /// Where the time went: each backend's runs of the generated cases, and the rest of
+    /// the oracle (node checks, finite differences), attribution and shrinking.
+    pub backend_seconds: BTreeMap<BackendKind, f64>,
+    pub oracle_seconds: f64,
+    pub shrink_seconds: f64,
 }
 
 /// The oracle's verdict on one program: None when every backend agrees.
 pub fn judge(program: &Program, inputs: &[crate::HostTensor], opts: &FuzzOptions) -> Result<Option<(FindingKey, RunStudy)>> {
+    Ok(judge_timed(program, inputs, opts)?.0)
+}
+
+/// `judge`, with each backend's wall time on the program's own run.
+fn judge_timed(program: &Program, inputs: &[crate::HostTensor], opts: &FuzzOptions) -> Result<(Option<(FindingKey, RunStudy)>, Vec<(BackendKind, f64)>)> {
     let study = run_program(&RunOptions {
         program: program.clone(),
         origin: "fuzz".into(),
@@ -98,11 +108,14 @@ pub fn judge(program: &Program, inputs: &[crate::HostTensor], opts: &FuzzOptions
         dtype: opts.dtype,
         backends: opts.backends.clone(),
         backend_options: opts.backend_options,
+        implementation: None,
     })?;
-    if (study.agree || within_noise(&study, opts.dtype)) && !study.backend_failed {
-        return Ok(None);
+    let times = study.backends.iter().map(|(k, r)| (*k, r.seconds)).collect();
+    let agreed = study.agree || within_noise(&study, opts.dtype);
+    if agreed && !study.backend_failed {
+        return Ok((None, times));
     }
-    Ok(Some((key_of(program, &study), study)))
+    Ok((Some((key_of(program, &study, agreed), study)), times))
 }
 
 /// Differences no larger than rounding noise in absolute terms are not findings: a value
@@ -114,11 +127,16 @@ fn within_noise(study: &RunStudy, dtype: DType) -> bool {
         DType::F64 => 1e-10,
         DType::F32 => 1e-5,
     };
-    study.compared.iter().all(|c| c.pairs.values().all(|d| !d.non_finite && d.max_abs <= floor))
+    // Item by item: every one agrees in scaled terms or differs by noise alone.
+    let tol = study.settings.scaled_tolerance;
+    study.compared.iter().all(|c| c.pairs.values().all(|d| !d.non_finite && (d.scaled <= tol || d.max_abs <= floor)))
 }
 
-fn key_of(program: &Program, study: &RunStudy) -> FindingKey {
-    if study.backend_failed {
+/// `agreed`: the backends that ran agree (up to rounding noise).
+fn key_of(program: &Program, study: &RunStudy, agreed: bool) -> FindingKey {
+    // A disagreement among the backends that ran outranks another backend's refusal: the
+    // refusal shows in other cases, the wrong value might not.
+    if study.backend_failed && (agreed || study.diagnosis.is_none()) {
         let (kind, failed) = study.backends.iter().find(|(_, r)| !r.ok).map(|(k, r)| (*k, first_line(r.error.as_deref().unwrap_or_default()))).expect("one failed");
         // The op is found by `attribute`: the first node whose prefix already fails.
         let op = program.nodes.last().map_or("graph", |n| n.op.name()).to_string();
@@ -128,10 +146,23 @@ fn key_of(program: &Program, study: &RunStudy) -> FindingKey {
         return FindingKey { op, odd_backend: Some(kind), kind: format!("{kind_name}: {detail}") };
     }
     let d = study.diagnosis.as_ref();
-    let op = d.and_then(|d| d.culprit_ops.first().cloned()).unwrap_or_else(|| "graph".into());
-    let odd = d.and_then(|d| d.odd_one_out.or_else(|| d.at_fault.first().copied()));
-    // The culprit node's own output decides between a wrong forward and a wrong backward.
+    // Only what an op writes besides its output (running statistics), or only the
+    // parameters after training, differ: the op that updates that state, or the
+    // optimiser, with no node to blame for its output or gradient.
     let tol = study.settings.scaled_tolerance;
+    let failing: Vec<&str> = study.compared.iter().filter(|c| c.pairs.values().any(|p| p.non_finite || !(p.scaled <= tol))).map(|c| c.item.as_str()).collect();
+    let odd = d.and_then(|d| d.odd_one_out.or_else(|| d.at_fault.first().copied()));
+    if !failing.is_empty() && d.is_some_and(|d| d.culprits.is_empty()) {
+        if let Some(state) = failing.iter().map(|i| i.strip_prefix("state:")).collect::<Option<Vec<&str>>>() {
+            let op = program.nodes.iter().find(|n| n.inputs.iter().flatten().any(|i| i == state[0])).map_or("graph", |n| n.op.name());
+            return FindingKey { op: op.to_string(), odd_backend: odd, kind: "wrong state update".into() };
+        }
+        if failing.iter().all(|i| i.starts_with("trained:")) {
+            return FindingKey { op: "sgd".into(), odd_backend: odd, kind: "wrong parameter update".into() };
+        }
+    }
+    let op = d.and_then(|d| d.culprit_ops.first().cloned()).unwrap_or_else(|| "graph".into());
+    // The culprit node's own output decides between a wrong forward and a wrong backward.
     let culprit = d.and_then(|d| d.culprits.first().and_then(|c| d.nodes.iter().find(|n| &n.node == c)));
     let forward_differs = culprit.is_some_and(|n| n.output_scaled.values().any(|v| !(v <= &tol)));
     FindingKey { op, odd_backend: odd, kind: if forward_differs { "wrong value".into() } else { "wrong gradient".into() } }
@@ -148,6 +179,8 @@ pub fn run(opts: &FuzzOptions, mut progress: impl FnMut(u64, u64)) -> Result<Fuz
     let accepted_list = accepted_differences();
     let mut accepted: BTreeMap<String, u64> = BTreeMap::new();
     let mut shrunk_to_accepted: BTreeMap<FindingKey, String> = BTreeMap::new();
+    let mut backend_seconds: BTreeMap<BackendKind, f64> = BTreeMap::new();
+    let (mut judge_seconds, mut shrink_seconds) = (0.0, 0.0);
     for (done, &index) in indices.iter().enumerate() {
         let case = gen::generate(opts.seed, index, opts.max_nodes, &opts.ops);
         let mut ops: Vec<&str> = case.program.nodes.iter().map(|n| n.op.name()).collect();
@@ -156,7 +189,14 @@ pub fn run(opts: &FuzzOptions, mut progress: impl FnMut(u64, u64)) -> Result<Fuz
         for op in ops {
             *op_cases.entry(op.to_string()).or_default() += 1;
         }
-        match judge(&case.program, &case.inputs, opts)? {
+        let judged = Instant::now();
+        let (verdict, backend_times) = judge_timed(&case.program, &case.inputs, opts)?;
+        judge_seconds += judged.elapsed().as_secs_f64();
+        for (k, t) in backend_times {
+            *backend_seconds.entry(k).or_default() += t;
+        }
+        let shrinking = Instant::now();
+        match verdict {
             None => agreed += 1,
             Some((_, study)) if accepted_as(&study, &accepted_list).is_some() => {
                 *accepted.entry(accepted_as(&study, &accepted_list).expect("just matched")).or_default() += 1;
@@ -202,8 +242,10 @@ pub fn run(opts: &FuzzOptions, mut progress: impl FnMut(u64, u64)) -> Result<Fuz
                 }
             }
         }
+        shrink_seconds += shrinking.elapsed().as_secs_f64();
         progress(done as u64 + 1, indices.len() as u64);
     }
+    let backend_total: f64 = backend_seconds.values().sum();
     Ok(FuzzReport {
         seed: opts.seed,
         cases: indices.len() as u64,
@@ -218,6 +260,9 @@ pub fn run(opts: &FuzzOptions, mut progress: impl FnMut(u64, u64)) -> Result<Fuz
         accepted,
         findings: findings.into_values().collect(),
         seconds: start.elapsed().as_secs_f64(),
+        backend_seconds,
+        oracle_seconds: (judge_seconds - backend_total).max(0.0),
+        shrink_seconds,
     })
 }
 

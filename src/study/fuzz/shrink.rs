@@ -89,7 +89,7 @@ pub fn ancestors_of(s: &Shrunk, k: usize) -> Shrunk {
     }
     let mut kept: Vec<Node> = nodes[..=k].iter().filter(|n| needed.contains(&n.id)).cloned().collect();
     let last = kept.last().expect("node k is kept").id.clone();
-    let scalar = matches!(kept.last().map(|n| &n.op), Some(Op::Sum {}) | Some(Op::Mean {}));
+    let scalar = matches!(kept.last().map(|n| &n.op), Some(Op::Sum {} | Op::Mean {} | Op::CrossEntropy { .. } | Op::NllLoss { .. }));
     let loss = if scalar {
         last
     } else {
@@ -130,8 +130,16 @@ fn resized(s: &Shrunk, i: usize, d: usize, regime: super::Regime) -> Shrunk {
     c.inputs[i].shape[d] -= 1;
     let mut rng = SplitMix64::new(0x5EED ^ (i as u64) << 8 ^ d as u64);
     let n: usize = c.inputs[i].shape.iter().product();
-    c.inputs[i].data = (0..n).map(|_| regime.draw(&mut rng)).collect();
     c.program.inputs[i].shape = c.inputs[i].shape.clone();
+    // Labels, masks and variances are redrawn by their kind (the class count may have
+    // changed with the scores' shape).
+    let kinds = super::gen::input_kinds(&c.program);
+    c.inputs[i].data = (0..n).map(|_| kinds[i].draw(regime, &mut rng)).collect();
+    for (j, kind) in kinds.iter().enumerate() {
+        for v in &mut c.inputs[j].data {
+            *v = kind.clamp(*v);
+        }
+    }
     write_values(&mut c);
     c
 }
@@ -145,12 +153,13 @@ enum Pattern {
 
 fn with_values(s: &Shrunk, pattern: Pattern) -> Shrunk {
     let mut c = s.clone();
-    for t in &mut c.inputs {
+    let kinds = super::gen::input_kinds(&c.program);
+    for (t, kind) in c.inputs.iter_mut().zip(kinds) {
         for (e, v) in t.data.iter_mut().enumerate() {
-            *v = match pattern {
+            *v = kind.clamp(match pattern {
                 Pattern::Cycle3 => (e % 3) as f64,
                 Pattern::Ones => 1.0,
-            };
+            });
         }
     }
     write_values(&mut c);

@@ -1,0 +1,33 @@
+//! libtorch's other implementations of ops: the compositions PyTorch users commonly
+//! write next to ATen's native op the interpreter uses by default. Each is run where its
+//! op occurs when the backend is made `with_implementation`.
+
+use tch::{Kind, TchError, Tensor};
+
+use crate::backends::Implementation;
+use crate::models::Op;
+
+pub const IMPLEMENTATIONS: [Implementation; 4] = [
+    Implementation { op: "sigmoid", name: "composition", about: "1 / (1 + exp(-x)) (the default is ATen's sigmoid)" },
+    Implementation { op: "softmax", name: "composition", about: "exp(x - max) / sum(exp(x - max)) over dim (the default is ATen's softmax)" },
+    Implementation { op: "log_softmax", name: "composition", about: "log(softmax(x)) (the default is ATen's log_softmax)" },
+    Implementation { op: "cross_entropy", name: "composition", about: "nll_loss(log_softmax(x), labels) (the default is ATen's cross_entropy_loss)" },
+];
+
+/// The op computed by implementation `name`, or None when `name` is not `op`'s.
+pub fn apply(name: &str, op: &Op, x: &Tensor, second: Option<&Tensor>) -> Result<Option<Tensor>, TchError> {
+    let softmax = |dim: i64| -> Result<Tensor, TchError> {
+        let shifted = x.f_sub(&x.f_amax([dim], true)?.f_detach()?)?.f_exp()?;
+        shifted.f_div(&shifted.f_sum_dim_intlist(&[dim][..], true, None::<Kind>)?)
+    };
+    Ok(Some(match (name, op) {
+        ("composition", Op::Sigmoid {}) => x.f_neg()?.f_exp()?.f_add_scalar(1.0)?.f_reciprocal()?,
+        ("composition", Op::Softmax { dim }) => softmax(*dim)?,
+        ("composition", Op::LogSoftmax { dim }) => x.f_softmax(*dim, None::<Kind>)?.f_log()?,
+        ("composition", Op::CrossEntropy { .. }) => {
+            let labels = second.ok_or_else(|| TchError::Kind("cross_entropy: labels missing".into()))?;
+            x.f_log_softmax(-1, None::<Kind>)?.f_nll_loss(labels, None::<Tensor>, tch::Reduction::Mean, -100)?
+        }
+        _ => return Ok(None),
+    }))
+}

@@ -1,0 +1,239 @@
+//! Random cases for every op of the program format: attributes drawn over their valid
+//! domain (strides, paddings, bias or not, affine or not, training or eval, masks,
+//! dims) and inputs to match, with shapes including odd, non-square and size-one
+//! dimensions, and values away from kinks so that finite differences can judge them.
+//! One arm per op in `case_for`. `tests/ops.rs` draws them through proptest and
+//! `parity-report ops` from a seed (`cases`).
+
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+
+use crate::host::HostTensor;
+use crate::models::Op;
+
+/// Where an op's values are drawn from: away from kinks and outside domains.
+#[derive(Clone, Copy, Debug)]
+pub enum Domain {
+    Any,
+    Positive,
+    AwayFromZero,
+}
+
+fn values(n: usize, domain: Domain) -> BoxedStrategy<Vec<f64>> {
+    let v = match domain {
+        Domain::Positive => (0.2..3.0f64).boxed(),
+        // A kink at 0 (ReLU) has no derivative; finite differences need |x| > h.
+        Domain::AwayFromZero => (0.01..2.0f64).prop_flat_map(|m| prop_oneof![Just(m), Just(-m)]).boxed(),
+        _ => (-2.0..2.0f64).boxed(),
+    };
+    proptest::collection::vec(v, n).boxed()
+}
+
+fn tensor(shape: Vec<usize>, domain: Domain) -> BoxedStrategy<HostTensor> {
+    let n = shape.iter().product();
+    values(n, domain).prop_map(move |data| HostTensor { shape: shape.clone(), data }).boxed()
+}
+
+fn shape() -> BoxedStrategy<Vec<usize>> {
+    proptest::collection::vec(1usize..5, 0..4).boxed()
+}
+
+/// A shape that broadcasts against `s`: leading axes dropped, some axes set to 1.
+fn broadcastable(s: Vec<usize>) -> BoxedStrategy<Vec<usize>> {
+    let rank = s.len();
+    (0..=rank, proptest::collection::vec(any::<bool>(), rank))
+        .prop_map(move |(drop, ones)| s[drop..].iter().zip(&ones[drop..]).map(|(&d, &one)| if one { 1 } else { d }).collect())
+        .boxed()
+}
+
+fn matmul_shapes() -> BoxedStrategy<(Vec<usize>, Vec<usize>)> {
+    (1usize..6, 1usize..6, 1usize..6, 0..4usize)
+        .prop_map(|(m, k, n, case)| match case {
+            0 => (vec![m, k], vec![k, n]),
+            1 => (vec![k], vec![k, n]),
+            2 => (vec![m, k], vec![k]),
+            _ => (vec![k], vec![k]),
+        })
+        .boxed()
+}
+
+/// Values that are all distinct within the tensor (no ties in a pool window), spaced
+/// far wider than the finite-difference step.
+fn distinct(shape: Vec<usize>) -> BoxedStrategy<HostTensor> {
+    let len: usize = shape.iter().product();
+    Just((0..len).collect::<Vec<usize>>())
+        .prop_shuffle()
+        .prop_map(move |perm| {
+            let n = perm.len() as f64;
+            HostTensor { data: perm.iter().map(|&k| 4.0 * (k as f64 + 0.5) / n - 2.0).collect(), shape: shape.clone() }
+        })
+        .boxed()
+}
+
+fn mask(shape: Vec<usize>) -> BoxedStrategy<HostTensor> {
+    let n: usize = shape.iter().product();
+    proptest::collection::vec(any::<bool>(), n)
+        .prop_map(move |m| HostTensor { shape: shape.clone(), data: m.into_iter().map(|b| b as u8 as f64).collect() })
+        .boxed()
+}
+
+fn labels(n: usize, classes: usize) -> BoxedStrategy<HostTensor> {
+    proptest::collection::vec(0..classes, n)
+        .prop_map(move |l| HostTensor { shape: vec![n], data: l.into_iter().map(|v| v as f64).collect() })
+        .boxed()
+}
+
+/// An op with its attributes and its inputs (`None`: an optional input left out).
+pub type Case = (Op, Vec<Option<HostTensor>>);
+
+fn some(ts: Vec<HostTensor>) -> Vec<Option<HostTensor>> {
+    ts.into_iter().map(Some).collect()
+}
+
+fn unary(op: Op, domain: Domain) -> BoxedStrategy<Case> {
+    shape().prop_flat_map(move |s| tensor(s, domain)).prop_map(move |t| (op.clone(), vec![Some(t)])).boxed()
+}
+
+fn broadcast_binary(op: Op) -> BoxedStrategy<Case> {
+    shape()
+        .prop_flat_map(|s| (Just(s.clone()), broadcastable(s), any::<bool>()))
+        .prop_flat_map(move |(a, b, swap)| {
+            let (a, b) = if swap { (b, a) } else { (a, b) };
+            (tensor(a, Domain::Any), tensor(b, Domain::Any))
+        })
+        .prop_map(move |(a, b)| (op.clone(), some(vec![a, b])))
+        .boxed()
+}
+
+/// Every op with its attributes drawn over their valid domain, and inputs to match
+/// (optional inputs present or not). One arm per op.
+pub fn case_for(name: &str) -> BoxedStrategy<Case> {
+    match name {
+        "matmul" => matmul_shapes()
+            .prop_flat_map(|(a, b)| (tensor(a, Domain::Any), tensor(b, Domain::Any)))
+            .prop_map(|(a, b)| (Op::MatMul {}, some(vec![a, b])))
+            .boxed(),
+        "add" => broadcast_binary(Op::Add {}),
+        "sub" => broadcast_binary(Op::Sub {}),
+        "mul" => broadcast_binary(Op::Mul {}),
+        "neg" => unary(Op::Neg {}, Domain::Any),
+        "sigmoid" => unary(Op::Sigmoid {}, Domain::Any),
+        "square" => unary(Op::Square {}, Domain::Any),
+        "relu" => unary(Op::Relu {}, Domain::AwayFromZero),
+        "tanh" => unary(Op::Tanh {}, Domain::Any),
+        "exp" => unary(Op::Exp {}, Domain::Any),
+        "log" => unary(Op::Log {}, Domain::Positive),
+        "sum" => unary(Op::Sum {}, Domain::Any),
+        "mean" => unary(Op::Mean {}, Domain::Any),
+        // Kernel 1 to 3, stride 1 to 3 or the default (the kernel), padding up to half the
+        // kernel, images the kernel does not divide, non-square.
+        "max_pool2d" => (1usize..3, 1usize..3, 1usize..4, 0usize..3, 0usize..5, 0usize..5, any::<bool>())
+            .prop_flat_map(|(n, c, k, s, h, w, default_stride)| {
+                let stride = if default_stride { None } else { Some(s + 1) };
+                (0..=k / 2).prop_flat_map(move |p| {
+                    let (h, w) = ((h + k).saturating_sub(2 * p).max(1), (w + k).saturating_sub(2 * p).max(1));
+                    distinct(vec![n, c, h, w]).prop_map(move |x| (Op::MaxPool2d { kernel: k, stride, padding: p }, vec![Some(x)]))
+                })
+            })
+            .boxed(),
+        // Stride 1 to 3, padding 0 to 2, bias or not, non-square images.
+        "conv2d" => (1usize..3, 1usize..3, 1usize..6, 1usize..6, 1usize..3, 1usize..4, 1usize..4, 0usize..3, any::<bool>())
+            .prop_flat_map(|(n, c, h, w, o, k, stride, padding, bias)| {
+                let (h, w) = (h.max(k.saturating_sub(2 * padding)), w.max(k.saturating_sub(2 * padding)));
+                (tensor(vec![n, c, h, w], Domain::Any), tensor(vec![o, c, k, k], Domain::Any), tensor(vec![o], Domain::Any))
+                    .prop_map(move |(x, wt, b)| (Op::Conv2d { stride, padding }, vec![Some(x), Some(wt), bias.then_some(b)]))
+            })
+            .boxed(),
+        "linear" => (1usize..5, 1usize..6, 1usize..5, any::<bool>())
+            .prop_flat_map(|(n, i, o, bias)| {
+                (tensor(vec![n, i], Domain::Any), tensor(vec![o, i], Domain::Any), tensor(vec![o], Domain::Any))
+                    .prop_map(move |(x, w, b)| (Op::Linear {}, vec![Some(x), Some(w), bias.then_some(b)]))
+            })
+            .boxed(),
+        // Affine or not, training or eval, with running statistics or without (training
+        // only), momentum and eps over their range.
+        "batch_norm" => (
+            prop_oneof![
+                (4usize..8, 1usize..4).prop_map(|(n, c)| vec![n, c]),
+                (1usize..3, 1usize..3, 2usize..4, 2usize..4).prop_map(|(n, c, h, w)| vec![n, c, h, w])
+            ],
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            0.0..1.0f64,
+            prop_oneof![Just(1e-5), 1e-3..1e-1f64],
+        )
+            .prop_flat_map(|(s, affine, training, stats, momentum, eps)| {
+                let c = s[1];
+                let stats = stats || !training;
+                let vec_c = || tensor(vec![c], Domain::Any);
+                (tensor(s, Domain::Any), vec_c(), vec_c(), vec_c(), tensor(vec![c], Domain::Positive)).prop_map(move |(x, w, b, rm, rv)| {
+                    let op = Op::BatchNorm { training, momentum, eps };
+                    (op, vec![Some(x), affine.then_some(w), affine.then_some(b), stats.then_some(rm), stats.then_some(rv)])
+                })
+            })
+            .boxed(),
+        "softmax" | "log_softmax" => {
+            let log = name == "log_softmax";
+            (1usize..5, 1usize..6, any::<bool>())
+                .prop_flat_map(move |(n, c, last)| {
+                    let dim = if last { -1 } else { 1 };
+                    let op = if log { Op::LogSoftmax { dim } } else { Op::Softmax { dim } };
+                    tensor(vec![n, c], Domain::Any).prop_map(move |x| (op.clone(), vec![Some(x)]))
+                })
+                .boxed()
+        }
+        "nll_loss" | "cross_entropy" => {
+            let op = if name == "nll_loss" { Op::NllLoss { reduction: Default::default() } } else { Op::CrossEntropy { reduction: Default::default() } };
+            (1usize..5, 1usize..6)
+                .prop_flat_map(|(n, c)| (tensor(vec![n, c], Domain::Any), labels(n, c)))
+                .prop_map(move |(x, l)| (op.clone(), some(vec![x, l])))
+                .boxed()
+        }
+        "dropout" => (shape(), 0.0..0.9f64, any::<bool>())
+            .prop_flat_map(|(s, p, training)| (tensor(s.clone(), Domain::Any), mask(s)).prop_map(move |(x, m)| (Op::Dropout { p, training }, some(vec![x, m]))))
+            .boxed(),
+        "reshape" => (proptest::collection::vec(1usize..4, 1..4), 0usize..3)
+            .prop_flat_map(|(s, free)| {
+                let n: usize = s.iter().product();
+                let target: Vec<i64> = match free {
+                    1 => vec![-1],
+                    2 if n % 2 == 0 => vec![2, -1],
+                    _ => vec![n as i64, 1],
+                };
+                tensor(s, Domain::Any).prop_map(move |x| (Op::Reshape { shape: target.clone() }, vec![Some(x)]))
+            })
+            .boxed(),
+        "flatten" => (proptest::collection::vec(1usize..4, 1..5), any::<(u8, u8)>())
+            .prop_flat_map(|(s, (a, b))| {
+                let r = s.len() as i64;
+                let (a, b) = ((a as i64) % r, (b as i64) % r);
+                let (start, end) = (a.min(b), a.max(b));
+                // A negative end_dim half the time: PyTorch counts it from the back.
+                let end = if end % 2 == 1 { end - r } else { end };
+                tensor(s, Domain::Any).prop_map(move |x| (Op::Flatten { start_dim: start, end_dim: end }, vec![Some(x)]))
+            })
+            .boxed(),
+        other => panic!("no case generator for op '{other}': add an arm to study::ops::cases::case_for"),
+    }
+}
+
+
+/// Whether `case_for` has an arm for `name` (every op of the format must).
+pub fn has_cases(name: &str) -> bool {
+    std::panic::catch_unwind(|| case_for(name)).is_ok()
+}
+
+/// `count` cases of `name`, a function of `seed` alone.
+pub fn cases(name: &str, count: usize, seed: u64) -> Vec<Case> {
+    let strategy = case_for(name);
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&(name.len() as u64).to_le_bytes());
+    for (i, b) in name.bytes().enumerate() {
+        key[16 + i % 16] ^= b;
+    }
+    let mut runner = TestRunner::new_with_rng(Config::default(), TestRng::from_seed(RngAlgorithm::ChaCha, &key));
+    (0..count).map(|_| strategy.new_tree(&mut runner).expect("case strategies never reject").current()).collect()
+}
