@@ -18,7 +18,7 @@ mod ops;
 use serde::{Deserialize, Serialize};
 
 pub use check::{check, check_input_value, infer, labels_of, resolve_inputs, values_to_tensor, Checked};
-pub use ops::{Op, Reduction};
+pub use ops::{GeluApproximate, Op, Reduction};
 
 /// The `format` string every program file carries.
 pub const FORMAT: &str = "backprop-parity/program";
