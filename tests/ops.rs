@@ -8,6 +8,7 @@
 
 use backprop_parity::backends::{Backend, BackendKind, CandleBackend, MaxPoolMode};
 use backprop_parity::host::HostTensor;
+use backprop_parity::models::program::GeluApproximate;
 use backprop_parity::models::{Op, Program};
 use backprop_parity::parity::{compare, largest_magnitude, numeric_gradient, Tolerance};
 use backprop_parity::study::ops::cases::case_for;
@@ -78,8 +79,38 @@ fn candle_refuses(op: &Op, inputs: &[HostTensor]) -> bool {
             let underflows = |d: usize| cfg!(debug_assertions) && (out(d) - 1) * s + k < 2 * p;
             (x[2] + 2 * p - k) % s != (x[3] + 2 * p - k) % s || underflows(x[2]) || underflows(x[3])
         }
+        // Neither candle-core nor candle-nn has a softplus.
+        Op::Softplus { .. } => true,
         _ => false,
     }
+}
+
+/// Where libtorch through tch 0.26 refuses: the binding passes elu, leaky_relu and
+/// softplus their default attributes only (`atg_elu(self)`, ...).
+fn torch_refuses(op: &Op) -> bool {
+    match op {
+        Op::Elu { alpha } => *alpha != 1.0,
+        Op::LeakyRelu { negative_slope } => *negative_slope != 0.01,
+        Op::Softplus { beta, threshold } => (*beta, *threshold) != (1.0, 20.0),
+        _ => false,
+    }
+}
+
+fn refuses(other: BackendKind, op: &Op, inputs: &[HostTensor]) -> bool {
+    match other {
+        BackendKind::Candle => candle_refuses(op, inputs),
+        BackendKind::Torch => torch_refuses(op),
+        _ => false,
+    }
+}
+
+/// A finding: candle-core 0.11.1's GELU backward (both forms) is written with six-digit
+/// constants (0.797885, 0.0356774, 0.0535161, 0.398942), so in f64 its gradient is off
+/// by up to about 2e-7 per unit of upstream gradient (`candles_gelu_backward_...` pins
+/// it). Those cases are held to 5e-7 absolute (the op tests' cotangent is 1) instead
+/// of 1e-10 of scale.
+fn candle_known_f64_grad_error(op: &Op) -> Option<f64> {
+    matches!(op, Op::Gelu { .. }).then_some(5e-7)
 }
 
 /// Output and every gradient of the engine against another backend. A configuration
@@ -94,12 +125,12 @@ fn check_against(op: &Op, other: BackendKind, inputs: &[Option<HostTensor>]) -> 
             Ok(t) => t,
             Err(e) => {
                 let refusal = e.to_string();
-                prop_assert!(other == BackendKind::Candle && candle_refuses(op, &inputs), "{other} failed on {}: {refusal}", describe(op, &inputs));
+                prop_assert!(refuses(other, op, &inputs), "{other} failed on {}: {refusal}", describe(op, &inputs));
                 prop_assert!(refusal.contains(op.name()) || refusal.contains("shape mismatch") || refusal.contains("panicked"), "{other}'s refusal says neither the op nor the shape: {refusal}");
                 return Ok(());
             }
         };
-        prop_assert!(!(other == BackendKind::Candle && candle_refuses(op, &inputs)), "candle was expected to refuse {}", describe(op, &inputs));
+        prop_assert!(!refuses(other, op, &inputs), "{other} was expected to refuse {}", describe(op, &inputs));
         let tol = match dtype {
             DType::F64 => Tolerance { rtol: 1e-12, atol: 1e-12 },
             DType::F32 => Tolerance::torch_default(DType::F32),
@@ -122,8 +153,12 @@ fn check_against(op: &Op, other: BackendKind, inputs: &[Option<HostTensor>]) -> 
         prop_assert_eq!(ours.grads.len(), theirs.grads.len());
         for (i, (a, b)) in ours.grads.iter().zip(&theirs.grads).enumerate() {
             let d = compare(a, b, dtype, tol).unwrap();
+            let known = match (other, dtype) {
+                (BackendKind::Candle, DType::F64) => candle_known_f64_grad_error(op),
+                _ => None,
+            };
             prop_assert!(
-                d.within_tolerance || (!d.non_finite && d.max_abs <= scaled_tol * scale),
+                d.within_tolerance || (!d.non_finite && (d.max_abs <= scaled_tol * scale || known.is_some_and(|t| d.max_abs <= t))),
                 "{} {dtype}: gradient of input {i}: engine vs {other} max abs {:e} at {}; engine {:?} {other} {:?}; {}",
                 op.name(),
                 d.max_abs,
@@ -182,6 +217,8 @@ op_tests! {
     add;
     sub;
     mul;
+    div;
+    maximum;
     neg;
     sigmoid;
     square;
@@ -189,6 +226,15 @@ op_tests! {
     tanh;
     exp;
     log;
+    gelu;
+    silu;
+    elu;
+    leaky_relu;
+    softplus;
+    sqrt;
+    abs;
+    clamp;
+    pow;
     sum;
     mean;
     max_pool2d;
@@ -261,3 +307,99 @@ fn every_op_has_its_op_tests() {
 
 #[allow(dead_code)]
 fn assert_backend_object_safe(_: &dyn Backend) {}
+
+/// One op on 1-D `inputs` in f64 with `sum` as the loss: (loss, input gradients), or
+/// the backend's refusal.
+fn at(kind: BackendKind, op: &Op, inputs: &[&[f64]]) -> Result<(f64, Vec<Vec<f64>>), String> {
+    let hosts: Vec<HostTensor> = inputs.iter().map(|d| HostTensor { shape: vec![d.len()], data: d.to_vec() }).collect();
+    let program = Program::single(op.clone(), &hosts.iter().map(|t| Some(t.shape.clone())).collect::<Vec<_>>());
+    let e = reference(kind).evaluate(&program, &hosts, DType::F64).map_err(|e| e.to_string())?;
+    Ok((e.output, e.grads.iter().map(|g| g.data.clone()).collect()))
+}
+
+/// At kinks and ties the engine takes ATen's side: abs'(0) = sgn(0) = 0, clamp passes
+/// the gradient on its bounds (clamp_backward's inclusive masks), leaky_relu'(0) = slope
+/// and elu'(0) = alpha (the input decides, `x <= 0`), maximum splits a tie half and half,
+/// pow with exponent 0 has gradient 0 (pow_backward's special case) even at x = 0. With
+/// `--features torch` libtorch must agree exactly.
+#[test]
+fn kinks_and_ties_follow_aten() {
+    let cases: Vec<(Op, Vec<&[f64]>, Vec<Vec<f64>>)> = vec![
+        (Op::Abs {}, vec![&[-1.5, 0.0, -0.0, 2.0]], vec![vec![-1.0, 0.0, 0.0, 1.0]]),
+        (Op::Clamp { min: Some(-0.5), max: Some(0.5) }, vec![&[-0.5, 0.5, 0.7, -1.0, 0.0]], vec![vec![1.0, 1.0, 0.0, 0.0, 1.0]]),
+        (Op::Clamp { min: Some(-0.5), max: None }, vec![&[-0.5, -0.7, 3.0]], vec![vec![1.0, 0.0, 1.0]]),
+        (Op::Clamp { min: None, max: Some(0.5) }, vec![&[0.5, 0.7, -3.0]], vec![vec![1.0, 0.0, 1.0]]),
+        (Op::LeakyRelu { negative_slope: 0.01 }, vec![&[-1.0, 0.0, 1.0]], vec![vec![0.01, 0.01, 1.0]]),
+        (Op::Elu { alpha: 1.0 }, vec![&[-1.0, 0.0, 1.0]], vec![vec![(-1.0f64).exp(), 1.0, 1.0]]),
+        (Op::Maximum {}, vec![&[1.0, 2.0, 3.0], &[1.0, 1.0, 4.0]], vec![vec![0.5, 1.0, 0.0], vec![0.5, 0.0, 1.0]]),
+        (Op::Pow { exponent: 0.0 }, vec![&[0.0, -2.0, 3.0]], vec![vec![0.0, 0.0, 0.0]]),
+        (Op::Pow { exponent: 2.0 }, vec![&[0.0, -2.0]], vec![vec![0.0, -4.0]]),
+    ];
+    for (op, inputs, want) in &cases {
+        let (_, engine) = at(BackendKind::Engine, op, inputs).unwrap();
+        assert_eq!(&engine, want, "engine: {}", describe(op, &[]));
+        #[cfg(feature = "torch")]
+        {
+            let (_, torch) = at(BackendKind::Torch, op, inputs).unwrap();
+            assert_eq!(engine, torch, "engine vs libtorch: {}", describe(op, &[]));
+        }
+    }
+}
+
+/// Findings at kinks: candle-core 0.11.1 takes other sides than ATen. abs'(0) is 1
+/// (`arg >= 0`); candle-nn's leaky_relu, `max(x, 0) + slope · min(x, 0)`, gives
+/// `(1 + slope) / 2` at 0 (each tie split); clamp, `maximum(min).minimum(max)`, gives
+/// half the gradient on a bound; `powf(0)`'s gradient `0 · x^-1` is NaN at 0. Away from
+/// these points candle agrees (the op tests).
+#[test]
+fn candle_takes_other_sides_than_aten_at_kinks() {
+    let grads = |op: Op, x: &[f64]| at(BackendKind::Candle, &op, &[x]).unwrap().1.remove(0);
+    assert_eq!(grads(Op::Abs {}, &[0.0]), [1.0]);
+    assert_eq!(grads(Op::LeakyRelu { negative_slope: 0.01 }, &[0.0]), [0.505]);
+    assert_eq!(grads(Op::Clamp { min: Some(-0.5), max: Some(0.5) }, &[-0.5, 0.5]), [0.5, 0.5]);
+    assert!(grads(Op::Pow { exponent: 0.0 }, &[0.0])[0].is_nan());
+    // Where candle and ATen agree: elu at 0, a tie of maximum.
+    assert_eq!(grads(Op::Elu { alpha: 1.0 }, &[0.0]), [1.0]);
+    assert_eq!(at(BackendKind::Candle, &Op::Maximum {}, &[&[1.0], &[1.0]]).unwrap().1, [vec![0.5], vec![0.5]]);
+}
+
+/// The finding behind `candle_known_f64_grad_error`: at x = 1, in f64, the engine's GELU
+/// gradient (both forms) agrees with central differences and libtorch, candle's differs
+/// by ~1e-7 (six-digit constants in its backward). Printed with `--nocapture`.
+#[test]
+fn candles_gelu_backward_uses_six_digit_constants() {
+    for approximate in [GeluApproximate::None, GeluApproximate::Tanh] {
+        let op = Op::Gelu { approximate };
+        let x = 1.0;
+        let grad = |kind| at(kind, &op, &[&[x]]).unwrap().1[0][0];
+        let loss = |x: f64| at(BackendKind::Engine, &op, &[&[x]]).unwrap().0;
+        let h = 1e-5;
+        let fd = (loss(x + h) - loss(x - h)) / (2.0 * h);
+        let (engine, candle) = (grad(BackendKind::Engine), grad(BackendKind::Candle));
+        eprintln!("gelu({}) at x = {x}: engine {engine:.17} finite differences {fd:.17} candle {candle:.17} (candle - engine {:e})", approximate.name(), candle - engine);
+        assert!((engine - fd).abs() < 1e-9, "engine {engine} vs finite differences {fd}");
+        assert!((candle - engine).abs() > 1e-8 && (candle - engine).abs() < 5e-7, "candle {candle} vs engine {engine}");
+        #[cfg(feature = "torch")]
+        {
+            let torch = grad(BackendKind::Torch);
+            eprintln!("  libtorch {torch:.17} (libtorch - engine {:e})", torch - engine);
+            assert!((engine - torch).abs() <= 4.0 * f64::EPSILON * torch.abs(), "engine {engine} vs libtorch {torch}");
+        }
+    }
+}
+
+/// tch 0.26 binds elu, leaky_relu and softplus with their default attributes only: the
+/// torch interpreter refuses other values with an error naming the op and the attribute.
+#[cfg(feature = "torch")]
+#[test]
+fn libtorch_refuses_attributes_the_binding_cannot_pass() {
+    for (op, attr) in [
+        (Op::Elu { alpha: 0.5 }, "alpha"),
+        (Op::LeakyRelu { negative_slope: 0.2 }, "negative_slope"),
+        (Op::Softplus { beta: 2.0, threshold: 20.0 }, "beta"),
+        (Op::Softplus { beta: 1.0, threshold: 5.0 }, "threshold"),
+    ] {
+        let refusal = at(BackendKind::Torch, &op, &[&[0.5, -0.5]]).unwrap_err();
+        assert!(refusal.contains(op.name()) && refusal.contains(attr), "{refusal}");
+    }
+}

@@ -935,7 +935,7 @@ fn run_ops(ctx: &Ctx, args: &OpsArgs) -> Result<Verdict> {
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
-    let bad: Vec<&ops::ImplRow> = report.rows.iter().filter(|r| r.findings > 0 || r.missing_or_non_finite > 0).collect();
+    let bad: Vec<&ops::ImplRow> = report.rows.iter().filter(|r| r.findings > 0 || r.odd_one_out > 0 || r.missing_or_non_finite > 0).collect();
     say!("ops: {} implementations of {} ops, {} cases each, in {:.1} s; {} with findings or missing gradients", report.rows.len(), opts.ops.len(), report.cases, report.seconds, bad.len());
     for r in &bad {
         say!("ops: {} {} ({}): {}", r.op, r.backend, r.implementation, report::ops::verdict(r).replace("**", ""));

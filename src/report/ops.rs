@@ -32,6 +32,8 @@ pub fn verdict(r: &ImplRow) -> String {
     }
     let mut v = if r.findings > 0 {
         format!("**finding**: wrong in {} case(s) where finite differences side with another backend", r.findings)
+    } else if r.odd_one_out > 0 {
+        format!("**finding**: the odd one out in {} case(s) (the other backends agree with each other; finite differences too coarse to tell)", r.odd_one_out)
     } else if r.missing_or_non_finite > 0 {
         format!("**gradient missing or not finite** in {} case(s)", r.missing_or_non_finite)
     } else if r.fd_agree == r.fd_checked && agrees_all {
@@ -55,7 +57,8 @@ fn markdown(r: &OpsReport) -> String {
          implementation) when output and every input gradient are within {} of the compared tensor's largest entry, and with \
          central finite differences (f64, from the most trusted backend that computes the case: libtorch, else the engine, else \
          candle) within {} of max(1, the largest entry). A *finding* is a case where the implementation disagrees with finite \
-         differences while another backend agrees with them. {:.1} s.\n\n",
+         differences while another backend agrees with them, or where it is the odd one out: it disagrees with two or more \
+         other backends that agree with each other. {:.1} s.\n\n",
         r.cases,
         r.seed,
         r.dtype,

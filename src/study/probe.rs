@@ -59,8 +59,10 @@ pub fn case(name: &str, ties: bool) -> Option<(Op, Vec<HostTensor>)> {
     };
     let inputs = match name {
         "matmul" => vec![t(&[3], 1), t(&[3, 3], 4)],
-        "add" | "sub" | "mul" => vec![t(&[2, 3], 5), t(&[2, 3], 1)],
-        "log" => vec![HostTensor { data: image.data.iter().map(|v| v + 1.0).collect(), ..image }],
+        "add" | "sub" | "mul" | "maximum" => vec![t(&[2, 3], 5), t(&[2, 3], 1)],
+        // A divisor in (0.5, 1.5): away from 0.
+        "div" => vec![t(&[2, 3], 5), HostTensor { data: t(&[2, 3], 1).data.iter().map(|v| v + 1.0).collect(), shape: vec![2, 3] }],
+        "log" | "sqrt" | "pow" => vec![HostTensor { data: image.data.iter().map(|v| v + 1.0).collect(), ..image }],
         "softmax" | "log_softmax" => vec![t(&[4, 6], 7)],
         "nll_loss" | "cross_entropy" => vec![t(&[4, 6], 7), labels],
         "conv2d" => vec![image, t(&[2, 3, 3, 3], 5)],

@@ -400,6 +400,18 @@ fn fd_obstacle(op: &crate::models::Op, feed: &[HostTensor]) -> Option<String> {
     let near = |a: f64, b: f64| (a - b).abs() <= 4.0 * FD_STEP * a.abs().max(b.abs()).max(1.0);
     match op {
         Op::Relu {} if x.data.iter().any(|&v| near(v, 0.0)) => Some("an input within the step of ReLU's kink at 0".into()),
+        Op::Abs {} | Op::Elu { .. } | Op::LeakyRelu { .. } if x.data.iter().any(|&v| near(v, 0.0)) => Some(format!("an input within the step of {}'s kink at 0", op.name())),
+        Op::Clamp { min, max } if x.data.iter().any(|&v| min.is_some_and(|b| near(v, b)) || max.is_some_and(|b| near(v, b))) => {
+            Some("an input within the step of a clamp bound".into())
+        }
+        Op::Softplus { beta, threshold } if x.data.iter().any(|&v| near(v * beta, *threshold)) => Some("an input within the step of softplus's threshold (where it jumps)".into()),
+        Op::Maximum {} => {
+            let y = feed.get(1)?;
+            let (a, b) = (ndarray::ArrayD::from_shape_vec(x.shape.clone(), x.data.clone()).ok()?, ndarray::ArrayD::from_shape_vec(y.shape.clone(), y.data.clone()).ok()?);
+            let shape = crate::engine::ops::elementwise::broadcast_shape(a.shape(), b.shape()).ok()?;
+            let (a, b) = (a.broadcast(shape.clone())?, b.broadcast(shape)?);
+            a.iter().zip(b.iter()).any(|(&u, &v)| near(u, v)).then(|| "two operands of maximum within the step of a tie".into())
+        }
         Op::MaxPool2d { kernel, stride, padding } => {
             let (k, st, p) = (*kernel, stride.unwrap_or(*kernel), *padding);
             let (planes, h, w) = (x.shape[0] * x.shape[1], x.shape[2], x.shape[3]);

@@ -9,7 +9,7 @@ use crate::backends::executor::{Executor, Outcome, Request};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
-use crate::models::program::{check, labels_of, Checked};
+use crate::models::program::{check, labels_of, Checked, GeluApproximate};
 use crate::models::{Op, Program, Role, ValueType};
 
 enum Slot {
@@ -87,6 +87,8 @@ impl CandleExecutor {
                 Op::Add {} => x.broadcast_add(&a(1).expect("checked"))?,
                 Op::Sub {} => x.broadcast_sub(&a(1).expect("checked"))?,
                 Op::Mul {} => x.broadcast_mul(&a(1).expect("checked"))?,
+                Op::Div {} => x.broadcast_div(&a(1).expect("checked"))?,
+                Op::Maximum {} => x.broadcast_maximum(&a(1).expect("checked"))?,
                 Op::Neg {} => x.neg()?,
                 Op::Sigmoid {} => candle_nn::ops::sigmoid(&x)?,
                 Op::Square {} => x.sqr()?,
@@ -94,6 +96,22 @@ impl CandleExecutor {
                 Op::Tanh {} => x.tanh()?,
                 Op::Exp {} => x.exp()?,
                 Op::Log {} => x.log()?,
+                Op::Gelu { approximate: GeluApproximate::None } => x.gelu_erf()?,
+                Op::Gelu { approximate: GeluApproximate::Tanh } => x.gelu()?,
+                Op::Silu {} => x.silu()?,
+                Op::Elu { alpha } => x.elu(alpha)?,
+                Op::LeakyRelu { negative_slope } => candle_nn::ops::leaky_relu(&x, negative_slope)?,
+                // Neither candle-core nor candle-nn 0.11.1 has a softplus: a refusal.
+                Op::Softplus { .. } => candle_core::bail!("softplus: candle 0.11.1 has no softplus op (neither candle-core nor candle-nn)"),
+                Op::Sqrt {} => x.sqrt()?,
+                Op::Abs {} => x.abs()?,
+                Op::Clamp { min, max } => match (min, max) {
+                    (Some(lo), Some(hi)) => x.clamp(lo, hi)?,
+                    (Some(lo), None) => x.maximum(lo)?,
+                    (None, Some(hi)) => x.minimum(hi)?,
+                    (None, None) => candle_core::bail!("clamp: neither min nor max given"),
+                },
+                Op::Pow { exponent } => x.powf(exponent)?,
                 Op::Sum {} => x.sum_all()?,
                 Op::Mean {} => x.mean_all()?,
                 Op::MaxPool2d { kernel, stride, padding } => {

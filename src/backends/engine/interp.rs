@@ -3,11 +3,12 @@
 
 use super::{to_engine, to_host};
 use crate::backends::executor::{Executor, Outcome, Request};
+use crate::engine::ops::elementwise::UnaryOp;
 use crate::engine::optim::{Sgd, SgdMomentum};
 use crate::engine::{Float, Graph, RunningStats, Tensor, Var};
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
-use crate::models::program::{check, labels_of, Checked};
+use crate::models::program::{check, labels_of, Checked, GeluApproximate};
 use crate::models::{Op, Program, Role, ValueType};
 
 pub struct EngineExecutor<F: Float> {
@@ -168,6 +169,8 @@ impl<F: Float> EngineExecutor<F> {
                 Op::Add {} => g.add(x, a(1).expect("checked"))?,
                 Op::Sub {} => g.sub(x, a(1).expect("checked"))?,
                 Op::Mul {} => g.mul(x, a(1).expect("checked"))?,
+                Op::Div {} => g.div(x, a(1).expect("checked"))?,
+                Op::Maximum {} => g.maximum(x, a(1).expect("checked"))?,
                 Op::Neg {} => g.neg(x),
                 Op::Sigmoid {} => g.sigmoid(x),
                 Op::Square {} => g.square(x),
@@ -175,6 +178,15 @@ impl<F: Float> EngineExecutor<F> {
                 Op::Tanh {} => g.tanh(x),
                 Op::Exp {} => g.exp(x),
                 Op::Log {} => g.log(x),
+                Op::Gelu { approximate } => g.unary(UnaryOp::Gelu { tanh: approximate == GeluApproximate::Tanh }, x),
+                Op::Silu {} => g.unary(UnaryOp::Silu, x),
+                Op::Elu { alpha } => g.unary(UnaryOp::Elu { alpha }, x),
+                Op::LeakyRelu { negative_slope } => g.unary(UnaryOp::LeakyRelu { negative_slope }, x),
+                Op::Softplus { beta, threshold } => g.unary(UnaryOp::Softplus { beta, threshold }, x),
+                Op::Sqrt {} => g.unary(UnaryOp::Sqrt, x),
+                Op::Abs {} => g.unary(UnaryOp::Abs, x),
+                Op::Clamp { min, max } => g.unary(UnaryOp::Clamp { min, max }, x),
+                Op::Pow { exponent } => g.unary(UnaryOp::Pow { exponent }, x),
                 Op::Sum {} => g.sum(x),
                 Op::Mean {} => g.mean(x),
                 Op::MaxPool2d { kernel, stride, padding } => g.max_pool2d_with(x, kernel, stride.unwrap_or(kernel), padding)?,

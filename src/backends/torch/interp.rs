@@ -68,6 +68,8 @@ impl TorchExecutor {
                 Op::Add {} => x.f_add(a(1).expect("checked"))?,
                 Op::Sub {} => x.f_sub(a(1).expect("checked"))?,
                 Op::Mul {} => x.f_mul(a(1).expect("checked"))?,
+                Op::Div {} => x.f_div(a(1).expect("checked"))?,
+                Op::Maximum {} => x.f_maximum(a(1).expect("checked"))?,
                 Op::Neg {} => x.f_neg()?,
                 Op::Sigmoid {} => x.f_sigmoid()?,
                 Op::Square {} => x.f_square()?,
@@ -75,6 +77,25 @@ impl TorchExecutor {
                 Op::Tanh {} => x.f_tanh()?,
                 Op::Exp {} => x.f_exp()?,
                 Op::Log {} => x.f_log()?,
+                Op::Gelu { approximate } => x.f_gelu(approximate.name())?,
+                Op::Silu {} => x.f_silu()?,
+                // tch 0.26 binds elu, leaky_relu and softplus with their default attributes
+                // only (`atg_elu(self)`, ...): other values are refused, not emulated.
+                Op::Elu { alpha } if alpha == 1.0 => x.f_elu()?,
+                Op::Elu { alpha } => return Err(unbound("elu", format!("alpha {alpha}"))),
+                Op::LeakyRelu { negative_slope } if negative_slope == 0.01 => x.f_leaky_relu()?,
+                Op::LeakyRelu { negative_slope } => return Err(unbound("leaky_relu", format!("negative_slope {negative_slope}"))),
+                Op::Softplus { beta, threshold } if beta == 1.0 && threshold == 20.0 => x.f_softplus()?,
+                Op::Softplus { beta, threshold } => return Err(unbound("softplus", format!("beta {beta}, threshold {threshold}"))),
+                Op::Sqrt {} => x.f_sqrt()?,
+                Op::Abs {} => x.f_abs()?,
+                Op::Clamp { min, max } => match (min, max) {
+                    (Some(lo), Some(hi)) => x.f_clamp(lo, hi)?,
+                    (Some(lo), None) => x.f_clamp_min(lo)?,
+                    (None, Some(hi)) => x.f_clamp_max(hi)?,
+                    (None, None) => return Err(TchError::Kind("clamp: neither min nor max given".into())),
+                },
+                Op::Pow { exponent } => x.f_pow_tensor_scalar(exponent)?,
                 Op::Sum {} => x.f_sum(x.kind())?,
                 Op::Mean {} => x.f_mean(x.kind())?,
                 Op::MaxPool2d { kernel, stride, padding } => {
@@ -246,6 +267,11 @@ impl TorchExecutor {
         }
         Ok(())
     }
+}
+
+/// A refusal: the binding has no way to pass this attribute to the ATen op.
+fn unbound(op: &str, attrs: String) -> TchError {
+    TchError::Kind(format!("{op}: tch 0.26 binds {op} with its default attributes only ({attrs} asked for)"))
 }
 
 impl Executor for TorchExecutor {

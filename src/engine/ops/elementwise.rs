@@ -6,6 +6,7 @@ use std::mem::MaybeUninit;
 
 use ndarray::{Axis, Dimension, IxDyn};
 
+use super::activation as act;
 use crate::engine::faults::{self, Fault};
 use crate::engine::{parallel, Float, Graph, Op, Tensor, Var};
 use crate::error::{Error, Result};
@@ -15,9 +16,13 @@ pub enum BinaryOp {
     Add,
     Sub,
     Mul,
+    Div,
+    /// NaN propagates; a tie splits the gradient half and half.
+    Maximum,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Unary element-wise ops; those with attributes carry them (see `activation.rs`).
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum UnaryOp {
     Neg,
     Sigmoid,
@@ -26,6 +31,15 @@ pub enum UnaryOp {
     Tanh,
     Exp,
     Log,
+    Gelu { tanh: bool },
+    Silu,
+    Elu { alpha: f64 },
+    LeakyRelu { negative_slope: f64 },
+    Softplus { beta: f64, threshold: f64 },
+    Sqrt,
+    Abs,
+    Clamp { min: Option<f64>, max: Option<f64> },
+    Pow { exponent: f64 },
 }
 
 impl<F: Float> Graph<F> {
@@ -37,6 +51,12 @@ impl<F: Float> Graph<F> {
     }
     pub fn mul(&mut self, a: Var, b: Var) -> Result<Var> {
         self.binary(BinaryOp::Mul, a, b)
+    }
+    pub fn div(&mut self, a: Var, b: Var) -> Result<Var> {
+        self.binary(BinaryOp::Div, a, b)
+    }
+    pub fn maximum(&mut self, a: Var, b: Var) -> Result<Var> {
+        self.binary(BinaryOp::Maximum, a, b)
     }
 
     pub fn binary(&mut self, kind: BinaryOp, a: Var, b: Var) -> Result<Var> {
@@ -95,6 +115,15 @@ impl UnaryOp {
             UnaryOp::Tanh => x.tanh(),
             UnaryOp::Exp => x.exp(),
             UnaryOp::Log => x.ln(),
+            UnaryOp::Gelu { tanh } => act::gelu(x, tanh),
+            UnaryOp::Silu => act::silu(x),
+            UnaryOp::Elu { alpha } => act::elu(x, alpha),
+            UnaryOp::LeakyRelu { negative_slope } => act::leaky_relu(x, negative_slope),
+            UnaryOp::Softplus { beta, threshold } => act::softplus(x, beta, threshold),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Abs => x.abs(),
+            UnaryOp::Clamp { min, max } => act::clamp(x, min, max),
+            UnaryOp::Pow { exponent } => act::pow(x, exponent),
         }
     }
 
@@ -118,6 +147,15 @@ impl UnaryOp {
             UnaryOp::Tanh => g * (one - y * y),
             UnaryOp::Exp => g * y,
             UnaryOp::Log => g / x,
+            UnaryOp::Gelu { tanh } => act::gelu_backward(g, x, tanh),
+            UnaryOp::Silu => act::silu_backward(g, x),
+            UnaryOp::Elu { alpha } => act::elu_backward(g, x, alpha),
+            UnaryOp::LeakyRelu { negative_slope } => act::leaky_relu_backward(g, x, negative_slope),
+            UnaryOp::Softplus { beta, threshold } => act::softplus_backward(g, x, beta, threshold),
+            UnaryOp::Sqrt => act::sqrt_backward(g, y),
+            UnaryOp::Abs => act::abs_backward(g, x),
+            UnaryOp::Clamp { min, max } => act::clamp_backward(g, x, min, max),
+            UnaryOp::Pow { exponent } => act::pow_backward(g, x, exponent),
         }
     }
 }
@@ -182,6 +220,9 @@ pub fn binary_forward<F: Float>(kind: BinaryOp, a: &Tensor<F>, b: &Tensor<F>) ->
         BinaryOp::Add => &a + &b,
         BinaryOp::Sub => &a - &b,
         BinaryOp::Mul => &a * &b,
+        BinaryOp::Div => &a / &b,
+        // ATen's maximum: NaN if either is NaN, else `std::max` (`a < b ? b : a`).
+        BinaryOp::Maximum => ndarray::Zip::from(&a).and(&b).map_collect(|&x, &y| if x.is_nan() || y.is_nan() { x + y } else if x < y { y } else { x }),
     })
 }
 
@@ -191,6 +232,26 @@ pub fn binary_backward<F: Float>(kind: BinaryOp, a: &Tensor<F>, b: &Tensor<F>, g
         BinaryOp::Add => (g.clone(), g.clone()),
         BinaryOp::Sub => (g.clone(), g.mapv(|v| -v)),
         BinaryOp::Mul => (g * b, g * a),
+        // derivatives.yaml: `grad / other` and `-grad * ((self / other) / other)`.
+        BinaryOp::Div => {
+            let (a, b) = (a.broadcast(g.raw_dim()).expect("broadcast shape"), b.broadcast(g.raw_dim()).expect("broadcast shape"));
+            (g / &b, ndarray::Zip::from(g).and(&a).and(&b).map_collect(|&g, &x, &y| -g * ((x / y) / y)))
+        }
+        // `where(self == other, grad / 2, grad)`, zero where the operand is the smaller.
+        BinaryOp::Maximum => {
+            let (a, b) = (a.broadcast(g.raw_dim()).expect("broadcast shape"), b.broadcast(g.raw_dim()).expect("broadcast shape"));
+            let half = F::of(0.5);
+            let share = |g: F, mine: F, other: F| {
+                if mine == other {
+                    g * half
+                } else if mine < other {
+                    F::zero()
+                } else {
+                    g
+                }
+            };
+            (ndarray::Zip::from(g).and(&a).and(&b).map_collect(|&g, &x, &y| share(g, x, y)), ndarray::Zip::from(g).and(&b).and(&a).map_collect(|&g, &y, &x| share(g, y, x)))
+        }
     };
     (unbroadcast(ga, a.shape()), unbroadcast(gb, b.shape()))
 }

@@ -1,6 +1,7 @@
 //! One file per op family. Each file adds its forward ops to `Graph` and, next to them,
 //! the handwritten backward rules that `Graph::backward` dispatches to.
 
+pub mod activation;
 pub mod conv;
 pub mod dropout;
 pub mod elementwise;

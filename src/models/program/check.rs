@@ -226,8 +226,42 @@ pub fn infer(op: &Op, shapes: &[Option<&[usize]>]) -> std::result::Result<Vec<us
                 _ => return Err(format!("cannot multiply {x:?} by {b:?}: expected 1-D or 2-D operands with matching inner sizes")),
             }
         }
-        Op::Add {} | Op::Sub {} | Op::Mul {} => broadcast(x, s(1).expect("required"))?,
+        Op::Add {} | Op::Sub {} | Op::Mul {} | Op::Div {} | Op::Maximum {} => broadcast(x, s(1).expect("required"))?,
         Op::Neg {} | Op::Sigmoid {} | Op::Square {} | Op::Relu {} | Op::Tanh {} | Op::Exp {} | Op::Log {} => x.to_vec(),
+        Op::Gelu { .. } | Op::Silu {} | Op::Sqrt {} | Op::Abs {} => x.to_vec(),
+        Op::Elu { alpha } => {
+            if !alpha.is_finite() {
+                return Err(format!("alpha {alpha} must be a finite number"));
+            }
+            x.to_vec()
+        }
+        Op::LeakyRelu { negative_slope } => {
+            if !negative_slope.is_finite() {
+                return Err(format!("negative_slope {negative_slope} must be a finite number"));
+            }
+            x.to_vec()
+        }
+        Op::Softplus { beta, threshold } => {
+            if !(beta.is_finite() && *beta != 0.0) || threshold.is_nan() {
+                return Err(format!("beta {beta} must be a finite non-zero number and threshold {threshold} a number"));
+            }
+            x.to_vec()
+        }
+        Op::Clamp { min, max } => {
+            if min.is_none() && max.is_none() {
+                return Err("at least one of min and max must be given".into());
+            }
+            if min.is_some_and(f64::is_nan) || max.is_some_and(f64::is_nan) {
+                return Err("min and max must be numbers (not NaN)".into());
+            }
+            x.to_vec()
+        }
+        Op::Pow { exponent } => {
+            if !exponent.is_finite() {
+                return Err(format!("exponent {exponent} must be a finite number"));
+            }
+            x.to_vec()
+        }
         Op::Sum {} | Op::Mean {} => vec![],
         Op::MaxPool2d { kernel, stride, padding } => {
             let (k, st, p) = (*kernel, stride.unwrap_or(*kernel), *padding);

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::host::HostTensor;
 
 pub use check::{check, check_input_value, infer, labels_of, resolve_inputs, values_to_tensor, Checked};
-pub use ops::{Op, Reduction};
+pub use ops::{GeluApproximate, Op, Reduction};
 
 /// The `format` string every program file carries.
 pub const FORMAT: &str = "backprop-parity/program";

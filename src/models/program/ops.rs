@@ -21,6 +21,35 @@ fn dim_one() -> i64 {
 fn minus_one() -> i64 {
     -1
 }
+fn alpha_one() -> f64 {
+    1.0
+}
+fn leaky_slope() -> f64 {
+    0.01
+}
+fn softplus_threshold() -> f64 {
+    20.0
+}
+
+/// Which form of GELU: the exact one (`erf`) or PyTorch's tanh approximation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GeluApproximate {
+    /// `x · Φ(x)`, with Φ through erf.
+    #[default]
+    None,
+    /// `0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 · x³)))`.
+    Tanh,
+}
+
+impl GeluApproximate {
+    pub fn name(self) -> &'static str {
+        match self {
+            GeluApproximate::None => "none",
+            GeluApproximate::Tanh => "tanh",
+        }
+    }
+}
 
 /// How a loss reduces over the batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +70,10 @@ pub enum Op {
     Add {},
     Sub {},
     Mul {},
+    /// `a / b` (true division).
+    Div {},
+    /// Element-wise maximum; NaN propagates; at a tie each operand gets half the gradient.
+    Maximum {},
     Neg {},
     Sigmoid {},
     Square {},
@@ -49,6 +82,43 @@ pub enum Op {
     Tanh {},
     Exp {},
     Log {},
+    /// `gelu(x, approximate)`: `"none"` (erf) or `"tanh"`.
+    Gelu {
+        #[serde(default)]
+        approximate: GeluApproximate,
+    },
+    /// `x · sigmoid(x)`.
+    Silu {},
+    /// `x` for `x > 0`, else `alpha · (exp(x) - 1)`.
+    Elu {
+        #[serde(default = "alpha_one")]
+        alpha: f64,
+    },
+    /// `x` for `x > 0`, else `negative_slope · x`.
+    LeakyRelu {
+        #[serde(default = "leaky_slope")]
+        negative_slope: f64,
+    },
+    /// `log1p(exp(beta · x)) / beta`, and `x` where `beta · x > threshold`.
+    Softplus {
+        #[serde(default = "alpha_one")]
+        beta: f64,
+        #[serde(default = "softplus_threshold")]
+        threshold: f64,
+    },
+    Sqrt {},
+    /// `|x|`; its gradient is `sign(x)`, 0 at 0.
+    Abs {},
+    /// `min(max(x, min), max)`, either bound optional (not both); the gradient passes
+    /// where `min <= x <= max`, bounds included.
+    Clamp {
+        #[serde(default)]
+        min: Option<f64>,
+        #[serde(default)]
+        max: Option<f64>,
+    },
+    /// `x ** exponent` for a constant exponent.
+    Pow { exponent: f64 },
     /// Sum of every entry: a 0-d result.
     Sum {},
     Mean {},
@@ -128,11 +198,13 @@ pub struct Arity {
 
 impl Op {
     /// Every op name, in the order the README lists them.
-    pub const NAMES: [&'static str; 24] = [
+    pub const NAMES: [&'static str; 35] = [
         "matmul",
         "add",
         "sub",
         "mul",
+        "div",
+        "maximum",
         "neg",
         "sigmoid",
         "square",
@@ -140,6 +212,15 @@ impl Op {
         "tanh",
         "exp",
         "log",
+        "gelu",
+        "silu",
+        "elu",
+        "leaky_relu",
+        "softplus",
+        "sqrt",
+        "abs",
+        "clamp",
+        "pow",
         "sum",
         "mean",
         "max_pool2d",
@@ -161,6 +242,8 @@ impl Op {
             Op::Add {} => "add",
             Op::Sub {} => "sub",
             Op::Mul {} => "mul",
+            Op::Div {} => "div",
+            Op::Maximum {} => "maximum",
             Op::Neg {} => "neg",
             Op::Sigmoid {} => "sigmoid",
             Op::Square {} => "square",
@@ -168,6 +251,15 @@ impl Op {
             Op::Tanh {} => "tanh",
             Op::Exp {} => "exp",
             Op::Log {} => "log",
+            Op::Gelu { .. } => "gelu",
+            Op::Silu {} => "silu",
+            Op::Elu { .. } => "elu",
+            Op::LeakyRelu { .. } => "leaky_relu",
+            Op::Softplus { .. } => "softplus",
+            Op::Sqrt {} => "sqrt",
+            Op::Abs {} => "abs",
+            Op::Clamp { .. } => "clamp",
+            Op::Pow { .. } => "pow",
             Op::Sum {} => "sum",
             Op::Mean {} => "mean",
             Op::MaxPool2d { .. } => "max_pool2d",
@@ -190,13 +282,15 @@ impl Op {
         serde_json::from_value(v).ok().or_else(|| match name {
             "max_pool2d" => Some(Op::MaxPool2d { kernel: 2, stride: None, padding: 0 }),
             "dropout" => Some(Op::Dropout { p: 0.5, training: true }),
+            "clamp" => Some(Op::Clamp { min: Some(-0.5), max: Some(0.5) }),
+            "pow" => Some(Op::Pow { exponent: 2.0 }),
             _ => None,
         })
     }
 
     pub fn arity(&self) -> Arity {
         let (min, max) = match self {
-            Op::MatMul {} | Op::Add {} | Op::Sub {} | Op::Mul {} => (2, 2),
+            Op::MatMul {} | Op::Add {} | Op::Sub {} | Op::Mul {} | Op::Div {} | Op::Maximum {} => (2, 2),
             Op::NllLoss { .. } | Op::CrossEntropy { .. } | Op::Dropout { .. } => (2, 2),
             Op::Conv2d { .. } | Op::Linear {} => (2, 3),
             Op::BatchNorm { .. } => (1, 5),
@@ -238,8 +332,13 @@ impl Op {
     }
 
     /// Ops whose gradient is not smooth everywhere (ties, kinks): finite differences
-    /// are only meaningful away from those points.
+    /// are only meaningful away from those points. Softplus jumps by
+    /// `log1p(exp(-threshold)) / beta` where `beta · x` crosses the threshold; pow is
+    /// smooth inside its domain.
     pub fn has_kinks(&self) -> bool {
-        matches!(self, Op::Relu {} | Op::MaxPool2d { .. })
+        matches!(
+            self,
+            Op::Relu {} | Op::MaxPool2d { .. } | Op::Maximum {} | Op::Elu { .. } | Op::LeakyRelu { .. } | Op::Softplus { .. } | Op::Abs {} | Op::Clamp { .. }
+        )
     }
 }

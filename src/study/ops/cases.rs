@@ -10,6 +10,7 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
 use crate::host::HostTensor;
+use crate::models::program::GeluApproximate;
 use crate::models::Op;
 
 /// Where an op's values are drawn from: away from kinks and outside domains.
@@ -18,6 +19,8 @@ pub enum Domain {
     Any,
     Positive,
     AwayFromZero,
+    /// |x| in [0.25, 2): divisors and bases of negative powers.
+    Nonzero,
 }
 
 fn values(n: usize, domain: Domain) -> BoxedStrategy<Vec<f64>> {
@@ -25,6 +28,7 @@ fn values(n: usize, domain: Domain) -> BoxedStrategy<Vec<f64>> {
         Domain::Positive => (0.2..3.0f64).boxed(),
         // A kink at 0 (ReLU) has no derivative; finite differences need |x| > h.
         Domain::AwayFromZero => (0.01..2.0f64).prop_flat_map(|m| prop_oneof![Just(m), Just(-m)]).boxed(),
+        Domain::Nonzero => (0.25..2.0f64).prop_flat_map(|m| prop_oneof![Just(m), Just(-m)]).boxed(),
         _ => (-2.0..2.0f64).boxed(),
     };
     proptest::collection::vec(v, n).boxed()
@@ -96,11 +100,16 @@ fn unary(op: Op, domain: Domain) -> BoxedStrategy<Case> {
 }
 
 fn broadcast_binary(op: Op) -> BoxedStrategy<Case> {
+    broadcast_binary_in(op, Domain::Any)
+}
+
+/// A binary op whose second operand is drawn from `second` (a divisor away from 0).
+fn broadcast_binary_in(op: Op, second: Domain) -> BoxedStrategy<Case> {
     shape()
         .prop_flat_map(|s| (Just(s.clone()), broadcastable(s), any::<bool>()))
         .prop_flat_map(move |(a, b, swap)| {
             let (a, b) = if swap { (b, a) } else { (a, b) };
-            (tensor(a, Domain::Any), tensor(b, Domain::Any))
+            (tensor(a, Domain::Any), tensor(b, second))
         })
         .prop_map(move |(a, b)| (op.clone(), some(vec![a, b])))
         .boxed()
@@ -117,6 +126,9 @@ pub fn case_for(name: &str) -> BoxedStrategy<Case> {
         "add" => broadcast_binary(Op::Add {}),
         "sub" => broadcast_binary(Op::Sub {}),
         "mul" => broadcast_binary(Op::Mul {}),
+        "div" => broadcast_binary_in(Op::Div {}, Domain::Nonzero),
+        // Distinct random values: no ties (where the gradient splits) within the step.
+        "maximum" => broadcast_binary(Op::Maximum {}),
         "neg" => unary(Op::Neg {}, Domain::Any),
         "sigmoid" => unary(Op::Sigmoid {}, Domain::Any),
         "square" => unary(Op::Square {}, Domain::Any),
@@ -124,6 +136,42 @@ pub fn case_for(name: &str) -> BoxedStrategy<Case> {
         "tanh" => unary(Op::Tanh {}, Domain::Any),
         "exp" => unary(Op::Exp {}, Domain::Any),
         "log" => unary(Op::Log {}, Domain::Positive),
+        "gelu" => prop_oneof![Just(GeluApproximate::None), Just(GeluApproximate::Tanh)]
+            .prop_flat_map(|approximate| unary(Op::Gelu { approximate }, Domain::Any))
+            .boxed(),
+        "silu" => unary(Op::Silu {}, Domain::Any),
+        // The default half the time, else any positive alpha; values away from the kink.
+        "elu" => prop_oneof![Just(1.0), 0.1..3.0f64].prop_flat_map(|alpha| unary(Op::Elu { alpha }, Domain::AwayFromZero)).boxed(),
+        // Slopes below 0 and above 1 are allowed too.
+        "leaky_relu" => prop_oneof![Just(0.01), -0.5..2.0f64]
+            .prop_flat_map(|negative_slope| unary(Op::LeakyRelu { negative_slope }, Domain::AwayFromZero))
+            .boxed(),
+        // Thresholds low enough that both sides occur on [-2, 2].
+        "softplus" => (prop_oneof![Just(1.0), 0.25..4.0f64], prop_oneof![Just(20.0), 0.5..6.0f64])
+            .prop_flat_map(|(beta, threshold)| unary(Op::Softplus { beta, threshold }, Domain::Any))
+            .boxed(),
+        "sqrt" => unary(Op::Sqrt {}, Domain::Positive),
+        "abs" => unary(Op::Abs {}, Domain::AwayFromZero),
+        // Both bounds, min only or max only; now and then min > max (the value is max).
+        "clamp" => (-1.5..0.5f64, 0.1..2.0f64, 0usize..3, 0usize..8)
+            .prop_flat_map(|(lo, width, which, crossed)| {
+                let hi = if crossed == 0 { lo - width } else { lo + width };
+                let (min, max) = match which {
+                    0 => (Some(lo), Some(hi)),
+                    1 => (Some(lo), None),
+                    _ => (None, Some(hi)),
+                };
+                unary(Op::Clamp { min, max }, Domain::Any)
+            })
+            .boxed(),
+        // Integer exponents (ATen's special cases among them) on bases of either sign,
+        // ±0.5 and other real exponents on positive bases.
+        "pow" => prop_oneof![
+            (-2i32..5).prop_map(|e| (e as f64, Domain::Nonzero)),
+            prop_oneof![Just(0.5), Just(-0.5), -2.5..3.5f64].prop_map(|e| (e, Domain::Positive))
+        ]
+        .prop_flat_map(|(exponent, domain)| unary(Op::Pow { exponent }, domain))
+        .boxed(),
         "sum" => unary(Op::Sum {}, Domain::Any),
         "mean" => unary(Op::Mean {}, Domain::Any),
         // Kernel 1 to 3, stride 1 to 3 or the default (the kernel), padding up to half the
@@ -219,11 +267,6 @@ pub fn case_for(name: &str) -> BoxedStrategy<Case> {
     }
 }
 
-
-/// Whether `case_for` has an arm for `name` (every op of the format must).
-pub fn has_cases(name: &str) -> bool {
-    std::panic::catch_unwind(|| case_for(name)).is_ok()
-}
 
 /// `count` cases of `name`, a function of `seed` alone.
 pub fn cases(name: &str, count: usize, seed: u64) -> Vec<Case> {

@@ -59,6 +59,9 @@ pub struct ImplRow {
     /// Cases where this implementation disagrees with finite differences while another
     /// backend agrees with them: a finding about this implementation.
     pub findings: usize,
+    /// Cases where it disagrees with two or more other backends that agree with each
+    /// other: a finding too, where finite differences are too coarse to judge.
+    pub odd_one_out: usize,
     /// The first case with a disagreement (any cause), as a replayable program (path
     /// inside the report set), with the inputs inline.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -139,6 +142,7 @@ pub fn run(opts: &OpsOptions, mut progress: impl FnMut(&str, usize, usize)) -> R
                 worst_scaled: 0.0,
                 worst_fd_scaled: 0.0,
                 findings: 0,
+                odd_one_out: 0,
                 first_disagreement: None,
             })
             .collect();
@@ -188,6 +192,8 @@ pub fn run(opts: &OpsOptions, mut progress: impl FnMut(&str, usize, usize)) -> R
                     row.missing_or_non_finite += 1;
                 }
                 let mut disagrees = fd_ok[r] == Some(false);
+                let mut agreeing_others = Vec::new();
+                let mut others = Vec::new();
                 for (o, other) in computed.iter().enumerate() {
                     let (kind, name) = (impls[here[o]].0, impls[here[o]].1);
                     if o == r || name != "default" || kind == row.backend {
@@ -196,19 +202,30 @@ pub fn run(opts: &OpsOptions, mut progress: impl FnMut(&str, usize, usize)) -> R
                     let Ok(other) = other else { continue };
                     let worst = difference(c, other, dtype)?;
                     *row.compared.entry(kind).or_default() += 1;
+                    others.push(other);
                     if worst <= tol {
                         *row.agree.entry(kind).or_default() += 1;
+                        agreeing_others.push(o);
                     } else {
                         disagrees = true;
                     }
                     row.worst_scaled = crate::parity::max_nan(row.worst_scaled, worst);
                 }
+                // Odd one out: it disagrees with two or more other backends that agree with
+                // each other (finite differences may be too coarse to tell, as for an error
+                // of 1e-7 of scale).
+                let others_agree = others.iter().enumerate().all(|(i, a)| others[i + 1..].iter().all(|b| difference(a, b, dtype).is_ok_and(|d| d <= tol)));
+                let odd = others.len() >= 2 && agreeing_others.is_empty() && others_agree;
+                if odd {
+                    row.odd_one_out += 1;
+                }
                 if fd_ok[r] == Some(false) && fd_ok.iter().enumerate().any(|(o, ok)| o != r && *ok == Some(true)) {
                     row.findings += 1;
                 }
                 // The case is kept for the implementation under suspicion: one finite
-                // differences contradict, or, without them, one that disagrees.
-                let suspect = fd_ok[r] == Some(false) || (fd_ok[r].is_none() && disagrees);
+                // differences contradict, the odd one out, or, without finite differences,
+                // one that disagrees.
+                let suspect = fd_ok[r] == Some(false) || odd || (fd_ok[r].is_none() && disagrees);
                 if suspect && row.first_disagreement.is_none() {
                     let file = case_file(name, row, case_index);
                     programs.push((file.clone(), inline(&program, &inputs).to_json() + "\n"));
