@@ -40,9 +40,10 @@ impl Regime {
 /// The ops the generator draws from. `cross_entropy` and `nll_loss` end a program (on a
 /// `[N, C]` value, with labels) instead of the sum; `dropout` draws its own 0/1 mask and
 /// `batch_norm` its running statistics when it has them.
-pub const OPS: [&str; 20] = [
+pub const OPS: [&str; 29] = [
     "add", "sub", "mul", "neg", "square", "relu", "sigmoid", "tanh", "matmul", "linear", "max_pool2d", "conv2d", "batch_norm", "softmax",
-    "log_softmax", "flatten", "mean", "dropout", "cross_entropy", "nll_loss",
+    "log_softmax", "flatten", "mean", "dropout", "cross_entropy", "nll_loss", "gelu", "silu", "elu", "leaky_relu", "softplus", "abs", "clamp",
+    "pow", "maximum",
 ];
 
 /// What an input of a generated program holds, by the generator's names for them: the
@@ -273,6 +274,34 @@ impl Builder {
                 self.push(op, &[Some(last), Some(other)])
             }
             "neg" => self.push(Op::Neg {}, &[Some(last)]),
+            "maximum" => {
+                let other = self.partner(&shape);
+                self.push(Op::Maximum {}, &[Some(last), Some(other)])
+            }
+            "gelu" => {
+                let approximate = if self.coin() { crate::models::program::GeluApproximate::None } else { crate::models::program::GeluApproximate::Tanh };
+                self.push(Op::Gelu { approximate }, &[Some(last)])
+            }
+            "silu" => self.push(Op::Silu {}, &[Some(last)]),
+            // Default attributes: tch 0.26 binds these three without them.
+            "elu" => self.push(Op::Elu { alpha: 1.0 }, &[Some(last)]),
+            "leaky_relu" => self.push(Op::LeakyRelu { negative_slope: 0.01 }, &[Some(last)]),
+            "softplus" => self.push(Op::Softplus { beta: 1.0, threshold: 20.0 }, &[Some(last)]),
+            "abs" => self.push(Op::Abs {}, &[Some(last)]),
+            "clamp" => {
+                let (min, max) = match self.rng.next_u64() % 3 {
+                    0 => (Some(-0.5), Some(0.5)),
+                    1 => (Some(0.0), None),
+                    _ => (None, Some(1.0)),
+                };
+                self.push(Op::Clamp { min, max }, &[Some(last)])
+            }
+            // Integer exponents: any sign of the base is in the domain.
+            "pow" => {
+                let exponent = [2.0, 3.0][(self.rng.next_u64() % 2) as usize];
+                self.push(Op::Pow { exponent }, &[Some(last)])
+            }
+
             "square" => self.push(Op::Square {}, &[Some(last)]),
             "relu" => self.push(Op::Relu {}, &[Some(last)]),
             "sigmoid" => self.push(Op::Sigmoid {}, &[Some(last)]),
