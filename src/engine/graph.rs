@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ndarray::ArrayD;
 
-use super::ops::{conv, dropout, elementwise, linear, matmul, norm, pool, reduce, shape, softmax};
+use super::ops::{conv, dropout, elementwise, index, linear, matmul, norm, pool, reduce, shape, softmax};
 use super::faults::{self, Fault};
 use super::{Float, Tensor};
 use crate::error::{Error, Result};
@@ -32,6 +32,8 @@ pub enum Op {
     Unary(elementwise::UnaryOp, Var),
     Sum(Var),
     Mean(Var),
+    /// A reduction over `axes` (sorted), the output without them unless `keepdim`.
+    ReduceDim { kind: reduce::DimReduce, x: Var, axes: Arc<[usize]>, keepdim: bool },
     Conv2d { x: Var, w: Var, b: Option<Var>, stride: usize, padding: usize },
     /// `argmax[i]` is the flat input index output element `i` was taken from.
     /// `window`: kernel, stride, padding.
@@ -41,10 +43,42 @@ pub enum Op {
     BatchNorm { x: Var, gamma: Var, beta: Var, mean: Arc<[f64]>, invstd: Arc<[f64]>, training: bool },
     /// `noise = mask / (1-p)`, the factor each element was multiplied by.
     Dropout { x: Var, noise: Arc<[f64]> },
-    Softmax(Var),
-    LogSoftmax(Var),
-    NllLoss { input: Var, targets: Arc<[usize]> },
+    /// Over the given axis.
+    Softmax(Var, usize),
+    LogSoftmax(Var, usize),
+    NllLoss { input: Var, targets: Arc<[usize]>, reduction: softmax::Reduction },
+    MseLoss { input: Var, target: Var, reduction: softmax::Reduction },
     Reshape(Var),
+    /// Output axis i is input axis `dims[i]`.
+    Permute {
+        x: Var,
+        dims: Arc<[usize]>,
+    },
+    Concat {
+        xs: Arc<[Var]>,
+        axis: usize,
+    },
+    Narrow {
+        x: Var,
+        axis: usize,
+        start: usize,
+    },
+    IndexSelect {
+        x: Var,
+        axis: usize,
+        index: Arc<[usize]>,
+    },
+    Embedding {
+        weight: Var,
+        indices: Arc<[usize]>,
+        padding: Option<usize>,
+    },
+    /// `cond` broadcast to the output's shape, row-major.
+    Where {
+        a: Var,
+        b: Var,
+        cond: Arc<[bool]>,
+    },
 }
 
 impl Op {
@@ -52,11 +86,16 @@ impl Op {
         match *self {
             Op::Leaf => vec![],
             Op::MatMul(a, b) | Op::Binary(_, a, b) => vec![a, b],
-            Op::Unary(_, a) | Op::Sum(a) | Op::Mean(a) | Op::Softmax(a) | Op::LogSoftmax(a) | Op::Reshape(a) => vec![a],
+            Op::Unary(_, a) | Op::Sum(a) | Op::Mean(a) | Op::Softmax(a, _) | Op::LogSoftmax(a, _) | Op::Reshape(a) => vec![a],
+            Op::MseLoss { input, target, .. } => vec![input, target],
             Op::Conv2d { x, w, b, .. } | Op::Linear { x, w, b } => [Some(x), Some(w), b].into_iter().flatten().collect(),
-            Op::MaxPool2d { x, .. } | Op::Dropout { x, .. } => vec![x],
+            Op::MaxPool2d { x, .. } | Op::Dropout { x, .. } | Op::ReduceDim { x, .. } => vec![x],
             Op::BatchNorm { x, gamma, beta, .. } => vec![x, gamma, beta],
             Op::NllLoss { input, .. } => vec![input],
+            Op::Permute { x, .. } | Op::Narrow { x, .. } | Op::IndexSelect { x, .. } => vec![x],
+            Op::Concat { ref xs, .. } => xs.to_vec(),
+            Op::Embedding { weight, .. } => vec![weight],
+            Op::Where { a, b, .. } => vec![a, b],
         }
     }
 }
@@ -218,6 +257,9 @@ impl<F: Float> Graph<F> {
                 Op::Unary(kind, a) => vec![(a, elementwise::unary_backward(kind, self.value(a), &node.value, g))],
                 Op::Sum(a) => vec![(a, reduce::sum_backward(self.value(a), g))],
                 Op::Mean(a) => vec![(a, reduce::mean_backward(self.value(a), g))],
+                Op::ReduceDim { kind, x, ref axes, keepdim } => {
+                    vec![(x, reduce::reduce_dim_backward(kind, self.value(x), &node.value, g, axes, keepdim))]
+                }
                 Op::Conv2d { x, w, b, stride, padding } => {
                     let need_b = b.is_some_and(needs);
                     let (xv, wv) = (self.value(x), self.value(w));
@@ -251,10 +293,30 @@ impl<F: Float> Graph<F> {
                     asked([(x, gx), (gamma, gg), (beta, gb)])
                 }
                 Op::Dropout { x, ref noise } => vec![(x, dropout::backward(noise, g))],
-                Op::Softmax(a) => vec![(a, softmax::softmax_backward(&node.value, g))],
-                Op::LogSoftmax(a) => vec![(a, softmax::log_softmax_backward(&node.value, g))],
-                Op::NllLoss { input, ref targets } => vec![(input, softmax::nll_backward(self.value(input), targets, g))],
+                Op::Softmax(a, axis) => vec![(a, softmax::softmax_backward(&node.value, g, axis))],
+                Op::LogSoftmax(a, axis) => vec![(a, softmax::log_softmax_backward(&node.value, g, axis))],
+                Op::NllLoss { input, ref targets, reduction } => vec![(input, softmax::nll_backward(self.value(input), targets, g, reduction))],
+                Op::MseLoss { input, target, reduction } => {
+                    let (gx, gt) = softmax::mse_backward(self.value(input), self.value(target), g, reduction, needs(input), needs(target));
+                    asked([(input, gx), (target, gt)])
+                }
                 Op::Reshape(a) => vec![(a, shape::reshape_backward(self.value(a), g))],
+                Op::Permute { x, ref dims } => vec![(x, shape::permute_backward(g, dims))],
+                Op::Concat { ref xs, axis } => {
+                    let sizes: Vec<usize> = xs.iter().map(|&x| self.value(x).shape()[axis]).collect();
+                    xs.iter().copied().zip(shape::concat_backward(&sizes, g, axis)).filter(|(x, _)| needs(*x)).collect()
+                }
+                Op::Narrow { x, axis, start } => vec![(x, shape::narrow_backward(self.value(x), g, axis, start))],
+                Op::IndexSelect { x, axis, ref index } => {
+                    vec![(x, index::index_select_backward(self.value(x), g, axis, index))]
+                }
+                Op::Embedding { weight, ref indices, padding } => {
+                    vec![(weight, index::embedding_backward(self.value(weight), g, indices, padding))]
+                }
+                Op::Where { a, b, ref cond } => {
+                    let (ga, gb) = index::where_backward(self.value(a), self.value(b), g, cond, needs(a), needs(b));
+                    asked([(a, ga), (b, gb)])
+                }
             };
             for (x, gx) in contributions {
                 accumulate(&mut grads[x.0], gx);

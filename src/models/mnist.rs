@@ -298,7 +298,7 @@ impl ModelSpec {
                 Layer::Softmax => p.node("softmax", Op::Softmax { dim: 1 }, &[Some(&x)]),
             };
         }
-        let loss = p.node("loss", Op::CrossEntropy { reduction: Default::default() }, &[Some(&x), Some(&labels)]);
+        let loss = p.node("loss", Op::CrossEntropy { reduction: Default::default(), label_smoothing: 0.0 }, &[Some(&x), Some(&labels)]);
         p.set_loss(&loss);
         // The last layer's output: the logits (the softmax probabilities for Softmax models).
         p.add_output(&x);

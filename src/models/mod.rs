@@ -7,4 +7,4 @@ pub mod program;
 pub mod rng;
 pub mod safetensors_io;
 
-pub use program::{InputDecl, Node, Op, Program, Role, ValueId, ValueType};
+pub use program::{InputDecl, Node, Op, Program, Reduction, Role, ValueId, ValueType};

@@ -250,6 +250,9 @@ fn torch_forward(p: &Program) -> String {
             Op::Pow { exponent } => format!("{} ** {}", arg(0), py_num(*exponent)),
             Op::Sum {} => format!("{}.sum()", arg(0)),
             Op::Mean {} => format!("{}.mean()", arg(0)),
+            Op::SumDim { dim, keepdim } => format!("torch.sum({}, {dim:?}, keepdim={})", arg(0), py_bool(*keepdim)),
+            Op::MeanDim { dim, keepdim } => format!("torch.mean({}, {dim:?}, keepdim={})", arg(0), py_bool(*keepdim)),
+            Op::Amax { dim, keepdim } => format!("torch.amax({}, {dim:?}, keepdim={})", arg(0), py_bool(*keepdim)),
             Op::MaxPool2d { kernel, stride, padding } => format!("F.max_pool2d({}, {kernel}, {}, {padding})", arg(0), stride.unwrap_or(*kernel)),
             Op::Conv2d { stride, padding } => format!("F.conv2d({}, {}, {}, {stride}, {padding})", arg(0), arg(1), arg(2)),
             Op::Linear {} => format!("F.linear({}, {}, {})", arg(0), arg(1), arg(2)),
@@ -258,8 +261,20 @@ fn torch_forward(p: &Program) -> String {
             }
             Op::Softmax { dim } => format!("F.softmax({}, {dim})", arg(0)),
             Op::LogSoftmax { dim } => format!("F.log_softmax({}, {dim})", arg(0)),
-            Op::NllLoss { .. } => format!("F.nll_loss({}, {}.long())", arg(0), arg(1)),
-            Op::CrossEntropy { .. } => format!("F.cross_entropy({}, {}.long())", arg(0), arg(1)),
+            Op::NllLoss { reduction } => {
+                format!("F.nll_loss({}, {}.long(), reduction='{}')", arg(0), arg(1), py_reduction(*reduction))
+            }
+            Op::CrossEntropy { reduction, label_smoothing } => {
+                format!(
+                    "F.cross_entropy({}, {}.long(), reduction='{}', label_smoothing={label_smoothing:?})",
+                    arg(0),
+                    arg(1),
+                    py_reduction(*reduction)
+                )
+            }
+            Op::MseLoss { reduction } => {
+                format!("F.mse_loss({}, {}, reduction='{}')", arg(0), arg(1), py_reduction(*reduction))
+            }
             Op::Dropout { p, training } => {
                 if *training {
                     format!("{} * {} / (1 - {p})", arg(0), arg(1))
@@ -269,6 +284,21 @@ fn torch_forward(p: &Program) -> String {
             }
             Op::Reshape { shape } => format!("{}.reshape({shape:?})", arg(0)),
             Op::Flatten { start_dim, end_dim } => format!("torch.flatten({}, {start_dim}, {end_dim})", arg(0)),
+            Op::Permute { dims } => format!("{}.permute({dims:?})", arg(0)),
+            Op::Transpose { dim0, dim1 } => format!("{}.transpose({dim0}, {dim1})", arg(0)),
+            Op::Concat { dim } => format!("torch.cat([{}], {dim})", a.join(", ")),
+            Op::Narrow { dim, start, length } => format!("{}.narrow({dim}, {start}, {length})", arg(0)),
+            Op::IndexSelect { dim } => format!("{}.index_select({dim}, {}.long())", arg(0), arg(1)),
+            Op::Embedding { padding_idx } => {
+                format!(
+                    "F.embedding({}.long(), {}, padding_idx={})",
+                    arg(1),
+                    arg(0),
+                    padding_idx.map_or("None".to_string(), |p| p.to_string())
+                )
+            }
+            Op::Where {} => format!("torch.where({} != 0, {}, {})", arg(0), arg(1), arg(2)),
+            Op::MaskedFill { value } => format!("{}.masked_fill({} != 0, {value:?})", arg(0), arg(1)),
         };
         py.push_str(&format!("{} = {expr}\n", var(&n.id)));
     }
@@ -279,4 +309,20 @@ fn torch_forward(p: &Program) -> String {
 fn var(name: &str) -> String {
     let s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     format!("v_{s}")
+}
+
+fn py_bool(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
+    }
+}
+
+fn py_reduction(r: crate::models::Reduction) -> &'static str {
+    match r {
+        crate::models::Reduction::Mean => "mean",
+        crate::models::Reduction::Sum => "sum",
+        crate::models::Reduction::None => "none",
+    }
 }

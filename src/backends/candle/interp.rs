@@ -9,7 +9,7 @@ use crate::backends::executor::{Executor, Outcome, Request};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
-use crate::models::program::{check, labels_of, Checked, GeluApproximate};
+use crate::models::program::{check, labels_of, reduced_dims, Checked, GeluApproximate, Reduction};
 use crate::models::{Op, Program, Role, ValueType};
 
 enum Slot {
@@ -114,6 +114,31 @@ impl CandleExecutor {
                 Op::Pow { exponent } => x.powf(exponent)?,
                 Op::Sum {} => x.sum_all()?,
                 Op::Mean {} => x.mean_all()?,
+                Op::SumDim { ref dim, keepdim } | Op::MeanDim { ref dim, keepdim } => {
+                    let axes = reduced_dims(dim, x.rank()).map_err(candle_core::Error::msg)?;
+                    match (matches!(op, Op::SumDim { .. }), keepdim) {
+                        (true, true) => x.sum_keepdim(axes)?,
+                        (true, false) => x.sum(axes)?,
+                        (false, true) => x.mean_keepdim(axes)?,
+                        (false, false) => x.mean(axes)?,
+                    }
+                }
+                // candle's max reduces one dimension at a time; its backward gives every
+                // tied maximum the whole gradient (ATen's amax shares it evenly).
+                Op::Amax { ref dim, keepdim } => {
+                    let axes = reduced_dims(dim, x.rank()).map_err(candle_core::Error::msg)?;
+                    let mut y = x.clone();
+                    for &d in &axes {
+                        y = y.max_keepdim(d)?;
+                    }
+                    if keepdim {
+                        y
+                    } else {
+                        let kept: Vec<usize> =
+                            (0..x.rank()).filter(|d| !axes.contains(d)).map(|d| x.dims()[d]).collect();
+                        y.reshape(kept)?
+                    }
+                }
                 Op::MaxPool2d { kernel, stride, padding } => {
                     let stride = stride.unwrap_or(kernel);
                     if padding > 0 {
@@ -149,10 +174,24 @@ impl CandleExecutor {
                     };
                     self.batch_norm(&x, a(1), a(2), stats, training, momentum, eps)?
                 }
-                Op::Softmax { .. } => candle_nn::ops::softmax(&x, 1)?,
-                Op::LogSoftmax { .. } => candle_nn::ops::log_softmax(&x, D::Minus1)?,
-                Op::NllLoss { .. } => candle_nn::loss::nll(&x, &a(1).expect("checked"))?,
-                Op::CrossEntropy { .. } => candle_nn::loss::cross_entropy(&x, &a(1).expect("checked"))?,
+                Op::Softmax { dim } => candle_nn::ops::softmax(&x, axis(dim, x.rank()))?,
+                Op::LogSoftmax { dim } => candle_nn::ops::log_softmax(&x, axis(dim, x.rank()))?,
+                // candle-nn's losses are means only, without label smoothing: anything else is refused.
+                Op::NllLoss { reduction } => {
+                    mean_only("nll_loss", reduction)?;
+                    candle_nn::loss::nll(&x, &a(1).expect("checked"))?
+                }
+                Op::CrossEntropy { reduction, label_smoothing } => {
+                    mean_only("cross_entropy", reduction)?;
+                    if label_smoothing != 0.0 {
+                        candle_core::bail!("cross_entropy: candle-nn's cross_entropy has no label smoothing (label_smoothing {label_smoothing} asked for)");
+                    }
+                    candle_nn::loss::cross_entropy(&x, &a(1).expect("checked"))?
+                }
+                Op::MseLoss { reduction } => {
+                    mean_only("mse_loss", reduction)?;
+                    candle_nn::loss::mse(&x, &a(1).expect("checked"))?
+                }
                 Op::Dropout { p, training } => {
                     if training {
                         // torch: input * (mask / (1 - p))
@@ -160,6 +199,46 @@ impl CandleExecutor {
                     } else {
                         x
                     }
+                }
+                Op::Permute { ref dims } => x.permute(dims.iter().map(|&d| axis(d, x.rank())).collect::<Vec<_>>())?,
+                Op::Transpose { dim0, dim1 } => x.transpose(axis(dim0, x.rank()), axis(dim1, x.rank()))?,
+                Op::Concat { dim } => {
+                    let xs: Vec<Tensor> = (0..args.len()).map(|i| a(i).expect("checked")).collect();
+                    Tensor::cat(&xs, axis(dim, x.rank()))?
+                }
+                Op::Narrow { dim, start, length } => {
+                    let d = axis(dim, x.rank());
+                    let n = x.dim(d)? as i64;
+                    x.narrow(d, (if start < 0 { start + n } else { start }) as usize, length)?
+                }
+                Op::IndexSelect { dim } => x.index_select(&a(1).expect("checked"), axis(dim, x.rank()))?,
+                // candle-nn's Embedding: the weight's rows at the indices, no padding_idx.
+                Op::Embedding { padding_idx } => {
+                    if let Some(p) = padding_idx {
+                        candle_core::bail!(
+                            "embedding: candle-nn's Embedding has no padding_idx (padding_idx {p} asked for)"
+                        );
+                    }
+                    let d = x.dim(1)?;
+                    candle_nn::Module::forward(&candle_nn::Embedding::new(x.clone(), d), &a(1).expect("checked"))?
+                }
+                // candle's where_cond takes a u8 condition and operands of one shape.
+                Op::Where {} => {
+                    let (t, f) = (a(1).expect("checked"), a(2).expect("checked"));
+                    let shape = x
+                        .shape()
+                        .broadcast_shape_binary_op(t.shape(), "where")?
+                        .broadcast_shape_binary_op(f.shape(), "where")?;
+                    let cond = x.ne(&x.zeros_like()?)?.broadcast_as(&shape)?;
+                    cond.where_cond(&t.broadcast_as(&shape)?, &f.broadcast_as(&shape)?)?
+                }
+                // candle has no masked_fill: where_cond(mask, value, x), as PyTorch decomposes it.
+                Op::MaskedFill { value } => {
+                    let m = a(1).expect("checked");
+                    let shape = x.shape().broadcast_shape_binary_op(m.shape(), "masked_fill")?;
+                    let mask = m.ne(&m.zeros_like()?)?.broadcast_as(&shape)?;
+                    let fill = Tensor::full(value, &shape, x.device())?.to_dtype(x.dtype())?;
+                    mask.where_cond(&fill, &x.broadcast_as(&shape)?)?
                 }
                 Op::Reshape { .. } | Op::Flatten { .. } => {
                     let shape = crate::models::program::infer(&op, &[Some(x.dims())]).map_err(candle_core::Error::msg)?;
@@ -354,13 +433,46 @@ fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     let (va, vb) = (a.rank() == 1, b.rank() == 1);
     let a2 = if va { a.unsqueeze(0)? } else { a.clone() };
     let b2 = if vb { b.unsqueeze(1)? } else { b.clone() };
-    let mut y = a2.matmul(&b2)?;
+    let mut y = if a2.rank().max(b2.rank()) >= 3 {
+        // Batched: both operands broadcast over the batch axes (candle's matmul needs
+        // them equal and its kernels contiguous batches), then one batched matmul.
+        let (ra, rb) = (a2.rank(), b2.rank());
+        let batch = candle_core::Shape::from(&a2.dims()[..ra - 2])
+            .broadcast_shape_binary_op(&candle_core::Shape::from(&b2.dims()[..rb - 2]), "matmul")?;
+        let full = |t: &Tensor, r: usize| -> candle_core::Result<Tensor> {
+            let mut d = batch.dims().to_vec();
+            d.extend_from_slice(&t.dims()[r - 2..]);
+            t.broadcast_as(d)?.contiguous()
+        };
+        // candle-core 0.11.1's CPU matmul takes at most two batch dimensions: with more it
+        // stops with `MatMulUnexpectedStriding` ("non-contiguous lhs") even for contiguous
+        // operands. That refusal is candle's; it is only labelled with the op here.
+        full(&a2, ra)?.matmul(&full(&b2, rb)?).map_err(|e| candle_core::Error::msg(format!("matmul: {e}")))?
+    } else {
+        a2.matmul(&b2)?
+    };
     if vb {
-        y = y.squeeze(1)?;
+        y = y.squeeze(y.rank() - 1)?;
     }
     if va {
-        y = y.squeeze(0)?;
+        y = y.squeeze(y.rank() - if vb { 1 } else { 2 })?;
     }
     Ok(y)
 }
 
+/// A PyTorch `dim` (negative counts from the back) as candle's axis.
+fn axis(dim: i64, rank: usize) -> usize {
+    if dim < 0 {
+        (dim + rank as i64) as usize
+    } else {
+        dim as usize
+    }
+}
+
+/// candle-nn's losses (`nll`, `cross_entropy`, `mse`) only average.
+fn mean_only(op: &str, reduction: Reduction) -> candle_core::Result<()> {
+    if reduction != Reduction::Mean {
+        candle_core::bail!("{op}: candle-nn's loss averages only (reduction {reduction:?} asked for)");
+    }
+    Ok(())
+}

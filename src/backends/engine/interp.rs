@@ -4,11 +4,13 @@
 use super::{to_engine, to_host};
 use crate::backends::executor::{Executor, Outcome, Request};
 use crate::engine::ops::elementwise::UnaryOp;
+use crate::engine::ops::reduce::DimReduce;
+use crate::engine::ops::softmax::Reduction as EngineReduction;
 use crate::engine::optim::{Sgd, SgdMomentum};
 use crate::engine::{Float, Graph, RunningStats, Tensor, Var};
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
-use crate::models::program::{check, labels_of, Checked, GeluApproximate};
+use crate::models::program::{check, labels_of, reduced_dims, Checked, GeluApproximate, Reduction};
 use crate::models::{Op, Program, Role, ValueType};
 
 pub struct EngineExecutor<F: Float> {
@@ -39,6 +41,29 @@ impl<F: Float> EngineExecutor<F> {
             return Err(Error::Invalid(format!("input '{}': label {bad} is not a class index in 0..{classes}", self.program.inputs[v].name)));
         }
         Ok(labels)
+    }
+}
+
+impl<F: Float> EngineExecutor<F> {
+    /// The indices of index input `v`.
+    fn indices(&self, v: usize) -> Result<&[usize]> {
+        self.labels[v]
+            .as_deref()
+            .ok_or_else(|| Error::Invalid(format!("input '{}' is not indices", self.program.inputs[v].name)))
+    }
+
+    /// A 0/1 mask (state input `v`): non-zero is true.
+    fn mask(&self, v: usize) -> Vec<bool> {
+        self.values[v].as_ref().expect("state has a value").iter().map(|&m| m != F::zero()).collect()
+    }
+}
+
+/// A PyTorch dimension (negative from the back) of a rank-`r` tensor; checked before.
+fn axis_of(d: i64, r: usize) -> usize {
+    if d < 0 {
+        (d + r as i64) as usize
+    } else {
+        d as usize
     }
 }
 
@@ -163,6 +188,14 @@ impl<F: Float> EngineExecutor<F> {
             // An op is a few numbers (a reshape's shape aside): cheap to copy.
             let op = if req.eval { node.op.in_eval_mode() } else { node.op.clone() };
             let a = |i: usize| args.get(i).copied().flatten().map(|v| vars[v].expect("float value"));
+            // `where`'s first input is its mask (state, off the graph).
+            if let Op::Where {} = op {
+                let c = args[0].expect("checked");
+                let cond = self.mask(c);
+                let v = g.where_(&cond, &self.checked.shapes[c], a(1).expect("checked"), a(2).expect("checked"))?;
+                vars.push(Some(v));
+                continue;
+            }
             let x = a(0).expect("checked");
             let v = match op {
                 Op::MatMul {} => g.matmul(x, a(1).expect("checked"))?,
@@ -189,6 +222,16 @@ impl<F: Float> EngineExecutor<F> {
                 Op::Pow { exponent } => g.unary(UnaryOp::Pow { exponent }, x),
                 Op::Sum {} => g.sum(x),
                 Op::Mean {} => g.mean(x),
+                Op::SumDim { ref dim, keepdim } | Op::MeanDim { ref dim, keepdim } | Op::Amax { ref dim, keepdim } => {
+                    let axes =
+                        reduced_dims(dim, g.value(x).ndim()).map_err(|m| Error::Shape(format!("{}: {m}", node.id)))?;
+                    let kind = match op {
+                        Op::SumDim { .. } => DimReduce::Sum,
+                        Op::MeanDim { .. } => DimReduce::Mean,
+                        _ => DimReduce::Amax,
+                    };
+                    g.reduce_dim(kind, x, &axes, keepdim)?
+                }
                 Op::MaxPool2d { kernel, stride, padding } => g.max_pool2d_with(x, kernel, stride.unwrap_or(kernel), padding)?,
                 Op::Conv2d { stride, padding } => g.conv2d(x, a(1).expect("checked"), a(2), stride, padding)?,
                 Op::Linear {} => g.linear(x, a(1).expect("checked"), a(2))?,
@@ -210,17 +253,28 @@ impl<F: Float> EngineExecutor<F> {
                         _ => g.batch_norm(x, gamma, beta, &mut RunningStats::new(c), training, momentum, eps)?,
                     }
                 }
-                Op::Softmax { .. } => g.softmax(x)?,
-                Op::LogSoftmax { .. } => g.log_softmax(x)?,
-                Op::NllLoss { .. } | Op::CrossEntropy { .. } => {
-                    let classes = g.value(x).shape()[1];
-                    let labels = self.labels_for(args[1].expect("checked"), classes)?.to_vec();
-                    if matches!(op, Op::NllLoss { .. }) {
-                        g.nll_loss(x, &labels)?
+                Op::Softmax { dim } | Op::LogSoftmax { dim } => {
+                    let rank = g.value(x).ndim() as i64;
+                    let axis = if dim < 0 { dim + rank } else { dim } as usize;
+                    if matches!(op, Op::Softmax { .. }) {
+                        g.softmax_dim(x, axis)?
                     } else {
-                        g.cross_entropy(x, &labels)?
+                        g.log_softmax_dim(x, axis)?
                     }
                 }
+                Op::NllLoss { reduction } | Op::CrossEntropy { reduction, .. } => {
+                    let classes = g.value(x).shape()[1];
+                    let labels = self.labels_for(args[1].expect("checked"), classes)?.to_vec();
+                    let reduction = engine_reduction(reduction);
+                    match op {
+                        Op::NllLoss { .. } => g.nll_loss_with(x, &labels, reduction)?,
+                        Op::CrossEntropy { label_smoothing, .. } => {
+                            g.cross_entropy_with(x, &labels, reduction, label_smoothing)?
+                        }
+                        _ => unreachable!("matched above"),
+                    }
+                }
+                Op::MseLoss { reduction } => g.mse_loss(x, a(1).expect("checked"), engine_reduction(reduction))?,
                 Op::Dropout { p, training } => {
                     if training {
                         let mask = self.values[args[1].expect("checked")].as_ref().expect("state has a value");
@@ -228,6 +282,41 @@ impl<F: Float> EngineExecutor<F> {
                     } else {
                         x
                     }
+                }
+                Op::Permute { ref dims } => {
+                    let r = g.value(x).ndim();
+                    let dims: Vec<usize> = dims.iter().map(|&d| axis_of(d, r)).collect();
+                    g.permute(x, &dims)?
+                }
+                Op::Transpose { dim0, dim1 } => {
+                    let r = g.value(x).ndim();
+                    g.transpose(x, axis_of(dim0, r), axis_of(dim1, r))?
+                }
+                Op::Concat { dim } => {
+                    let xs: Vec<Var> = (0..args.len()).map(|i| a(i).expect("checked")).collect();
+                    g.concat(&xs, axis_of(dim, g.value(x).ndim()))?
+                }
+                Op::Narrow { dim, start, length } => {
+                    let axis = axis_of(dim, g.value(x).ndim());
+                    let n = g.value(x).shape()[axis] as i64;
+                    g.narrow(x, axis, (if start < 0 { start + n } else { start }) as usize, length)?
+                }
+                Op::IndexSelect { dim } => {
+                    let index = self.indices(args[1].expect("checked"))?.to_vec();
+                    g.index_select(x, axis_of(dim, g.value(x).ndim()), &index)?
+                }
+                Op::Embedding { padding_idx } => {
+                    let i = args[1].expect("checked");
+                    let indices = self.indices(i)?.to_vec();
+                    let rows = g.value(x).shape()[0] as i64;
+                    let padding = padding_idx.map(|p| (if p < 0 { p + rows } else { p }) as usize);
+                    g.embedding(x, &indices, &self.checked.shapes[i], padding)?
+                }
+                Op::Where {} => unreachable!("handled above"),
+                Op::MaskedFill { value } => {
+                    let m = args[1].expect("checked");
+                    let mask = self.mask(m);
+                    g.masked_fill(x, &mask, &self.checked.shapes[m], value)?
                 }
                 Op::Reshape { .. } | Op::Flatten { .. } => {
                     let shape = crate::models::program::infer(&op, &[Some(g.value(x).shape())]).map_err(|m| Error::Shape(format!("{}: {m}", node.id)))?;
@@ -252,5 +341,13 @@ impl<F: Float> EngineExecutor<F> {
             });
         }
         Ok(total)
+    }
+}
+
+fn engine_reduction(r: Reduction) -> EngineReduction {
+    match r {
+        Reduction::Mean => EngineReduction::Mean,
+        Reduction::Sum => EngineReduction::Sum,
+        Reduction::None => EngineReduction::None,
     }
 }

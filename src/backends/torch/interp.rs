@@ -9,7 +9,7 @@ use crate::backends::executor::{Executor, Outcome, Request};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
-use crate::models::program::{check, labels_of, Checked};
+use crate::models::program::{check, labels_of, Checked, Reduction};
 use crate::models::{Op, Program, Role, ValueType};
 
 pub struct TorchExecutor {
@@ -98,6 +98,9 @@ impl TorchExecutor {
                 Op::Pow { exponent } => x.f_pow_tensor_scalar(exponent)?,
                 Op::Sum {} => x.f_sum(x.kind())?,
                 Op::Mean {} => x.f_mean(x.kind())?,
+                Op::SumDim { ref dim, keepdim } => x.f_sum_dim_intlist(dim.as_slice(), keepdim, x.kind())?,
+                Op::MeanDim { ref dim, keepdim } => x.f_mean_dim(dim.as_slice(), keepdim, x.kind())?,
+                Op::Amax { ref dim, keepdim } => x.f_amax(dim.as_slice(), keepdim)?,
                 Op::MaxPool2d { kernel, stride, padding } => {
                     let (k, s, p) = (kernel as i64, stride.unwrap_or(kernel) as i64, padding as i64);
                     x.f_max_pool2d([k, k], [s, s], [p, p], [1, 1], false)?
@@ -110,8 +113,17 @@ impl TorchExecutor {
                 Op::BatchNorm { training, momentum, eps } => x.f_batch_norm(a(1), a(2), a(3), a(4), training, momentum, eps, false)?,
                 Op::Softmax { dim } => x.f_softmax(dim, None::<Kind>)?,
                 Op::LogSoftmax { dim } => x.f_log_softmax(dim, None::<Kind>)?,
-                Op::NllLoss { .. } => x.f_nll_loss(a(1).expect("checked"), None::<Tensor>, tch::Reduction::Mean, -100)?,
-                Op::CrossEntropy { .. } => x.f_cross_entropy_loss(a(1).expect("checked"), None::<Tensor>, tch::Reduction::Mean, -100, 0.0)?,
+                Op::NllLoss { reduction } => {
+                    x.f_nll_loss(a(1).expect("checked"), None::<Tensor>, reduction_of(reduction), -100)?
+                }
+                Op::CrossEntropy { reduction, label_smoothing } => x.f_cross_entropy_loss(
+                    a(1).expect("checked"),
+                    None::<Tensor>,
+                    reduction_of(reduction),
+                    -100,
+                    label_smoothing,
+                )?,
+                Op::MseLoss { reduction } => x.f_mse_loss(a(1).expect("checked"), reduction_of(reduction))?,
                 Op::Dropout { p, training } => {
                     if training {
                         // ATen's dropout: input * (mask / (1 - p))
@@ -122,6 +134,23 @@ impl TorchExecutor {
                 }
                 Op::Reshape { shape } => x.f_reshape(&shape)?,
                 Op::Flatten { start_dim, end_dim } => x.f_flatten(start_dim, end_dim)?,
+                Op::Permute { ref dims } => x.f_permute(dims.as_slice())?,
+                Op::Transpose { dim0, dim1 } => x.f_transpose(dim0, dim1)?,
+                Op::Concat { dim } => {
+                    let xs: Vec<&Tensor> = (0..args.len()).map(|i| a(i).expect("checked")).collect();
+                    Tensor::f_cat(&xs, dim)?
+                }
+                Op::Narrow { dim, start, length } => x.f_narrow(dim, start, length as i64)?,
+                Op::IndexSelect { dim } => x.f_index_select(dim, a(1).expect("checked"))?,
+                // ATen's embedding(weight, indices, padding_idx = -1 for none).
+                Op::Embedding { padding_idx } => {
+                    let rows = x.size()[0];
+                    let p = padding_idx.map_or(-1, |p| if p < 0 { p + rows } else { p });
+                    Tensor::f_embedding(x, a(1).expect("checked"), p, false, false)?
+                }
+                Op::Where {} => a(1).expect("checked").f_where_self(&x.f_ne(0)?, a(2).expect("checked"))?,
+                // The out-of-place masked_fill broadcasts the input with the mask.
+                Op::MaskedFill { value } => x.f_masked_fill(&a(1).expect("checked").f_ne(0)?, value)?,
             };
             values.push(Some(y));
         }
@@ -279,7 +308,9 @@ impl Executor for TorchExecutor {
         let d = self.program.inputs.get(index).ok_or_else(|| Error::Invalid(format!("no input {index}")))?;
         if d.value_type == ValueType::Index {
             let l: Vec<i64> = labels_of(value, i64::MAX as usize, &d.name)?.into_iter().map(|v| v as i64).collect();
-            self.tensors[index] = Some(Tensor::f_from_slice(&l).map_err(err)?);
+            let shape: Vec<i64> = value.shape.iter().map(|&d| d as i64).collect();
+            self.tensors[index] =
+                Some(Tensor::f_from_slice(&l).and_then(|t| t.f_reshape(shape.as_slice())).map_err(err)?);
             return Ok(());
         }
         let t = to_torch(value, self.dtype).map_err(err)?;
@@ -327,5 +358,13 @@ impl Executor for TorchExecutor {
         }
         self.pending[index] = Some(t);
         Ok(())
+    }
+}
+
+fn reduction_of(r: Reduction) -> tch::Reduction {
+    match r {
+        Reduction::Mean => tch::Reduction::Mean,
+        Reduction::Sum => tch::Reduction::Sum,
+        Reduction::None => tch::Reduction::None,
     }
 }

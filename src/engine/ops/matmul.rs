@@ -1,11 +1,13 @@
 //! Matrix product with `torch.matmul` semantics for 1-D and 2-D operands:
-//! matrix·matrix, vector·matrix, matrix·vector and vector·vector.
+//! matrix·matrix, vector·matrix, matrix·vector and vector·vector; with an operand of
+//! rank >= 3 a batched product over the broadcast batch dimensions (a vector operand
+//! is a one-row or one-column matrix whose added axis is dropped again).
 //!
 //! The vector·matrix case is the one the seed study got wrong: for `y = x·A` the
 //! gradient of `A` is the *outer* product `xᵀ·g` (one entry per weight), not the inner
 //! product `x·g` (one number shared by every weight).
 
-use ndarray::{Array2, ArrayView1, ArrayView2, Ix1, Ix2};
+use ndarray::{Array2, ArrayView1, ArrayView2, Dimension, Ix1, Ix2};
 
 use super::gemm::gemm;
 use crate::engine::faults::{self, Fault};
@@ -20,6 +22,9 @@ impl<F: Float> Graph<F> {
 }
 
 pub fn forward<F: Float>(a: &Tensor<F>, b: &Tensor<F>) -> Result<Tensor<F>> {
+    if a.ndim().max(b.ndim()) >= 3 {
+        return batched_forward(a, b);
+    }
     let (ka, kb) = (inner_dim(a, true)?, inner_dim(b, false)?);
     if ka != kb {
         return Err(Error::Shape(format!("matmul: {:?} · {:?}: inner dimensions differ", a.shape(), b.shape())));
@@ -40,6 +45,9 @@ pub fn backward<F: Float>(
     need_a: bool,
     need_b: bool,
 ) -> (Option<Tensor<F>>, Option<Tensor<F>>) {
+    if a.ndim().max(b.ndim()) >= 3 {
+        return batched_backward(a, b, g, need_a, need_b);
+    }
     match (a.ndim(), b.ndim()) {
         // Y = A·B: dA = G·Bᵀ, dB = Aᵀ·G
         (2, 2) => {
@@ -110,3 +118,99 @@ fn as2<F: Float>(t: &Tensor<F>) -> ArrayView2<'_, F> {
     t.view().into_dimensionality::<Ix2>().expect("checked 2-D")
 }
 
+/// The operands of a batched product: both as stacks of matrices over the broadcast
+/// batch shape, contiguous `[batch, rows, cols]`, with what the output looks like.
+struct Batched<F> {
+    /// Each operand broadcast to `batch + [m, k]` and `batch + [k, n]`.
+    a: ndarray::Array3<F>,
+    b: ndarray::Array3<F>,
+    batch: Vec<usize>,
+    /// Each operand as a matrix (a vector as one row or one column) with its batch axes.
+    a_shape: Vec<usize>,
+    b_shape: Vec<usize>,
+    out_shape: Vec<usize>,
+}
+
+fn batched<F: Float>(a: &Tensor<F>, b: &Tensor<F>) -> Result<Batched<F>> {
+    let bad = || Error::Shape(format!("matmul: cannot multiply {:?} by {:?}", a.shape(), b.shape()));
+    if a.ndim() == 0 || b.ndim() == 0 {
+        return Err(bad());
+    }
+    let a_shape: Vec<usize> = if a.ndim() == 1 { vec![1, a.len()] } else { a.shape().to_vec() };
+    let b_shape: Vec<usize> = if b.ndim() == 1 { vec![b.len(), 1] } else { b.shape().to_vec() };
+    let (ra, rb) = (a_shape.len(), b_shape.len());
+    let (m, k, k2, n) = (a_shape[ra - 2], a_shape[ra - 1], b_shape[rb - 2], b_shape[rb - 1]);
+    if k != k2 {
+        return Err(bad());
+    }
+    let batch = super::elementwise::broadcast_shape(&a_shape[..ra - 2], &b_shape[..rb - 2])
+        .map_err(|_| bad())?
+        .slice()
+        .to_vec();
+    let nb: usize = batch.iter().product();
+    let stack = |t: &Tensor<F>, shape: &[usize], rows: usize, cols: usize| -> ndarray::Array3<F> {
+        let t = t.view().into_shape_with_order(shape.to_vec()).expect("same length");
+        let full: Vec<usize> = batch.iter().copied().chain([rows, cols]).collect();
+        let values: Vec<F> = t.broadcast(full).expect("batch shapes broadcast").iter().copied().collect();
+        ndarray::Array3::from_shape_vec((nb, rows, cols), values).expect("sizes match")
+    };
+    let (sa, sb) = (stack(a, &a_shape, m, k), stack(b, &b_shape, k, n));
+    let mut out_shape = batch.clone();
+    if a.ndim() > 1 {
+        out_shape.push(m);
+    }
+    if b.ndim() > 1 {
+        out_shape.push(n);
+    }
+    Ok(Batched { a: sa, b: sb, batch, a_shape, b_shape, out_shape })
+}
+
+fn batched_forward<F: Float>(a: &Tensor<F>, b: &Tensor<F>) -> Result<Tensor<F>> {
+    let p = batched(a, b)?;
+    let (nb, m, n) = (p.a.shape()[0], p.a.shape()[1], p.b.shape()[2]);
+    let mut values = Vec::with_capacity(nb * m * n);
+    for i in 0..nb {
+        let y = gemm(p.a.index_axis(ndarray::Axis(0), i), p.b.index_axis(ndarray::Axis(0), i));
+        values.extend(y.iter().copied());
+    }
+    Ok(Tensor::from_shape_vec(p.out_shape, values).expect("sizes match"))
+}
+
+/// Per batch entry `dA = G·Bᵀ`, `dB = Aᵀ·G`, then summed over the batch axes an operand
+/// was broadcast along, back to its own shape.
+fn batched_backward<F: Float>(
+    a: &Tensor<F>,
+    b: &Tensor<F>,
+    g: &Tensor<F>,
+    need_a: bool,
+    need_b: bool,
+) -> (Option<Tensor<F>>, Option<Tensor<F>>) {
+    let p = batched(a, b).expect("forward checked");
+    let (nb, m, k, n) = (p.a.shape()[0], p.a.shape()[1], p.a.shape()[2], p.b.shape()[2]);
+    let g3 = g.view().into_shape_with_order((nb, m, n)).expect("the output's size");
+    let reduce = |values: Vec<F>, rows: usize, cols: usize, own: &[usize], original: &Tensor<F>| -> Tensor<F> {
+        let full: Vec<usize> = p.batch.iter().copied().chain([rows, cols]).collect();
+        let t = Tensor::from_shape_vec(full, values).expect("sizes match");
+        let t = super::elementwise::unbroadcast(t, own);
+        super::shape::reshaped(&t, original.shape()).expect("same length")
+    };
+    let ga = need_a.then(|| {
+        let mut values = Vec::with_capacity(nb * m * k);
+        for i in 0..nb {
+            values.extend(
+                gemm(g3.index_axis(ndarray::Axis(0), i), p.b.index_axis(ndarray::Axis(0), i).t()).iter().copied(),
+            );
+        }
+        reduce(values, m, k, &p.a_shape, a)
+    });
+    let gb = need_b.then(|| {
+        let mut values = Vec::with_capacity(nb * k * n);
+        for i in 0..nb {
+            values.extend(
+                gemm(p.a.index_axis(ndarray::Axis(0), i).t(), g3.index_axis(ndarray::Axis(0), i)).iter().copied(),
+            );
+        }
+        reduce(values, k, n, &p.b_shape, b)
+    });
+    (ga, gb)
+}

@@ -1,6 +1,19 @@
-//! Reductions to a scalar.
+//! Reductions to a scalar and over dimensions.
+
+use ndarray::{Axis, Zip};
 
 use crate::engine::{Float, Graph, Op, Tensor, Var};
+use crate::error::{Error, Result};
+
+/// A reduction over some dimensions of a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DimReduce {
+    Sum,
+    /// The sum divided by the number of reduced entries (ATen's `mean.dim`).
+    Mean,
+    /// `amax`: ties share the gradient evenly (ATen's `scale_grad_by_count`).
+    Amax,
+}
 
 impl<F: Float> Graph<F> {
     /// Sum of all elements, as a 0-d tensor.
@@ -14,6 +27,124 @@ impl<F: Float> Graph<F> {
         let x = self.value(a);
         let value = ndarray::arr0(x.sum() / F::of(x.len() as f64)).into_dyn();
         self.push(value, Op::Mean(a))
+    }
+}
+
+impl<F: Float> Graph<F> {
+    /// `x.sum(axes, keepdim)`; `axes` sorted and distinct.
+    pub fn sum_dim(&mut self, x: Var, axes: &[usize], keepdim: bool) -> Result<Var> {
+        self.reduce_dim(DimReduce::Sum, x, axes, keepdim)
+    }
+
+    pub fn mean_dim(&mut self, x: Var, axes: &[usize], keepdim: bool) -> Result<Var> {
+        self.reduce_dim(DimReduce::Mean, x, axes, keepdim)
+    }
+
+    pub fn amax(&mut self, x: Var, axes: &[usize], keepdim: bool) -> Result<Var> {
+        self.reduce_dim(DimReduce::Amax, x, axes, keepdim)
+    }
+
+    pub fn reduce_dim(&mut self, kind: DimReduce, x: Var, axes: &[usize], keepdim: bool) -> Result<Var> {
+        let xv = self.value(x);
+        let rank = xv.ndim();
+        if axes.windows(2).any(|w| w[0] >= w[1]) || axes.iter().any(|&a| a >= rank) {
+            return Err(Error::Shape(format!(
+                "{kind:?} over {axes:?}: axes must be sorted, distinct and below the rank {rank}"
+            )));
+        }
+        if kind == DimReduce::Amax && axes.iter().any(|&a| xv.shape()[a] == 0) {
+            return Err(Error::Shape(format!(
+                "amax over {axes:?} of {:?}: an empty dimension has no maximum",
+                xv.shape()
+            )));
+        }
+        let kept = reduce_keepdim(kind, xv, axes);
+        let value = if keepdim { kept } else { squeeze(kept, axes) };
+        Ok(self.push(value, Op::ReduceDim { kind, x, axes: axes.into(), keepdim }))
+    }
+}
+
+/// The reduction with every reduced axis kept as size 1.
+fn reduce_keepdim<F: Float>(kind: DimReduce, x: &Tensor<F>, axes: &[usize]) -> Tensor<F> {
+    let mut out = x.to_owned();
+    for &a in axes.iter().rev() {
+        out = match kind {
+            DimReduce::Sum | DimReduce::Mean => out.sum_axis(Axis(a)),
+            // NaN propagates, as ATen's max reductions do.
+            DimReduce::Amax => {
+                out.fold_axis(
+                    Axis(a),
+                    F::neg_infinity(),
+                    |&m, &v| if m.is_nan() || !(v > m || v.is_nan()) { m } else { v },
+                )
+            }
+        }
+        .insert_axis(Axis(a));
+    }
+    if kind == DimReduce::Mean {
+        let count: usize = axes.iter().map(|&a| x.shape()[a]).product();
+        let c = F::of(count as f64);
+        out.mapv_inplace(|v| v / c);
+    }
+    out
+}
+
+fn squeeze<F: Float>(mut t: Tensor<F>, axes: &[usize]) -> Tensor<F> {
+    for &a in axes.iter().rev() {
+        t = t.index_axis_move(Axis(a), 0);
+    }
+    t
+}
+
+/// `g` (shaped like the output) with the reduced axes put back as size 1.
+fn unsqueeze<F: Float>(g: &Tensor<F>, axes: &[usize], keepdim: bool) -> Tensor<F> {
+    let mut t = g.to_owned();
+    if !keepdim {
+        for &a in axes {
+            t = t.insert_axis(Axis(a));
+        }
+    }
+    t
+}
+
+/// Gradient of a reduction over `axes`: the upstream gradient spread back over the reduced
+/// entries (divided by their count for the mean; for amax, over the entries equal to the
+/// maximum, each receiving `g / count` as ATen's `scale_grad_by_count`).
+pub fn reduce_dim_backward<F: Float>(
+    kind: DimReduce,
+    x: &Tensor<F>,
+    y: &Tensor<F>,
+    g: &Tensor<F>,
+    axes: &[usize],
+    keepdim: bool,
+) -> Tensor<F> {
+    let gk = unsqueeze(g, axes, keepdim);
+    let gb = gk.broadcast(x.raw_dim()).expect("reduced shape broadcasts");
+    match kind {
+        DimReduce::Sum => gb.to_owned(),
+        DimReduce::Mean => {
+            let count: usize = axes.iter().map(|&a| x.shape()[a]).product();
+            let c = F::of(count as f64);
+            gb.mapv(|v| v / c)
+        }
+        DimReduce::Amax => {
+            let yk = unsqueeze(y, axes, keepdim);
+            let yb = yk.broadcast(x.raw_dim()).expect("reduced shape broadcasts");
+            let mut mask = Tensor::<F>::zeros(x.raw_dim());
+            Zip::from(&mut mask)
+                .and(x)
+                .and(&yb)
+                .for_each(|m, &xv, &yv| *m = if xv == yv { F::one() } else { F::zero() });
+            let mut count = mask.clone();
+            for &a in axes.iter().rev() {
+                count = count.sum_axis(Axis(a)).insert_axis(Axis(a));
+            }
+            let scaled = &gk / &count;
+            let scaled = scaled.broadcast(x.raw_dim()).expect("reduced shape broadcasts");
+            let mut out = Tensor::<F>::zeros(x.raw_dim());
+            Zip::from(&mut out).and(&scaled).and(&mask).for_each(|o, &s, &m| *o = s * m);
+            out
+        }
     }
 }
 

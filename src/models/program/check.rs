@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{InputDecl, Op, Program, Role, ValueType};
+use super::{InputDecl, Op, Program, Reduction, Role, ValueType};
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
 
@@ -73,16 +73,31 @@ pub fn check(program: &Program) -> Result<Checked> {
                     };
                     let is_index = v < n_inputs && program.inputs[v].value_type == ValueType::Index;
                     if op.takes_index(pos) != is_index {
-                        let want = if op.takes_index(pos) { "class labels (an input with \"dtype\": \"index\")" } else { "a float value" };
+                        let want = match op {
+                            _ if !op.takes_index(pos) => "a float value",
+                            Op::NllLoss { .. } | Op::CrossEntropy { .. } => {
+                                "class labels (an input with \"dtype\": \"index\")"
+                            }
+                            _ => "indices (an input with \"dtype\": \"index\")",
+                        };
                         return Err(bad(id, op, format!("input {pos} ('{name}') must be {want}")));
                     }
                     let is_state = v < n_inputs && program.inputs[v].role == Role::State;
                     if op.takes_state(pos) && !is_state {
-                        return Err(bad(id, op, format!("input {pos} ('{name}') must be an input with role \"state\" (a running statistic or a dropout mask)")));
+                        let what = if matches!(op, Op::Where {} | Op::MaskedFill { .. }) {
+                            "a 0/1 mask"
+                        } else {
+                            "a running statistic or a dropout mask"
+                        };
+                        return Err(bad(
+                            id,
+                            op,
+                            format!("input {pos} ('{name}') must be an input with role \"state\" ({what})"),
+                        ));
                     }
                     if is_state && !op.takes_state(pos) {
                         return Err(bad(id, op, format!(
-                            "input '{name}' has role \"state\", which only batch norm's running statistics and dropout masks have; give it role \"input\" to use it here"
+                            "input '{name}' has role \"state\", which only batch norm's running statistics and masks (dropout, where, masked_fill) have; give it role \"input\" to use it here"
                         )));
                     }
                     args.push(Some(v));
@@ -211,6 +226,32 @@ fn dim(d: i64, rank: usize) -> std::result::Result<usize, String> {
     Ok(v as usize)
 }
 
+/// The dimensions a reduction's `dim` list names, resolved and sorted; an empty list
+/// names every dimension (PyTorch's rule). A dimension named twice is an error.
+pub fn reduced_dims(list: &[i64], rank: usize) -> std::result::Result<Vec<usize>, String> {
+    if rank == 0 {
+        return Err("expected an input of rank >= 1".into());
+    }
+    if list.is_empty() {
+        return Ok((0..rank).collect());
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for &d in list {
+        let v = dim(d, rank)?;
+        if out.contains(&v) {
+            return Err(format!("dim {d} appears more than once in {list:?}"));
+        }
+        out.push(v);
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// `x`'s shape reduced over `dims` (kept as size 1 with `keepdim`).
+fn reduced_shape(x: &[usize], dims: &[usize], keepdim: bool) -> Vec<usize> {
+    x.iter().enumerate().filter_map(|(i, &n)| if dims.contains(&i) { keepdim.then_some(1) } else { Some(n) }).collect()
+}
+
 /// The output shape of `op` on inputs of `shapes`, or what was expected.
 pub fn infer(op: &Op, shapes: &[Option<&[usize]>]) -> std::result::Result<Vec<usize>, String> {
     let s = |i: usize| shapes.get(i).copied().flatten();
@@ -223,7 +264,25 @@ pub fn infer(op: &Op, shapes: &[Option<&[usize]>]) -> std::result::Result<Vec<us
                 (1, 2) if x[0] == b[0] => vec![b[1]],
                 (2, 1) if x[1] == b[0] => vec![x[0]],
                 (2, 2) if x[1] == b[0] => vec![x[0], b[1]],
-                _ => return Err(format!("cannot multiply {x:?} by {b:?}: expected 1-D or 2-D operands with matching inner sizes")),
+                (ra, rb) if ra >= 1 && rb >= 1 && ra.max(rb) >= 3 => {
+                    // torch.matmul's batched rule: a vector is a one-row (left) or one-column
+                    // (right) matrix whose added axis is dropped again; batch axes broadcast.
+                    let a2: Vec<usize> = if ra == 1 { vec![1, x[0]] } else { x.to_vec() };
+                    let b2: Vec<usize> = if rb == 1 { vec![b[0], 1] } else { b.to_vec() };
+                    let (pa, pb) = (a2.len(), b2.len());
+                    if a2[pa - 1] != b2[pb - 2] {
+                        return Err(format!("cannot multiply {x:?} by {b:?}: inner sizes {} and {} differ", a2[pa - 1], b2[pb - 2]));
+                    }
+                    let mut out = broadcast(&a2[..pa - 2], &b2[..pb - 2]).map_err(|_| format!("cannot multiply {x:?} by {b:?}: batch dimensions {:?} and {:?} do not broadcast", &a2[..pa - 2], &b2[..pb - 2]))?;
+                    if ra > 1 {
+                        out.push(a2[pa - 2]);
+                    }
+                    if rb > 1 {
+                        out.push(b2[pb - 1]);
+                    }
+                    out
+                }
+                _ => return Err(format!("cannot multiply {x:?} by {b:?}: expected 1-D or 2-D operands with matching inner sizes (or batched ones of rank >= 3)")),
             }
         }
         Op::Add {} | Op::Sub {} | Op::Mul {} | Op::Div {} | Op::Maximum {} => broadcast(x, s(1).expect("required"))?,
@@ -263,6 +322,16 @@ pub fn infer(op: &Op, shapes: &[Option<&[usize]>]) -> std::result::Result<Vec<us
             x.to_vec()
         }
         Op::Sum {} | Op::Mean {} => vec![],
+        Op::SumDim { dim: d, keepdim } | Op::MeanDim { dim: d, keepdim } => {
+            reduced_shape(x, &reduced_dims(d, x.len())?, *keepdim)
+        }
+        Op::Amax { dim: d, keepdim } => {
+            let dims = reduced_dims(d, x.len())?;
+            if let Some(&e) = dims.iter().find(|&&e| x[e] == 0) {
+                return Err(format!("input {x:?}: amax over dimension {e} of size 0 has no identity"));
+            }
+            reduced_shape(x, &dims, *keepdim)
+        }
         Op::MaxPool2d { kernel, stride, padding } => {
             let (k, st, p) = (*kernel, stride.unwrap_or(*kernel), *padding);
             if x.len() != 4 {
@@ -344,17 +413,38 @@ pub fn infer(op: &Op, shapes: &[Option<&[usize]>]) -> std::result::Result<Vec<us
             x.to_vec()
         }
         Op::Softmax { dim: d } | Op::LogSoftmax { dim: d } => {
-            if x.len() != 2 || !(*d == 1 || *d == -1) {
-                return Err(format!("input {x:?} over dim {d}: expected a [N, C] input and dim 1 (or -1)"));
+            if x.is_empty() {
+                return Err(format!("input {x:?}: expected an input of rank >= 1"));
             }
+            dim(*d, x.len())?;
             x.to_vec()
         }
-        Op::NllLoss { .. } | Op::CrossEntropy { .. } => {
+        Op::NllLoss { reduction } | Op::CrossEntropy { reduction, .. } => {
             let l = s(1).expect("required");
             if x.len() != 2 || l != [x[0]] {
                 return Err(format!("input {x:?} and labels {l:?}: expected [N, C] and [N]"));
             }
-            vec![]
+            if let Op::CrossEntropy { label_smoothing: ls, .. } = op {
+                if !(0.0..=1.0).contains(ls) {
+                    return Err(format!("label_smoothing {ls} must be within [0, 1]"));
+                }
+            }
+            if *reduction == Reduction::None {
+                vec![x[0]]
+            } else {
+                vec![]
+            }
+        }
+        Op::MseLoss { reduction } => {
+            let t = s(1).expect("required");
+            if t != x {
+                return Err(format!("target {t:?} must have the input's shape {x:?}"));
+            }
+            if *reduction == Reduction::None {
+                x.to_vec()
+            } else {
+                vec![]
+            }
         }
         Op::Dropout { p, .. } => {
             let m = s(1).expect("required");
@@ -365,6 +455,89 @@ pub fn infer(op: &Op, shapes: &[Option<&[usize]>]) -> std::result::Result<Vec<us
                 return Err(format!("p {p} must be within [0, 1)"));
             }
             x.to_vec()
+        }
+        Op::Permute { dims } => {
+            if dims.len() != x.len() {
+                return Err(format!("dims {dims:?} must name each of the input's {} dimensions once", x.len()));
+            }
+            let ds = reduced_dims(dims, x.len()).map_err(|m| format!("dims {dims:?}: {m}"))?;
+            debug_assert_eq!(ds.len(), x.len());
+            dims.iter().map(|&d| x[dim(d, x.len()).expect("checked")]).collect()
+        }
+        Op::Transpose { dim0, dim1 } => {
+            if x.is_empty() {
+                return Err(format!("input {x:?}: expected an input of rank >= 1"));
+            }
+            let (a, b) = (dim(*dim0, x.len())?, dim(*dim1, x.len())?);
+            let mut out = x.to_vec();
+            out.swap(a, b);
+            out
+        }
+        Op::Concat { dim: d } => {
+            if x.is_empty() {
+                return Err(format!("input 0 {x:?}: expected inputs of rank >= 1"));
+            }
+            let a = dim(*d, x.len())?;
+            let mut out = x.to_vec();
+            for i in 1..shapes.len() {
+                let t = s(i).expect("required");
+                if t.len() != x.len() || t.iter().zip(x).enumerate().any(|(j, (p, q))| j != a && p != q) {
+                    return Err(format!(
+                        "input {i} {t:?} does not fit input 0 {x:?}: expected the same sizes except at dimension {a}"
+                    ));
+                }
+                out[a] += t[a];
+            }
+            out
+        }
+        Op::Narrow { dim: d, start, length } => {
+            if x.is_empty() {
+                return Err(format!("input {x:?}: expected an input of rank >= 1"));
+            }
+            let a = dim(*d, x.len())?;
+            let n = x[a] as i64;
+            let st = if *start < 0 { start + n } else { *start };
+            if st < 0 || st > n || st + *length as i64 > n {
+                return Err(format!("start {start} and length {length} do not fit dimension {a} of size {n}"));
+            }
+            let mut out = x.to_vec();
+            out[a] = *length;
+            out
+        }
+        Op::IndexSelect { dim: d } => {
+            let i = s(1).expect("required");
+            if x.is_empty() || i.len() != 1 {
+                return Err(format!("input {x:?} and index {i:?}: expected an input of rank >= 1 and a 1-D index"));
+            }
+            let a = dim(*d, x.len())?;
+            let mut out = x.to_vec();
+            out[a] = i[0];
+            out
+        }
+        Op::Embedding { padding_idx } => {
+            let i = s(1).expect("required");
+            if x.len() != 2 {
+                return Err(format!("weight {x:?}: expected [V, D] (ATen's order: weight first, then the indices)"));
+            }
+            if let Some(p) = padding_idx {
+                let v = x[0] as i64;
+                if *p < -v || *p >= v {
+                    return Err(format!("padding_idx {p} must be within [-{v}, {v})"));
+                }
+            }
+            let mut out = i.to_vec();
+            out.push(x[1]);
+            out
+        }
+        Op::Where {} => {
+            let (a, b) = (s(1).expect("required"), s(2).expect("required"));
+            broadcast(&broadcast(x, a)?, b)?
+        }
+        Op::MaskedFill { value } => {
+            if !value.is_finite() {
+                return Err(format!("value {value} must be finite"));
+            }
+            broadcast(x, s(1).expect("required"))?
         }
         Op::Reshape { shape } => {
             let n: usize = x.iter().product();

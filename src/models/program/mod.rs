@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::HostTensor;
 
-pub use check::{check, check_input_value, infer, labels_of, resolve_inputs, values_to_tensor, Checked};
+pub use check::{check, check_input_value, infer, labels_of, reduced_dims, resolve_inputs, values_to_tensor, Checked};
 pub use ops::{GeluApproximate, Op, Reduction};
 
 /// The `format` string every program file carries.
@@ -240,7 +240,7 @@ impl Program {
     /// would have a zero gradient: those are bent through tanh first.
     pub fn single(op: Op, shapes: &[Option<Vec<usize>>]) -> Program {
         let mut p = Program::default();
-        let names = ["a", "b", "c", "d", "e"];
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
         let mut args = Vec::new();
         for (i, s) in shapes.iter().enumerate() {
             args.push(s.as_ref().map(|s| {
@@ -256,13 +256,40 @@ impl Program {
             }));
         }
         let refs: Vec<Option<&ValueId>> = args.iter().map(Option::as_ref).collect();
+        let op_for_shapes = op.clone();
         let bend = matches!(op, Op::BatchNorm { .. } | Op::Softmax { .. });
-        let reduces = matches!(op, Op::Sum {} | Op::Mean {} | Op::NllLoss { .. } | Op::CrossEntropy { .. });
+        let reduces = match &op {
+            Op::Sum {} | Op::Mean {} => true,
+            Op::NllLoss { reduction } | Op::CrossEntropy { reduction, .. } | Op::MseLoss { reduction } => *reduction != Reduction::None,
+            _ => false,
+        };
+        // A sum is blind to where each value went, so the ops that move values around are
+        // scored by `Σ yᵢ·yᵢ₊₁ + Σ yᵢ` over the flattened output: neighbours matter.
+        let moves = matches!(
+            op,
+            Op::Permute { .. } | Op::Transpose { .. } | Op::Concat { .. } | Op::Narrow { .. } | Op::IndexSelect { .. } | Op::Embedding { .. } | Op::Where {} | Op::MaskedFill { .. }
+        );
+        let out_len: Option<usize> = {
+            let shape_refs: Vec<Option<&[usize]>> = shapes.iter().map(|s| s.as_deref()).collect();
+            infer(&op_for_shapes, &shape_refs).ok().map(|s| s.iter().product())
+        };
         let mut out = p.node("y", op, &refs);
         if bend {
             out = p.node("bent", Op::Tanh {}, &[Some(&out)]);
         }
-        if !reduces {
+        if let (true, Some(n)) = (moves, out_len) {
+            let flat = p.node("flat", Op::Reshape { shape: vec![-1] }, &[Some(&out)]);
+            let total = p.node("total", Op::Sum {}, &[Some(&flat)]);
+            out = if n >= 2 {
+                let lo = p.node("lo", Op::Narrow { dim: 0, start: 0, length: n - 1 }, &[Some(&flat)]);
+                let hi = p.node("hi", Op::Narrow { dim: 0, start: 1, length: n - 1 }, &[Some(&flat)]);
+                let prod = p.node("prod", Op::Mul {}, &[Some(&lo), Some(&hi)]);
+                let pairs = p.node("pairs", Op::Sum {}, &[Some(&prod)]);
+                p.node("loss", Op::Add {}, &[Some(&pairs), Some(&total)])
+            } else {
+                total
+            };
+        } else if !reduces {
             out = p.node("loss", Op::Sum {}, &[Some(&out)]);
         }
         p.set_loss(&out);

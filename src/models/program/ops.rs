@@ -50,20 +50,30 @@ impl GeluApproximate {
         }
     }
 }
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+fn is_false(v: &bool) -> bool {
+    !*v
+}
 
-/// How a loss reduces over the batch.
+/// How a loss reduces over the batch (PyTorch's `reduction`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Reduction {
     #[default]
     Mean,
+    Sum,
+    /// One loss per sample (per element for `mse_loss`).
+    None,
 }
 
 /// One op and its attributes (PyTorch's names and defaults).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Op {
-    /// `torch.matmul` for 1-D and 2-D operands.
+    /// `torch.matmul`: 1-D and 2-D operands as matrix/vector products, ranks >= 3 as
+    /// batched products with broadcast batch dimensions.
     #[serde(rename = "matmul")]
     MatMul {},
     /// Element-wise with NumPy broadcasting.
@@ -122,6 +132,24 @@ pub enum Op {
     /// Sum of every entry: a 0-d result.
     Sum {},
     Mean {},
+    /// `x.sum(dim, keepdim)` over the listed dimensions (negative count from the back; an
+    /// empty list reduces every dimension, as in PyTorch).
+    SumDim {
+        dim: Vec<i64>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        keepdim: bool,
+    },
+    MeanDim {
+        dim: Vec<i64>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        keepdim: bool,
+    },
+    /// `torch.amax(x, dim, keepdim)`: the gradient is shared evenly among tied maxima.
+    Amax {
+        dim: Vec<i64>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        keepdim: bool,
+    },
     /// Over `[N, C, H, W]`: square `kernel`, `stride` (PyTorch's default: the kernel), zero
     /// `padding` with -inf (at most half the kernel), floor mode.
     MaxPool2d {
@@ -152,7 +180,7 @@ pub enum Op {
         #[serde(default = "bn_eps")]
         eps: f64,
     },
-    /// Over `dim` of a `[N, C]` tensor (1 or -1).
+    /// Over any `dim` of an input of rank >= 1.
     Softmax {
         #[serde(default = "dim_one")]
         dim: i64,
@@ -161,13 +189,21 @@ pub enum Op {
         #[serde(default = "dim_one")]
         dim: i64,
     },
-    /// `nll_loss(log_probs [N, C], labels [N])`, mean over the batch.
+    /// `nll_loss(log_probs [N, C], labels [N])`.
     NllLoss {
         #[serde(default)]
         reduction: Reduction,
     },
-    /// `cross_entropy(logits [N, C], labels [N])` = nll_loss(log_softmax(logits)).
+    /// `cross_entropy(logits [N, C], labels [N])` = nll_loss(log_softmax(logits)), with
+    /// PyTorch's label smoothing: `(1 - ls) · nll + ls / C · Σ_c -log_softmax`.
     CrossEntropy {
+        #[serde(default)]
+        reduction: Reduction,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        label_smoothing: f64,
+    },
+    /// `mse_loss(input, target)`: both float, of one shape, both differentiable.
+    MseLoss {
         #[serde(default)]
         reduction: Reduction,
     },
@@ -177,6 +213,44 @@ pub enum Op {
         p: f64,
         #[serde(default = "yes")]
         training: bool,
+    },
+    /// `x.permute(dims)`: output dimension i is input dimension `dims[i]`.
+    Permute {
+        dims: Vec<i64>,
+    },
+    /// `x.transpose(dim0, dim1)`.
+    Transpose {
+        dim0: i64,
+        dim1: i64,
+    },
+    /// `torch.cat([x0, x1, ...], dim)` of 2 to 8 inputs.
+    Concat {
+        #[serde(default)]
+        dim: i64,
+    },
+    /// `x.narrow(dim, start, length)`; a negative `start` counts from the back.
+    Narrow {
+        dim: i64,
+        start: i64,
+        length: usize,
+    },
+    /// `x.index_select(dim, index)` for a 1-D index input (`"dtype": "index"`).
+    IndexSelect {
+        dim: i64,
+    },
+    /// `embedding(weight [V, D], indices)` in ATen's argument order (`torch.embedding`;
+    /// `F.embedding` takes the indices first): indices of any shape, output
+    /// `indices.shape + [D]`; the row `padding_idx` receives no gradient.
+    Embedding {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        padding_idx: Option<i64>,
+    },
+    /// `torch.where(cond, a, b)`: cond a 0/1 state input (non-zero is true), all three
+    /// broadcast.
+    Where {},
+    /// `x.masked_fill(mask, value)`: mask a 0/1 state input broadcasting with x.
+    MaskedFill {
+        value: f64,
     },
     /// To `shape`; one entry may be -1.
     Reshape { shape: Vec<i64> },
@@ -198,7 +272,7 @@ pub struct Arity {
 
 impl Op {
     /// Every op name, in the order the README lists them.
-    pub const NAMES: [&'static str; 35] = [
+    pub const NAMES: [&'static str; 47] = [
         "matmul",
         "add",
         "sub",
@@ -223,6 +297,9 @@ impl Op {
         "pow",
         "sum",
         "mean",
+        "sum_dim",
+        "mean_dim",
+        "amax",
         "max_pool2d",
         "conv2d",
         "linear",
@@ -231,9 +308,18 @@ impl Op {
         "log_softmax",
         "nll_loss",
         "cross_entropy",
+        "mse_loss",
         "dropout",
         "reshape",
         "flatten",
+        "permute",
+        "transpose",
+        "concat",
+        "narrow",
+        "index_select",
+        "embedding",
+        "where",
+        "masked_fill",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -262,6 +348,9 @@ impl Op {
             Op::Pow { .. } => "pow",
             Op::Sum {} => "sum",
             Op::Mean {} => "mean",
+            Op::SumDim { .. } => "sum_dim",
+            Op::MeanDim { .. } => "mean_dim",
+            Op::Amax { .. } => "amax",
             Op::MaxPool2d { .. } => "max_pool2d",
             Op::Conv2d { .. } => "conv2d",
             Op::Linear {} => "linear",
@@ -270,9 +359,18 @@ impl Op {
             Op::LogSoftmax { .. } => "log_softmax",
             Op::NllLoss { .. } => "nll_loss",
             Op::CrossEntropy { .. } => "cross_entropy",
+            Op::MseLoss { .. } => "mse_loss",
             Op::Dropout { .. } => "dropout",
             Op::Reshape { .. } => "reshape",
             Op::Flatten { .. } => "flatten",
+            Op::Permute { .. } => "permute",
+            Op::Transpose { .. } => "transpose",
+            Op::Concat { .. } => "concat",
+            Op::Narrow { .. } => "narrow",
+            Op::IndexSelect { .. } => "index_select",
+            Op::Embedding { .. } => "embedding",
+            Op::Where {} => "where",
+            Op::MaskedFill { .. } => "masked_fill",
         }
     }
 
@@ -284,6 +382,9 @@ impl Op {
             "dropout" => Some(Op::Dropout { p: 0.5, training: true }),
             "clamp" => Some(Op::Clamp { min: Some(-0.5), max: Some(0.5) }),
             "pow" => Some(Op::Pow { exponent: 2.0 }),
+            "sum_dim" => Some(Op::SumDim { dim: vec![-1], keepdim: false }),
+            "mean_dim" => Some(Op::MeanDim { dim: vec![-1], keepdim: false }),
+            "amax" => Some(Op::Amax { dim: vec![-1], keepdim: false }),
             _ => None,
         })
     }
@@ -291,9 +392,12 @@ impl Op {
     pub fn arity(&self) -> Arity {
         let (min, max) = match self {
             Op::MatMul {} | Op::Add {} | Op::Sub {} | Op::Mul {} | Op::Div {} | Op::Maximum {} => (2, 2),
-            Op::NllLoss { .. } | Op::CrossEntropy { .. } | Op::Dropout { .. } => (2, 2),
+            Op::NllLoss { .. } | Op::CrossEntropy { .. } | Op::MseLoss { .. } | Op::Dropout { .. } => (2, 2),
             Op::Conv2d { .. } | Op::Linear {} => (2, 3),
             Op::BatchNorm { .. } => (1, 5),
+            Op::Concat { .. } => (2, 8),
+            Op::IndexSelect { .. } | Op::Embedding { .. } | Op::MaskedFill { .. } => (2, 2),
+            Op::Where {} => (3, 3),
             _ => (1, 1),
         };
         Arity { min, max }
@@ -308,16 +412,18 @@ impl Op {
         }
     }
 
-    /// Inputs read as class indices (labels) rather than floats.
+    /// Inputs read as indices (class labels, rows to select) rather than floats.
     pub fn takes_index(&self, position: usize) -> bool {
-        matches!(self, Op::NllLoss { .. } | Op::CrossEntropy { .. }) && position == 1
+        matches!(self, Op::NllLoss { .. } | Op::CrossEntropy { .. } | Op::IndexSelect { .. } | Op::Embedding { .. })
+            && position == 1
     }
 
     /// Inputs the op reads as state and never differentiates (running statistics, masks).
     pub fn takes_state(&self, position: usize) -> bool {
         match self {
             Op::BatchNorm { .. } => position >= 3,
-            Op::Dropout { .. } => position == 1,
+            Op::Dropout { .. } | Op::MaskedFill { .. } => position == 1,
+            Op::Where {} => position == 0,
             _ => false,
         }
     }
@@ -338,7 +444,15 @@ impl Op {
     pub fn has_kinks(&self) -> bool {
         matches!(
             self,
-            Op::Relu {} | Op::MaxPool2d { .. } | Op::Maximum {} | Op::Elu { .. } | Op::LeakyRelu { .. } | Op::Softplus { .. } | Op::Abs {} | Op::Clamp { .. }
+            Op::Relu {}
+                | Op::MaxPool2d { .. }
+                | Op::Amax { .. }
+                | Op::Maximum {}
+                | Op::Elu { .. }
+                | Op::LeakyRelu { .. }
+                | Op::Softplus { .. }
+                | Op::Abs {}
+                | Op::Clamp { .. }
         )
     }
 }

@@ -234,7 +234,7 @@ impl Builder {
     fn loss(&mut self, name: &str, last: usize) -> usize {
         let labels = self.fixed("labels", &[self.shapes[last][0]], Role::Input, ValueType::Index);
         let reduction = Reduction::default();
-        let op = if name == "nll_loss" { Op::NllLoss { reduction } } else { Op::CrossEntropy { reduction } };
+        let op = if name == "nll_loss" { Op::NllLoss { reduction } } else { Op::CrossEntropy { reduction, label_smoothing: 0.0 } };
         self.push(op, &[Some(last), Some(labels)]).expect("a loss takes [N, C] scores")
     }
 

@@ -161,9 +161,14 @@ fn key_of(program: &Program, study: &RunStudy, agreed: bool) -> FindingKey {
             return FindingKey { op: "sgd".into(), odd_backend: odd, kind: "wrong parameter update".into() };
         }
     }
-    let op = d.and_then(|d| d.culprit_ops.first().cloned()).unwrap_or_else(|| "graph".into());
+    // The first culprit node that is not a documented difference names the finding (a
+    // case may hold an accepted kink and a real disagreement further on).
+    let culprit = d.and_then(|d| {
+        let culprits: Vec<&super::run::NodeCheck> = d.culprits.iter().filter_map(|c| d.nodes.iter().find(|n| &n.node == c)).collect();
+        culprits.iter().find(|n| accepted_node(n, accepted()).is_none()).or(culprits.first()).copied()
+    });
+    let op = culprit.map_or_else(|| "graph".to_string(), |n| n.op.clone());
     // The culprit node's own output decides between a wrong forward and a wrong backward.
-    let culprit = d.and_then(|d| d.culprits.first().and_then(|c| d.nodes.iter().find(|n| &n.node == c)));
     let forward_differs = culprit.is_some_and(|n| n.output_scaled.values().any(|v| !(v <= &tol)));
     FindingKey { op, odd_backend: odd, kind: if forward_differs { "wrong value".into() } else { "wrong gradient".into() } }
 }
@@ -296,13 +301,25 @@ fn accepted_as(study: &RunStudy, list: &[Accepted]) -> Option<String> {
     }
     let mut names = Vec::new();
     for n in culprits {
-        let obstacle = n.finite_differences.as_ref().and_then(|f| f.skipped.clone())?;
-        let a = list.iter().find(|a| a.op == n.op && obstacle.contains(&a.obstacle))?;
-        names.push(format!("{}: {}", a.op, a.obstacle));
+        names.push(accepted_node(n, list)?);
     }
     names.sort();
     names.dedup();
     Some(names.join("; "))
+}
+
+/// The accepted difference one disagreeing node is (its op, and the obstacle that kept
+/// finite differences from judging it), if any.
+fn accepted_node(n: &super::run::NodeCheck, list: &[Accepted]) -> Option<String> {
+    let obstacle = n.finite_differences.as_ref().and_then(|f| f.skipped.clone())?;
+    let a = list.iter().find(|a| a.op == n.op && obstacle.contains(&a.obstacle))?;
+    Some(format!("{}: {}", a.op, a.obstacle))
+}
+
+/// The reviewed list, read once.
+fn accepted() -> &'static [Accepted] {
+    static LIST: std::sync::OnceLock<Vec<Accepted>> = std::sync::OnceLock::new();
+    LIST.get_or_init(accepted_differences)
 }
 
 /// A failure named by the first node at which it happens: the shortest prefix of the

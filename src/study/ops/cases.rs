@@ -10,7 +10,7 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
 use crate::host::HostTensor;
-use crate::models::program::GeluApproximate;
+use crate::models::program::{GeluApproximate, Reduction};
 use crate::models::Op;
 
 /// Where an op's values are drawn from: away from kinks and outside domains.
@@ -51,15 +51,32 @@ fn broadcastable(s: Vec<usize>) -> BoxedStrategy<Vec<usize>> {
         .boxed()
 }
 
+/// 1-D and 2-D operands, and batched ones: batch axes (up to three) that broadcast
+/// (dropped or size 1 on either side), with a vector on one side now and then.
 fn matmul_shapes() -> BoxedStrategy<(Vec<usize>, Vec<usize>)> {
-    (1usize..6, 1usize..6, 1usize..6, 0..4usize)
+    let plain = (1usize..6, 1usize..6, 1usize..6, 0..4usize)
         .prop_map(|(m, k, n, case)| match case {
             0 => (vec![m, k], vec![k, n]),
             1 => (vec![k], vec![k, n]),
             2 => (vec![m, k], vec![k]),
             _ => (vec![k], vec![k]),
         })
-        .boxed()
+        .boxed();
+    let batched = (proptest::collection::vec(1usize..4, 1..4), 1usize..5, 1usize..5, 1usize..5, 0..3usize)
+        .prop_flat_map(|(batch, m, k, n, case)| {
+            (broadcastable(batch.clone()), broadcastable(batch), Just((m, k, n, case)))
+        })
+        .prop_filter_map("an operand of rank >= 3", |(ba, bb, (m, k, n, case))| {
+            let mat = |b: &[usize], r: usize, c: usize| b.iter().copied().chain([r, c]).collect::<Vec<usize>>();
+            let (a, b) = match case {
+                0 => (mat(&ba, m, k), mat(&bb, k, n)),
+                1 => (vec![k], mat(&bb, k, n)),
+                _ => (mat(&ba, m, k), vec![k]),
+            };
+            (a.len().max(b.len()) >= 3).then_some((a, b))
+        })
+        .boxed();
+    prop_oneof![plain, batched].boxed()
 }
 
 /// Values that are all distinct within the tensor (no ties in a pool window), spaced
@@ -91,6 +108,24 @@ fn labels(n: usize, classes: usize) -> BoxedStrategy<HostTensor> {
 /// An op with its attributes and its inputs (`None`: an optional input left out).
 pub type Case = (Op, Vec<Option<HostTensor>>);
 
+/// An index input of `shape` with values in `0..bound`.
+fn indices(shape: Vec<usize>, bound: usize) -> BoxedStrategy<HostTensor> {
+    let n: usize = shape.iter().product();
+    proptest::collection::vec(0..bound, n)
+        .prop_map(move |v| HostTensor { shape: shape.clone(), data: v.into_iter().map(|i| i as f64).collect() })
+        .boxed()
+}
+
+/// A dimension of a rank-`r` tensor from a random byte, named from the back when `back`.
+fn pick_dim(byte: u8, r: usize, back: bool) -> (usize, i64) {
+    let d = byte as usize % r;
+    (d, if back { d as i64 - r as i64 } else { d as i64 })
+}
+
+fn reduction() -> BoxedStrategy<Reduction> {
+    prop_oneof![Just(Reduction::Mean), Just(Reduction::Sum), Just(Reduction::None)].boxed()
+}
+
 fn some(ts: Vec<HostTensor>) -> Vec<Option<HostTensor>> {
     ts.into_iter().map(Some).collect()
 }
@@ -118,6 +153,8 @@ fn broadcast_binary_in(op: Op, second: Domain) -> BoxedStrategy<Case> {
 /// Every op with its attributes drawn over their valid domain, and inputs to match
 /// (optional inputs present or not). One arm per op.
 pub fn case_for(name: &str) -> BoxedStrategy<Case> {
+    // `r#where` is the test module of `where`.
+    let name = name.trim_start_matches("r#");
     match name {
         "matmul" => matmul_shapes()
             .prop_flat_map(|(a, b)| (tensor(a, Domain::Any), tensor(b, Domain::Any)))
@@ -174,6 +211,28 @@ pub fn case_for(name: &str) -> BoxedStrategy<Case> {
         .boxed(),
         "sum" => unary(Op::Sum {}, Domain::Any),
         "mean" => unary(Op::Mean {}, Domain::Any),
+        // Ranks 1 to 4, any subset of the dimensions (empty: all of them), each named
+        // positively or from the back, keepdim or not. amax's values are distinct, so the
+        // maximum is unique (ties: `amax_shares_the_gradient_evenly_among_ties`).
+        "sum_dim" | "mean_dim" | "amax" => {
+            let name = name.to_string();
+            (proptest::collection::vec(1usize..5, 1..5), any::<u8>(), any::<u8>(), any::<bool>())
+                .prop_flat_map(move |(s, pick, neg, keepdim)| {
+                    let r = s.len();
+                    let dim: Vec<i64> = (0..r)
+                        .filter(|i| pick & (1 << i) != 0)
+                        .map(|i| if neg & (1 << i) != 0 { i as i64 - r as i64 } else { i as i64 })
+                        .collect();
+                    let op = match name.as_str() {
+                        "sum_dim" => Op::SumDim { dim, keepdim },
+                        "mean_dim" => Op::MeanDim { dim, keepdim },
+                        _ => Op::Amax { dim, keepdim },
+                    };
+                    let x = if matches!(op, Op::Amax { .. }) { distinct(s) } else { tensor(s, Domain::Any) };
+                    x.prop_map(move |x| (op.clone(), vec![Some(x)]))
+                })
+                .boxed()
+        }
         // Kernel 1 to 3, stride 1 to 3 or the default (the kernel), padding up to half the
         // kernel, images the kernel does not divide, non-square.
         "max_pool2d" => (1usize..3, 1usize..3, 1usize..4, 0usize..3, 0usize..5, 0usize..5, any::<bool>())
@@ -222,23 +281,37 @@ pub fn case_for(name: &str) -> BoxedStrategy<Case> {
                 })
             })
             .boxed(),
+        // Ranks 1 to 4 over any dimension, named positively or from the back.
         "softmax" | "log_softmax" => {
             let log = name == "log_softmax";
-            (1usize..5, 1usize..6, any::<bool>())
-                .prop_flat_map(move |(n, c, last)| {
-                    let dim = if last { -1 } else { 1 };
+            (proptest::collection::vec(1usize..5, 1..5), any::<u8>(), any::<bool>())
+                .prop_flat_map(move |(s, d, from_back)| {
+                    let r = s.len() as i64;
+                    let d = (d as i64) % r;
+                    let dim = if from_back { d - r } else { d };
                     let op = if log { Op::LogSoftmax { dim } } else { Op::Softmax { dim } };
-                    tensor(vec![n, c], Domain::Any).prop_map(move |x| (op.clone(), vec![Some(x)]))
+                    tensor(s, Domain::Any).prop_map(move |x| (op.clone(), vec![Some(x)]))
                 })
                 .boxed()
         }
+        // Every reduction; cross-entropy with label smoothing 0 half the time, else within [0, 1].
         "nll_loss" | "cross_entropy" => {
-            let op = if name == "nll_loss" { Op::NllLoss { reduction: Default::default() } } else { Op::CrossEntropy { reduction: Default::default() } };
-            (1usize..5, 1usize..6)
-                .prop_flat_map(|(n, c)| (tensor(vec![n, c], Domain::Any), labels(n, c)))
-                .prop_map(move |(x, l)| (op.clone(), some(vec![x, l])))
+            let nll = name == "nll_loss";
+            (1usize..5, 1usize..6, reduction(), prop_oneof![Just(0.0), 0.0..=1.0f64])
+                .prop_flat_map(|(n, c, r, ls)| (tensor(vec![n, c], Domain::Any), labels(n, c), Just(r), Just(ls)))
+                .prop_map(move |(x, l, reduction, label_smoothing)| {
+                    let op =
+                        if nll { Op::NllLoss { reduction } } else { Op::CrossEntropy { reduction, label_smoothing } };
+                    (op, some(vec![x, l]))
+                })
                 .boxed()
         }
+        "mse_loss" => (shape(), reduction())
+            .prop_flat_map(|(s, reduction)| {
+                (tensor(s.clone(), Domain::Any), tensor(s, Domain::Any))
+                    .prop_map(move |(x, t)| (Op::MseLoss { reduction }, some(vec![x, t])))
+            })
+            .boxed(),
         "dropout" => (shape(), 0.0..0.9f64, any::<bool>())
             .prop_flat_map(|(s, p, training)| (tensor(s.clone(), Domain::Any), mask(s)).prop_map(move |(x, m)| (Op::Dropout { p, training }, some(vec![x, m]))))
             .boxed(),
@@ -261,6 +334,88 @@ pub fn case_for(name: &str) -> BoxedStrategy<Case> {
                 // A negative end_dim half the time: PyTorch counts it from the back.
                 let end = if end % 2 == 1 { end - r } else { end };
                 tensor(s, Domain::Any).prop_map(move |x| (Op::Flatten { start_dim: start, end_dim: end }, vec![Some(x)]))
+            })
+            .boxed(),
+        // Ranks 1 to 4, every permutation reachable.
+        "permute" => (proptest::collection::vec(1usize..5, 1..5), any::<u64>())
+            .prop_flat_map(|(s, seed)| {
+                let mut dims: Vec<i64> = (0..s.len() as i64).collect();
+                let mut r = seed;
+                for i in (1..dims.len()).rev() {
+                    dims.swap(i, (r % (i as u64 + 1)) as usize);
+                    r /= i as u64 + 1;
+                }
+                let dims: Vec<i64> = dims
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, d)| if (seed >> (40 + i)) & 1 == 1 { d - s.len() as i64 } else { d })
+                    .collect();
+                tensor(s, Domain::Any).prop_map(move |x| (Op::Permute { dims: dims.clone() }, vec![Some(x)]))
+            })
+            .boxed(),
+        "transpose" => (proptest::collection::vec(1usize..5, 1..5), any::<(u8, u8, bool, bool)>())
+            .prop_flat_map(|(s, (a, b, na, nb))| {
+                let r = s.len();
+                let op = Op::Transpose { dim0: pick_dim(a, r, na).1, dim1: pick_dim(b, r, nb).1 };
+                tensor(s, Domain::Any).prop_map(move |x| (op.clone(), vec![Some(x)]))
+            })
+            .boxed(),
+        // 2 to 8 inputs of ranks 1 to 3, each its own size along the joined dimension.
+        "concat" => (
+            proptest::collection::vec(1usize..4, 1..4),
+            any::<(u8, bool)>(),
+            proptest::collection::vec(1usize..4, 2..=8),
+        )
+            .prop_flat_map(|(s, (d, back), sizes)| {
+                let (axis, dim) = pick_dim(d, s.len(), back);
+                let parts: Vec<BoxedStrategy<HostTensor>> = sizes
+                    .iter()
+                    .map(|&n| {
+                        let mut t = s.clone();
+                        t[axis] = n;
+                        tensor(t, Domain::Any)
+                    })
+                    .collect();
+                parts.prop_map(move |xs| (Op::Concat { dim }, some(xs)))
+            })
+            .boxed(),
+        "narrow" => (proptest::collection::vec(1usize..5, 1..5), any::<(u8, bool, u8, u8, bool)>())
+            .prop_flat_map(|(s, (d, back, a, b, from_end))| {
+                let (axis, dim) = pick_dim(d, s.len(), back);
+                let n = s[axis];
+                let start = a as usize % n;
+                let length = 1 + b as usize % (n - start);
+                let start = if from_end { start as i64 - n as i64 } else { start as i64 };
+                tensor(s, Domain::Any).prop_map(move |x| (Op::Narrow { dim, start, length }, vec![Some(x)]))
+            })
+            .boxed(),
+        // Indices repeat (their gradients add up) and may leave rows out.
+        "index_select" => (proptest::collection::vec(1usize..5, 1..4), any::<(u8, bool)>(), 1usize..7)
+            .prop_flat_map(|(s, (d, back), k)| {
+                let (axis, dim) = pick_dim(d, s.len(), back);
+                (tensor(s.clone(), Domain::Any), indices(vec![k], s[axis]))
+                    .prop_map(move |(x, i)| (Op::IndexSelect { dim }, some(vec![x, i])))
+            })
+            .boxed(),
+        // Indices of rank 0 to 3, repeated rows; padding_idx half the time (either sign).
+        "embedding" => (1usize..6, 1usize..5, proptest::collection::vec(1usize..4, 0..4), any::<(bool, u8, bool)>())
+            .prop_flat_map(|(v, d, s, (pad, p, neg))| {
+                let padding_idx = pad.then(|| pick_dim(p, v, neg).1);
+                (tensor(vec![v, d], Domain::Any), indices(s, v))
+                    .prop_map(move |(w, i)| (Op::Embedding { padding_idx }, some(vec![w, i])))
+            })
+            .boxed(),
+        // Condition, a and b each broadcasting against the others.
+        "where" => shape()
+            .prop_flat_map(|s| (broadcastable(s.clone()), broadcastable(s.clone()), broadcastable(s)))
+            .prop_flat_map(|(c, a, b)| (mask(c), tensor(a, Domain::Any), tensor(b, Domain::Any)))
+            .prop_map(|(c, a, b)| (Op::Where {}, some(vec![c, a, b])))
+            .boxed(),
+        "masked_fill" => (shape(), any::<bool>(), -3.0..3.0f64)
+            .prop_flat_map(|(s, swap, value)| (Just(s.clone()), broadcastable(s), Just(swap), Just(value)))
+            .prop_flat_map(|(s, b, swap, value)| {
+                let (x, m) = if swap { (b, s) } else { (s, b) };
+                (tensor(x, Domain::Any), mask(m)).prop_map(move |(x, m)| (Op::MaskedFill { value }, some(vec![x, m])))
             })
             .boxed(),
         other => panic!("no case generator for op '{other}': add an arm to study::ops::cases::case_for"),
