@@ -412,6 +412,19 @@ fn fd_obstacle(op: &crate::models::Op, feed: &[HostTensor]) -> Option<String> {
             let (a, b) = (a.broadcast(shape.clone())?, b.broadcast(shape)?);
             a.iter().zip(b.iter()).any(|(&u, &v)| near(u, v)).then(|| "two operands of maximum within the step of a tie".into())
         }
+        // A channel of (nearly) equal values has a variance of rounding noise: normalising
+        // divides that noise by sqrt(eps), and finite differences see only noise too.
+        Op::BatchNorm { training: true, .. } if x.shape.len() >= 2 => {
+            let (n, c) = (x.shape[0], x.shape[1]);
+            let inner: usize = x.shape[2..].iter().product();
+            (0..c)
+                .any(|ch| {
+                    let v: Vec<f64> = (0..n).flat_map(|i| (0..inner).map(move |j| (i * c + ch) * inner + j)).map(|k| x.data[k]).collect();
+                    let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &u| (lo.min(u), hi.max(u)));
+                    hi - lo <= 1e-6 * lo.abs().max(hi.abs()).max(1.0)
+                })
+                .then(|| "a (nearly) constant channel, whose normalisation is rounding noise".into())
+        }
         Op::MaxPool2d { kernel, stride, padding } => {
             let (k, st, p) = (*kernel, stride.unwrap_or(*kernel), *padding);
             let (planes, h, w) = (x.shape[0] * x.shape[1], x.shape[2], x.shape[3]);

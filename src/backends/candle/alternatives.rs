@@ -21,7 +21,7 @@ pub const IMPLEMENTATIONS: [Implementation; 3] = [
     Implementation {
         op: "log_softmax",
         name: "composition",
-        about: "log(softmax(x)) with candle-nn's fused ops::softmax_last_dim inside, as a user would write it (the default is candle-nn's ops::log_softmax)",
+        about: "log(softmax(x)) with candle-nn's ops::softmax, as users write it (the default is candle-nn's ops::log_softmax)",
     },
 ];
 
@@ -32,8 +32,10 @@ pub fn apply(name: &str, op: &Op, x: &Tensor) -> candle_core::Result<Option<Tens
         ("composition", Op::Sigmoid {}) => (x.neg()?.exp()? + 1.0)?.recip()?,
         ("softmax_last_dim", Op::Softmax { dim }) if last(*dim) => candle_nn::ops::softmax_last_dim(x)?,
         ("softmax_last_dim", Op::Softmax { dim }) => candle_core::bail!("softmax: softmax_last_dim covers the last dimension only (dim {dim} asked for)"),
-        ("composition", Op::LogSoftmax { dim }) if last(*dim) => candle_nn::ops::softmax_last_dim(x)?.log()?,
-        ("composition", Op::LogSoftmax { dim }) => candle_nn::ops::softmax(x, *dim as usize)?.log()?,
+        ("composition", Op::LogSoftmax { dim }) => {
+            let d = if *dim < 0 { x.rank() as i64 + dim } else { *dim };
+            candle_nn::ops::softmax(x, d as usize)?.log()?
+        }
         _ => return Ok(None),
     }))
 }

@@ -5,7 +5,7 @@
 use tch::{Kind, TchError, Tensor};
 
 use crate::backends::Implementation;
-use crate::models::Op;
+use crate::models::{Op, Reduction};
 
 pub const IMPLEMENTATIONS: [Implementation; 4] = [
     Implementation { op: "sigmoid", name: "composition", about: "1 / (1 + exp(-x)) (the default is ATen's sigmoid)" },
@@ -24,9 +24,17 @@ pub fn apply(name: &str, op: &Op, x: &Tensor, second: Option<&Tensor>) -> Result
         ("composition", Op::Sigmoid {}) => x.f_neg()?.f_exp()?.f_add_scalar(1.0)?.f_reciprocal()?,
         ("composition", Op::Softmax { dim }) => softmax(*dim)?,
         ("composition", Op::LogSoftmax { dim }) => x.f_softmax(*dim, None::<Kind>)?.f_log()?,
-        ("composition", Op::CrossEntropy { .. }) => {
+        ("composition", Op::CrossEntropy { label_smoothing, .. }) if *label_smoothing != 0.0 => {
+            return Err(TchError::Kind(format!("cross_entropy: the composition nll_loss(log_softmax(x)) has no label smoothing ({label_smoothing} asked for)")))
+        }
+        ("composition", Op::CrossEntropy { reduction, .. }) => {
             let labels = second.ok_or_else(|| TchError::Kind("cross_entropy: labels missing".into()))?;
-            x.f_log_softmax(-1, None::<Kind>)?.f_nll_loss(labels, None::<Tensor>, tch::Reduction::Mean, -100)?
+            let reduction = match reduction {
+                Reduction::Mean => tch::Reduction::Mean,
+                Reduction::Sum => tch::Reduction::Sum,
+                Reduction::None => tch::Reduction::None,
+            };
+            x.f_log_softmax(1, None::<Kind>)?.f_nll_loss(labels, None::<Tensor>, reduction, -100)?
         }
         _ => return Ok(None),
     }))

@@ -155,7 +155,10 @@ pub fn run(opts: &OpsOptions, mut progress: impl FnMut(&str, usize, usize)) -> R
                 let j = here.iter().position(|&i| impls[i].0 == *k && impls[i].1 == "default")?;
                 computed[j].is_ok().then(|| finite_differences(impls[here[j]].3.as_ref(), &program, &inputs))
             });
-            let fd = fd.transpose()?.flatten();
+            let mut fd = fd.transpose()?.flatten();
+            if let Some(fd) = fd.as_mut() {
+                definitional_zeros(op, &inputs, fd);
+            }
             let mut fd_ok = vec![None; here.len()];
             for (r, c) in computed.iter().enumerate() {
                 let (Ok(c), Some(fd)) = (c, &fd) else { continue };
@@ -300,6 +303,18 @@ fn finite_differences(b: &dyn Backend, program: &Program, inputs: &[HostTensor])
     };
     let grads = wanted.iter().map(|&i| Some(numeric_gradient(&f, inputs, i, 1e-6))).collect();
     Ok((!failed.get()).then_some(grads))
+}
+
+/// Where an op's gradient is zero by definition rather than by derivative: embedding's
+/// `padding_idx` row receives none (PyTorch's rule), whatever finite differences say.
+fn definitional_zeros(op: &Op, inputs: &[HostTensor], fd: &mut [Option<HostTensor>]) {
+    if let (Op::Embedding { padding_idx: Some(p) }, Some(Some(g))) = (op, fd.first_mut()) {
+        let (v, d) = (inputs[0].shape[0] as i64, inputs[0].shape[1]);
+        let row = if *p < 0 { p + v } else { *p };
+        if (0..v).contains(&row) {
+            g.data[row as usize * d..(row as usize + 1) * d].iter_mut().for_each(|x| *x = 0.0);
+        }
+    }
 }
 
 /// max |a - n| over max(1, max |n|); NaN when a is missing or not finite.
