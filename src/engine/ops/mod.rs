@@ -6,6 +6,7 @@ pub mod conv;
 pub mod dropout;
 pub mod elementwise;
 pub mod gemm;
+pub mod layer_norm;
 pub mod linear;
 pub mod matmul;
 pub mod norm;

@@ -152,6 +152,30 @@ pub enum Op {
         #[serde(default = "bn_eps")]
         eps: f64,
     },
+    /// `layer_norm(x, normalized_shape[, weight][, bias], eps)`: each slice over the
+    /// trailing `normalized_shape` dims normalised with its mean and biased variance;
+    /// weight and bias (each optional) have shape `normalized_shape`.
+    LayerNorm {
+        normalized_shape: Vec<usize>,
+        #[serde(default = "bn_eps")]
+        eps: f64,
+    },
+    /// `rms_norm(x, normalized_shape[, weight], eps)`: `x / sqrt(mean(x²) + eps)` over the
+    /// trailing dims. `eps` absent (`None`) is PyTorch's default: the machine epsilon of
+    /// the input's dtype (`torch.finfo(dtype).eps`).
+    RmsNorm {
+        normalized_shape: Vec<usize>,
+        #[serde(default)]
+        eps: Option<f64>,
+    },
+    /// `group_norm(x [N, C, *], num_groups[, weight][, bias], eps)`: the channels split
+    /// into `num_groups` groups, each sample's group normalised with its mean and biased
+    /// variance; weight and bias `[C]`.
+    GroupNorm {
+        num_groups: usize,
+        #[serde(default = "bn_eps")]
+        eps: f64,
+    },
     /// Over `dim` of a `[N, C]` tensor (1 or -1).
     Softmax {
         #[serde(default = "dim_one")]
@@ -198,7 +222,7 @@ pub struct Arity {
 
 impl Op {
     /// Every op name, in the order the README lists them.
-    pub const NAMES: [&'static str; 35] = [
+    pub const NAMES: [&'static str; 38] = [
         "matmul",
         "add",
         "sub",
@@ -227,6 +251,9 @@ impl Op {
         "conv2d",
         "linear",
         "batch_norm",
+        "layer_norm",
+        "rms_norm",
+        "group_norm",
         "softmax",
         "log_softmax",
         "nll_loss",
@@ -266,6 +293,9 @@ impl Op {
             Op::Conv2d { .. } => "conv2d",
             Op::Linear {} => "linear",
             Op::BatchNorm { .. } => "batch_norm",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::RmsNorm { .. } => "rms_norm",
+            Op::GroupNorm { .. } => "group_norm",
             Op::Softmax { .. } => "softmax",
             Op::LogSoftmax { .. } => "log_softmax",
             Op::NllLoss { .. } => "nll_loss",
@@ -284,6 +314,7 @@ impl Op {
             "dropout" => Some(Op::Dropout { p: 0.5, training: true }),
             "clamp" => Some(Op::Clamp { min: Some(-0.5), max: Some(0.5) }),
             "pow" => Some(Op::Pow { exponent: 2.0 }),
+            "group_norm" => Some(Op::GroupNorm { num_groups: 1, eps: 1e-5 }),
             _ => None,
         })
     }
@@ -294,6 +325,8 @@ impl Op {
             Op::NllLoss { .. } | Op::CrossEntropy { .. } | Op::Dropout { .. } => (2, 2),
             Op::Conv2d { .. } | Op::Linear {} => (2, 3),
             Op::BatchNorm { .. } => (1, 5),
+            Op::LayerNorm { .. } | Op::GroupNorm { .. } => (1, 3),
+            Op::RmsNorm { .. } => (1, 2),
             _ => (1, 1),
         };
         Arity { min, max }
@@ -303,7 +336,7 @@ impl Op {
     pub fn required(&self, position: usize) -> bool {
         match self {
             Op::Conv2d { .. } | Op::Linear {} => position < 2,
-            Op::BatchNorm { .. } => position == 0,
+            Op::BatchNorm { .. } | Op::LayerNorm { .. } | Op::RmsNorm { .. } | Op::GroupNorm { .. } => position == 0,
             _ => true,
         }
     }
