@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ndarray::ArrayD;
 
-use super::ops::{conv, dropout, elementwise, index, linear, matmul, norm, pool, reduce, shape, softmax};
+use super::ops::{conv, dropout, elementwise, index, layer_norm, linear, matmul, norm, pool, reduce, shape, softmax};
 use super::faults::{self, Fault};
 use super::{Float, Tensor};
 use crate::error::{Error, Result};
@@ -41,6 +41,8 @@ pub enum Op {
     Linear { x: Var, w: Var, b: Option<Var> },
     /// `mean` and `invstd` per channel, as the backward kernel uses them.
     BatchNorm { x: Var, gamma: Var, beta: Var, mean: Arc<[f64]>, invstd: Arc<[f64]>, training: bool },
+    /// Layer, RMS and group normalisation: weight and bias optional.
+    RowNorm { x: Var, w: Option<Var>, b: Option<Var>, saved: Arc<layer_norm::Saved> },
     /// `noise = mask / (1-p)`, the factor each element was multiplied by.
     Dropout { x: Var, noise: Arc<[f64]> },
     /// Over the given axis.
@@ -91,6 +93,7 @@ impl Op {
             Op::Conv2d { x, w, b, .. } | Op::Linear { x, w, b } => [Some(x), Some(w), b].into_iter().flatten().collect(),
             Op::MaxPool2d { x, .. } | Op::Dropout { x, .. } | Op::ReduceDim { x, .. } => vec![x],
             Op::BatchNorm { x, gamma, beta, .. } => vec![x, gamma, beta],
+            Op::RowNorm { x, w, b, .. } => [Some(x), w, b].into_iter().flatten().collect(),
             Op::NllLoss { input, .. } => vec![input],
             Op::Permute { x, .. } | Op::Narrow { x, .. } | Op::IndexSelect { x, .. } => vec![x],
             Op::Concat { ref xs, .. } => xs.to_vec(),
@@ -291,6 +294,15 @@ impl<F: Float> Graph<F> {
                         needs(beta),
                     );
                     asked([(x, gx), (gamma, gg), (beta, gb)])
+                }
+                Op::RowNorm { x, w, b, ref saved } => {
+                    let affine_shape = w.or(b).map(|v| self.value(v).shape().to_vec()).unwrap_or_default();
+                    let need = (needs(x), w.is_some_and(needs), b.is_some_and(needs));
+                    let (gx, gw, gb) = layer_norm::backward(self.value(x), w.map(|w| self.value(w)), &affine_shape, saved, g, need);
+                    let mut out = asked([(x, gx)]);
+                    out.extend(w.zip(gw));
+                    out.extend(b.zip(gb));
+                    out
                 }
                 Op::Dropout { x, ref noise } => vec![(x, dropout::backward(noise, g))],
                 Op::Softmax(a, axis) => vec![(a, softmax::softmax_backward(&node.value, g, axis))],

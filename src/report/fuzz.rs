@@ -259,6 +259,9 @@ fn torch_forward(p: &Program) -> String {
             Op::BatchNorm { training, momentum, eps } => {
                 format!("F.batch_norm({}, {}, {}, {}, {}, {}, {momentum}, {eps})", arg(0), arg(3), arg(4), arg(1), arg(2), if *training { "True" } else { "False" })
             }
+            Op::LayerNorm { normalized_shape, eps } => format!("F.layer_norm({}, {normalized_shape:?}, {}, {}, {})", arg(0), arg(1), arg(2), py_num(*eps)),
+            Op::RmsNorm { normalized_shape, eps } => format!("F.rms_norm({}, {normalized_shape:?}, {}, {})", arg(0), arg(1), eps.map_or("None".into(), py_num)),
+            Op::GroupNorm { num_groups, eps } => format!("F.group_norm({}, {num_groups}, {}, {}, {})", arg(0), arg(1), arg(2), py_num(*eps)),
             Op::Softmax { dim } => format!("F.softmax({}, {dim})", arg(0)),
             Op::LogSoftmax { dim } => format!("F.log_softmax({}, {dim})", arg(0)),
             Op::NllLoss { reduction } => {

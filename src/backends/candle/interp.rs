@@ -78,7 +78,7 @@ impl CandleExecutor {
             let a = |i: usize| args.get(i).copied().flatten().map(|v| values[v].clone().expect("computed"));
             let x = a(0).expect("checked");
             let mut other = match self.alternative {
-                Some(which) if which.op == op.name() => super::alternatives::apply(which.name, &op, &x)?,
+                Some(which) if which.op == op.name() => super::alternatives::apply(which.name, &op, &x, &[a(1), a(2)])?,
                 _ => None,
             };
             let y = match op {
@@ -174,6 +174,14 @@ impl CandleExecutor {
                     };
                     self.batch_norm(&x, a(1), a(2), stats, training, momentum, eps)?
                 }
+                // candle-nn's LayerNorm / RmsNorm normalise the last dimension: over several
+                // trailing dimensions the input is viewed as rows of their product.
+                Op::LayerNorm { ref normalized_shape, eps } => norm_composition(&x, normalized_shape.iter().product(), a(1), a(2), eps, true)?,
+                Op::RmsNorm { ref normalized_shape, eps } => {
+                    let eps = eps.unwrap_or_else(|| default_eps(&x));
+                    norm_composition(&x, normalized_shape.iter().product(), a(1), None, eps, false)?
+                }
+                Op::GroupNorm { num_groups, eps } => group_norm(&x, a(1), a(2), num_groups, eps)?,
                 Op::Softmax { dim } => candle_nn::ops::softmax(&x, axis(dim, x.rank()))?,
                 Op::LogSoftmax { dim } => candle_nn::ops::log_softmax(&x, axis(dim, x.rank()))?,
                 // candle-nn's losses are means only, without label smoothing: anything else is refused.
@@ -297,6 +305,68 @@ impl CandleExecutor {
             (Some(w), Some(b)) => y.broadcast_mul(&w.reshape(bshape.as_slice())?)?.broadcast_add(&b.reshape(bshape.as_slice())?),
             _ => Ok(y),
         }
+    }
+}
+
+/// PyTorch's default eps of rms_norm: the machine epsilon of the input's dtype.
+pub(super) fn default_eps(x: &Tensor) -> f64 {
+    match x.dtype() {
+        candle_core::DType::F32 => f32::EPSILON as f64,
+        _ => f64::EPSILON,
+    }
+}
+
+/// `x` viewed as rows of its trailing `len` elements, and `w`/`b` (of `len` entries) as
+/// vectors: what candle-nn's row kernels take.
+pub(super) fn as_rows(x: &Tensor, len: usize, w: Option<Tensor>, b: Option<Tensor>) -> candle_core::Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+    let rows = x.elem_count() / len.max(1);
+    Ok((x.reshape((rows, len))?, w.map(|w| w.reshape(len)).transpose()?, b.map(|b| b.reshape(len)).transpose()?))
+}
+
+/// candle-nn 0.11.1's `LayerNorm::forward` (and `RmsNorm::forward_diff`, `remove_mean`
+/// false) as written there in candle-core ops, over the trailing `len` elements: the
+/// mean subtracted, divided by `sqrt(mean(x²) + eps)`, then the weight and bias, each
+/// when given. (Its fused `ops::layer_norm` / `ops::rms_norm` are the alternatives.)
+fn norm_composition(x: &Tensor, len: usize, w: Option<Tensor>, b: Option<Tensor>, eps: f64, remove_mean: bool) -> candle_core::Result<Tensor> {
+    let (rows, w, b) = as_rows(x, len, w, b)?;
+    let rows = if remove_mean {
+        let mean = (rows.sum_keepdim(D::Minus1)? / len as f64)?;
+        rows.broadcast_sub(&mean)?
+    } else {
+        rows
+    };
+    let norm = (rows.sqr()?.sum_keepdim(D::Minus1)? / len as f64)?;
+    let y = rows.broadcast_div(&(norm + eps)?.sqrt()?)?;
+    let y = match w {
+        Some(w) => y.broadcast_mul(&w)?,
+        None => y,
+    };
+    let y = match b {
+        Some(b) => y.broadcast_add(&b)?,
+        None => y,
+    };
+    y.reshape(x.dims())
+}
+
+/// candle-nn's `GroupNorm` module. It takes a weight and a bias: absent ones are ones
+/// and zeros (constants, exact). It wants rank 3 or more, so `[N, C]` is viewed as
+/// `[N, C, 1]`.
+fn group_norm(x: &Tensor, w: Option<Tensor>, b: Option<Tensor>, groups: usize, eps: f64) -> candle_core::Result<Tensor> {
+    use candle_nn::Module;
+    let c = x.dim(1)?;
+    let w = match w {
+        Some(w) => w,
+        None => Tensor::ones(c, x.dtype(), x.device())?,
+    };
+    let b = match b {
+        Some(b) => b,
+        None => Tensor::zeros(c, x.dtype(), x.device())?,
+    };
+    let module = candle_nn::GroupNorm::new(w, b, c, groups, eps)?;
+    if x.rank() == 2 {
+        module.forward(&x.unsqueeze(2)?)?.squeeze(2)
+    } else {
+        module.forward(x)
     }
 }
 

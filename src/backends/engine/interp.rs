@@ -6,6 +6,7 @@ use crate::backends::executor::{Executor, Outcome, Request};
 use crate::engine::ops::elementwise::UnaryOp;
 use crate::engine::ops::reduce::DimReduce;
 use crate::engine::ops::softmax::Reduction as EngineReduction;
+use crate::engine::ops::layer_norm::Rows as RowLayout;
 use crate::engine::optim::{Sgd, SgdMomentum};
 use crate::engine::{Float, Graph, RunningStats, Tensor, Var};
 use crate::error::{Error, Result};
@@ -252,6 +253,19 @@ impl<F: Float> EngineExecutor<F> {
                         }
                         _ => g.batch_norm(x, gamma, beta, &mut RunningStats::new(c), training, momentum, eps)?,
                     }
+                }
+                Op::LayerNorm { ref normalized_shape, eps } => {
+                    let rows = RowLayout::trailing(g.value(x).len(), normalized_shape.iter().product());
+                    g.row_norm("layer_norm", x, a(1), a(2), rows, true, eps)?
+                }
+                // PyTorch's default eps: the machine epsilon of the input's dtype.
+                Op::RmsNorm { ref normalized_shape, eps } => {
+                    let rows = RowLayout::trailing(g.value(x).len(), normalized_shape.iter().product());
+                    g.row_norm("rms_norm", x, a(1), None, rows, false, eps.unwrap_or(F::epsilon().as_f64()))?
+                }
+                Op::GroupNorm { num_groups, eps } => {
+                    let rows = RowLayout::groups(g.value(x).shape(), num_groups);
+                    g.row_norm("group_norm", x, a(1), a(2), rows, true, eps)?
                 }
                 Op::Softmax { dim } | Op::LogSoftmax { dim } => {
                     let rank = g.value(x).ndim() as i64;

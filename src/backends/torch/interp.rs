@@ -59,7 +59,7 @@ impl TorchExecutor {
             let a = |i: usize| args.get(i).copied().flatten().map(|v| values[v].as_ref().expect("computed"));
             let x = a(0).expect("checked");
             let mut other = match self.alternative {
-                Some(which) if which.op == op.name() => super::alternatives::apply(which.name, &op, x, a(1))?,
+                Some(which) if which.op == op.name() => super::alternatives::apply(which.name, &op, x, a(1), a(2))?,
                 _ => None,
             };
             let y = match op {
@@ -111,6 +111,23 @@ impl TorchExecutor {
                 }
                 Op::Linear {} => x.f_linear(a(1).expect("checked"), a(2))?,
                 Op::BatchNorm { training, momentum, eps } => x.f_batch_norm(a(1), a(2), a(3), a(4), training, momentum, eps, false)?,
+                Op::LayerNorm { ref normalized_shape, eps } => {
+                    let shape: Vec<i64> = normalized_shape.iter().map(|&d| d as i64).collect();
+                    x.f_layer_norm(shape.as_slice(), a(1), a(2), eps, false)?
+                }
+                // eps None: ATen's rms_norm takes its dtype's machine epsilon.
+                Op::RmsNorm { ref normalized_shape, eps } => {
+                    let shape: Vec<i64> = normalized_shape.iter().map(|&d| d as i64).collect();
+                    x.f_rms_norm(shape.as_slice(), a(1), eps)?
+                }
+                // A finding: libtorch 2.13's CPU native_group_norm_backward fails with a bias
+                // and no weight ("tensor does not have a device": empty_like of the undefined
+                // weight); F.group_norm(x, G, None, b).sum().backward() fails the same way in
+                // Python. Refused up front where a backward pass will run.
+                Op::GroupNorm { .. } if req.backward && a(1).is_none() && a(2).is_some() => {
+                    return Err(TchError::Kind("group_norm: libtorch 2.13's native_group_norm_backward fails with a bias and no weight (\"tensor does not have a device\")".into()))
+                }
+                Op::GroupNorm { num_groups, eps } => x.f_group_norm(num_groups as i64, a(1), a(2), eps, false)?,
                 Op::Softmax { dim } => x.f_softmax(dim, None::<Kind>)?,
                 Op::LogSoftmax { dim } => x.f_log_softmax(dim, None::<Kind>)?,
                 Op::NllLoss { reduction } => {

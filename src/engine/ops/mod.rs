@@ -7,6 +7,7 @@ pub mod dropout;
 pub mod elementwise;
 pub mod gemm;
 pub mod index;
+pub mod layer_norm;
 pub mod linear;
 pub mod matmul;
 pub mod norm;

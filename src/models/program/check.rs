@@ -253,6 +253,28 @@ fn reduced_shape(x: &[usize], dims: &[usize], keepdim: bool) -> Vec<usize> {
 }
 
 /// The output shape of `op` on inputs of `shapes`, or what was expected.
+/// `normalized_shape` must be non-empty and the input's trailing dimensions.
+fn trailing(x: &[usize], normalized_shape: &[usize], name: &str) -> std::result::Result<(), String> {
+    if normalized_shape.is_empty() || normalized_shape.len() > x.len() || x[x.len() - normalized_shape.len()..] != *normalized_shape {
+        return Err(format!("{name}: normalized_shape {normalized_shape:?} must be non-empty and the trailing dimensions of input {x:?}"));
+    }
+    Ok(())
+}
+
+/// A normalisation's weight (input 1) and, with `bias`, its bias (input 2): each
+/// optional, each of shape `want`.
+fn affine(shapes: &[Option<&[usize]>], want: &[usize], bias: bool) -> std::result::Result<(), String> {
+    let names: &[&str] = if bias { &["weight", "bias"] } else { &["weight"] };
+    for (i, what) in names.iter().enumerate() {
+        if let Some(t) = shapes.get(i + 1).copied().flatten() {
+            if t != want {
+                return Err(format!("{what} {t:?}: expected {want:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn infer(op: &Op, shapes: &[Option<&[usize]>]) -> std::result::Result<Vec<usize>, String> {
     let s = |i: usize| shapes.get(i).copied().flatten();
     let x = s(0).expect("the first input is required");
@@ -409,6 +431,38 @@ pub fn infer(op: &Op, shapes: &[Option<&[usize]>]) -> std::result::Result<Vec<us
             }
             if !(eps.is_finite() && *eps > 0.0) || !(0.0..=1.0).contains(momentum) {
                 return Err(format!("eps {eps} must be positive and momentum {momentum} within [0, 1]"));
+            }
+            x.to_vec()
+        }
+        Op::LayerNorm { normalized_shape, eps } | Op::RmsNorm { normalized_shape, eps: Some(eps) } => {
+            trailing(x, normalized_shape, op.name())?;
+            affine(shapes, normalized_shape, matches!(op, Op::LayerNorm { .. }))?;
+            if !(eps.is_finite() && *eps >= 0.0) {
+                return Err(format!("eps {eps} must be finite and not negative"));
+            }
+            x.to_vec()
+        }
+        Op::RmsNorm { normalized_shape, eps: None } => {
+            trailing(x, normalized_shape, op.name())?;
+            affine(shapes, normalized_shape, false)?;
+            x.to_vec()
+        }
+        Op::GroupNorm { num_groups, eps } => {
+            if x.len() < 2 {
+                return Err(format!("input {x:?}: expected [N, C, *]"));
+            }
+            let c = x[1];
+            if *num_groups == 0 || c % num_groups != 0 {
+                return Err(format!("num_groups {num_groups} must divide the {c} channels of input {x:?}"));
+            }
+            affine(shapes, &[c], true)?;
+            // F.group_norm's `_verify_batch_norm_size` on [N·C/G, G, *].
+            let per_group: usize = x[0] * (c / num_groups) * x[2..].iter().product::<usize>();
+            if per_group == 1 {
+                return Err(format!("input {x:?} with {num_groups} groups: expected more than 1 value per channel (F.group_norm's check)"));
+            }
+            if !(eps.is_finite() && *eps >= 0.0) {
+                return Err(format!("eps {eps} must be finite and not negative"));
             }
             x.to_vec()
         }

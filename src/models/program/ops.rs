@@ -180,6 +180,30 @@ pub enum Op {
         #[serde(default = "bn_eps")]
         eps: f64,
     },
+    /// `layer_norm(x, normalized_shape[, weight][, bias], eps)`: each slice over the
+    /// trailing `normalized_shape` dims normalised with its mean and biased variance;
+    /// weight and bias (each optional) have shape `normalized_shape`.
+    LayerNorm {
+        normalized_shape: Vec<usize>,
+        #[serde(default = "bn_eps")]
+        eps: f64,
+    },
+    /// `rms_norm(x, normalized_shape[, weight], eps)`: `x / sqrt(mean(x²) + eps)` over the
+    /// trailing dims. `eps` absent (`None`) is PyTorch's default: the machine epsilon of
+    /// the input's dtype (`torch.finfo(dtype).eps`).
+    RmsNorm {
+        normalized_shape: Vec<usize>,
+        #[serde(default)]
+        eps: Option<f64>,
+    },
+    /// `group_norm(x [N, C, *], num_groups[, weight][, bias], eps)`: the channels split
+    /// into `num_groups` groups, each sample's group normalised with its mean and biased
+    /// variance; weight and bias `[C]`.
+    GroupNorm {
+        num_groups: usize,
+        #[serde(default = "bn_eps")]
+        eps: f64,
+    },
     /// Over any `dim` of an input of rank >= 1.
     Softmax {
         #[serde(default = "dim_one")]
@@ -272,7 +296,7 @@ pub struct Arity {
 
 impl Op {
     /// Every op name, in the order the README lists them.
-    pub const NAMES: [&'static str; 47] = [
+    pub const NAMES: [&'static str; 50] = [
         "matmul",
         "add",
         "sub",
@@ -304,6 +328,9 @@ impl Op {
         "conv2d",
         "linear",
         "batch_norm",
+        "layer_norm",
+        "rms_norm",
+        "group_norm",
         "softmax",
         "log_softmax",
         "nll_loss",
@@ -355,6 +382,9 @@ impl Op {
             Op::Conv2d { .. } => "conv2d",
             Op::Linear {} => "linear",
             Op::BatchNorm { .. } => "batch_norm",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::RmsNorm { .. } => "rms_norm",
+            Op::GroupNorm { .. } => "group_norm",
             Op::Softmax { .. } => "softmax",
             Op::LogSoftmax { .. } => "log_softmax",
             Op::NllLoss { .. } => "nll_loss",
@@ -385,6 +415,7 @@ impl Op {
             "sum_dim" => Some(Op::SumDim { dim: vec![-1], keepdim: false }),
             "mean_dim" => Some(Op::MeanDim { dim: vec![-1], keepdim: false }),
             "amax" => Some(Op::Amax { dim: vec![-1], keepdim: false }),
+            "group_norm" => Some(Op::GroupNorm { num_groups: 1, eps: 1e-5 }),
             _ => None,
         })
     }
@@ -398,6 +429,8 @@ impl Op {
             Op::Concat { .. } => (2, 8),
             Op::IndexSelect { .. } | Op::Embedding { .. } | Op::MaskedFill { .. } => (2, 2),
             Op::Where {} => (3, 3),
+            Op::LayerNorm { .. } | Op::GroupNorm { .. } => (1, 3),
+            Op::RmsNorm { .. } => (1, 2),
             _ => (1, 1),
         };
         Arity { min, max }
@@ -407,7 +440,7 @@ impl Op {
     pub fn required(&self, position: usize) -> bool {
         match self {
             Op::Conv2d { .. } | Op::Linear {} => position < 2,
-            Op::BatchNorm { .. } => position == 0,
+            Op::BatchNorm { .. } | Op::LayerNorm { .. } | Op::RmsNorm { .. } | Op::GroupNorm { .. } => position == 0,
             _ => true,
         }
     }

@@ -92,6 +92,18 @@ fn distinct(shape: Vec<usize>) -> BoxedStrategy<HostTensor> {
         .boxed()
 }
 
+/// Distinct values (as `distinct`) scaled by `scale` and shifted by `shift`: no row of
+/// a normalisation is constant (a constant row's variance is 0, its gradient all
+/// rounding), and any two values are at least `4 · scale / len` apart.
+fn spread(shape: Vec<usize>, scale: f64, shift: f64) -> BoxedStrategy<HostTensor> {
+    distinct(shape)
+        .prop_map(move |mut t| {
+            t.data.iter_mut().for_each(|v| *v = *v * scale + shift);
+            t
+        })
+        .boxed()
+}
+
 fn mask(shape: Vec<usize>) -> BoxedStrategy<HostTensor> {
     let n: usize = shape.iter().product();
     proptest::collection::vec(any::<bool>(), n)
@@ -279,6 +291,47 @@ pub fn case_for(name: &str) -> BoxedStrategy<Case> {
                     let op = Op::BatchNorm { training, momentum, eps };
                     (op, vec![Some(x), affine.then_some(w), affine.then_some(b), stats.then_some(rm), stats.then_some(rv)])
                 })
+            })
+            .boxed(),
+        // Ranks 1 to 4 with odd and size-one dimensions, normalized_shape of 1..=rank-1
+        // trailing dims (the whole of a 1-D input), weight and bias each given or not,
+        // eps the default (rms_norm: None, the dtype's machine epsilon) or drawn.
+        "layer_norm" | "rms_norm" => {
+            let rms = name == "rms_norm";
+            (proptest::collection::vec(1usize..5, 1..5), 0usize..4, any::<bool>(), any::<bool>(), prop_oneof![Just(None), (1e-6..1e-1f64).prop_map(Some)], 0.5..3.0f64, -1.0..1.0f64)
+                .prop_flat_map(move |(s, k, weight, bias, eps, scale, shift)| {
+                    let (mut s, r) = (s.clone(), s.len());
+                    let k = if r == 1 { 1 } else { 1 + k % (r - 1) };
+                    // A layer-norm row of one element is constant and one of two is ±1
+                    // whatever the values: ill-conditioned (the exact gradient is 0 or
+                    // nearly, libtorch's f32 one rounding noise of the cancelled terms).
+                    // Three or more, as batch_norm's cases have four or more per channel.
+                    if !rms && s[r - k..].iter().product::<usize>() < 3 {
+                        s[r - 1] = 3;
+                    }
+                    let ns = s[r - k..].to_vec();
+                    (spread(s, scale, shift), tensor(ns.clone(), Domain::Any), tensor(ns.clone(), Domain::Any)).prop_map(move |(x, w, b)| {
+                        let normalized_shape = ns.clone();
+                        if rms {
+                            (Op::RmsNorm { normalized_shape, eps }, vec![Some(x), weight.then_some(w)])
+                        } else {
+                            (Op::LayerNorm { normalized_shape, eps: eps.unwrap_or(1e-5) }, vec![Some(x), weight.then_some(w), bias.then_some(b)])
+                        }
+                    })
+                })
+                .boxed()
+        }
+        // x [N, C, *] of rank 2 to 4, num_groups dividing C (1 and C among them), weight
+        // and bias each given or not.
+        "group_norm" => (1usize..4, 1usize..4, 1usize..4, proptest::collection::vec(1usize..4, 0..3), any::<bool>(), any::<bool>(), prop_oneof![Just(1e-5), 1e-4..1e-1f64], 0.5..3.0f64, -1.0..1.0f64)
+            .prop_flat_map(|(n, groups, per_group, spatial, weight, bias, eps, scale, shift)| {
+                // Three or more values per group and sample (as layer_norm's rows).
+                let per_group = if per_group * spatial.iter().product::<usize>() < 3 { 3 } else { per_group };
+                let c = groups * per_group;
+                let mut s = vec![n, c];
+                s.extend(spatial);
+                (spread(s, scale, shift), tensor(vec![c], Domain::Any), tensor(vec![c], Domain::Any))
+                    .prop_map(move |(x, w, b)| (Op::GroupNorm { num_groups: groups, eps }, vec![Some(x), weight.then_some(w), bias.then_some(b)]))
             })
             .boxed(),
         // Ranks 1 to 4 over any dimension, named positively or from the back.
