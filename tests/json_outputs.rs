@@ -193,7 +193,9 @@ fn ops_writes_valid_json_and_names_a_missing_gradient() {
     let doc = check_set(&out, "ops", &built_backends());
     let rows = doc["rows"].as_array().unwrap();
     let fused = rows.iter().find(|r| r["backend"] == "candle" && r["implementation"] == "softmax_last_dim").expect("candle's fused softmax is a row of its own");
-    assert_eq!(fused["missing_or_non_finite"], 4, "{fused}");
+    // Its last dimension only: the other cases are refused, the rest lack their gradient.
+    let (missing, refused) = (fused["missing_or_non_finite"].as_u64().unwrap(), fused["refused"].as_u64().unwrap());
+    assert!(missing >= 1 && missing + refused == 4, "{fused}");
     assert!(fused["first_refusal"].as_str().unwrap().contains("gradient missing"), "{fused}");
     for r in rows.iter().filter(|r| r["op"] == "matmul") {
         assert_eq!(r["fd_agree"], 4, "{r}");
