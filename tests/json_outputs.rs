@@ -181,6 +181,18 @@ fn fuzz_writes_valid_json() {
     assert!(code == 0 || code == 1, "{code}");
     let doc = check_set(&out, "fuzz", &built_backends());
     assert_eq!(doc["cases"], 200);
+    // A time limit stops the campaign: the cases run so far, reported as such.
+    let (code, out) = run("fuzz-time", &["fuzz", "--time-limit", "1", "--seed", "1", "--backends", "engine,candle"]);
+    assert!(code == 0 || code == 1, "{code}");
+    let doc = check_set(&out, "fuzz", &["engine", "candle"]);
+    assert_eq!(doc["time_limit"], 1.0);
+    let ran = doc["cases"].as_u64().unwrap();
+    assert!(ran >= 1 && ran < 10_000_000, "{ran}");
+    for bad in ["0", "-1", "nan"] {
+        let (code, out) = run("fuzz-time-bad", &["fuzz", "--time-limit", bad]);
+        assert_eq!(code, 2, "--time-limit {bad}");
+        assert!(!out.join("fuzz").exists());
+    }
 }
 
 /// `ops`: every implementation of an op on a few cases; candle's fused softmax_last_dim

@@ -157,9 +157,12 @@ struct StudyArgs {
 
 #[derive(Args, Clone)]
 struct FuzzArgs {
-    /// Generated programs to run (at most 10000000).
-    #[arg(long, default_value_t = 1000)]
-    cases: u64,
+    /// Generated programs to run (at most 10000000; default 1000, or 10000000 with --time-limit).
+    #[arg(long)]
+    cases: Option<u64>,
+    /// Stop after this many seconds (the cases run so far, in order: a prefix of the campaign).
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
+    time_limit: Option<f64>,
     /// Seed of the campaign: the same seed gives the same programs and the same findings.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -840,6 +843,7 @@ fn run_check(ctx: &Ctx, args: &CheckArgs) -> Result<Verdict> {
         backends: cfg.backends.clone(),
         backend_options: BackendOptions::default(),
         shard: (1, 1),
+        time_limit: None,
     };
     let bar = progress_bar(args.fuzz_cases as usize, "check: fuzz");
     let campaign = backprop_parity::study::fuzz::run(&fuzz_opts, |done, _| bar.set_position(done))?;
@@ -882,7 +886,11 @@ fn run_fuzz(ctx: &Ctx, args: &FuzzArgs) -> Result<Verdict> {
     use backprop_parity::study::fuzz::{self, gen::OPS, FuzzOptions};
     let c = &args.common;
     anyhow::ensure!(c.rtol.is_none() && c.atol.is_none(), "--rtol/--atol do not apply to fuzz: it judges as `run` does");
-    anyhow::ensure!((1..=10_000_000).contains(&args.cases), "--cases {}: expected 1 to 10000000", args.cases);
+    let cases = args.cases.unwrap_or(if args.time_limit.is_some() { 10_000_000 } else { 1000 });
+    anyhow::ensure!((1..=10_000_000).contains(&cases), "--cases {cases}: expected 1 to 10000000");
+    if let Some(t) = args.time_limit {
+        anyhow::ensure!(t.is_finite() && t > 0.0 && t <= 1e7, "--time-limit {t}: expected seconds, more than 0 and at most 10000000");
+    }
     anyhow::ensure!((1..=32).contains(&args.max_nodes), "--max-nodes {}: expected 1 to 32", args.max_nodes);
     let ops: Vec<&'static str> = match &args.ops {
         None => OPS.to_vec(),
@@ -893,7 +901,7 @@ fn run_fuzz(ctx: &Ctx, args: &FuzzArgs) -> Result<Verdict> {
     let shard = args.shard.unwrap_or(Shard { index: 1, count: 1 });
     let dtype = c.dtype(DType::F64);
     let opts = FuzzOptions {
-        cases: args.cases,
+        cases,
         seed: args.seed,
         max_nodes: args.max_nodes,
         ops,
@@ -901,6 +909,7 @@ fn run_fuzz(ctx: &Ctx, args: &FuzzArgs) -> Result<Verdict> {
         backends: backends.clone(),
         backend_options: BackendOptions { candle_maxpool: args.candle_maxpool },
         shard: (shard.index as u64, shard.count as u64),
+        time_limit: args.time_limit,
     };
     let bar = progress_bar(0, "fuzz");
     let report = fuzz::run(&opts, |done, total| {

@@ -205,6 +205,7 @@ pub fn run(data: &Dataset, opts: &BenchOptions, mut progress: impl FnMut(&str)) 
             backends: opts.backends.clone(),
             backend_options: opts.options,
             shard: (1, 1),
+            time_limit: None,
         },
         |_, _| {},
     )).transpose()?;

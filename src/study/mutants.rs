@@ -77,6 +77,7 @@ fn fuzz_options(cfg: &SuiteConfig) -> super::fuzz::FuzzOptions {
         backends: cfg.backends.clone(),
         backend_options: cfg.options,
         shard: (1, 1),
+        time_limit: None,
     }
 }
 

@@ -32,6 +32,9 @@ pub struct FuzzOptions {
     pub backend_options: BackendOptions,
     /// Cases `index` with `index % count == shard - 1` (1-based shard).
     pub shard: (u64, u64),
+    /// Stop after this many seconds (the cases run so far are the campaign, in order, so
+    /// a time-limited run is a prefix of the same seed's full campaign).
+    pub time_limit: Option<f64>,
 }
 
 /// What makes two findings the same one.
@@ -71,7 +74,11 @@ pub struct Finding {
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct FuzzReport {
     pub seed: u64,
+    /// Cases run (fewer than asked for when `time_limit` stopped the campaign).
     pub cases: u64,
+    /// The `--time-limit` in seconds, when one was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<f64>,
     pub shard: (u64, u64),
     pub max_nodes: usize,
     pub dtype: DType,
@@ -186,7 +193,12 @@ pub fn run(opts: &FuzzOptions, mut progress: impl FnMut(u64, u64)) -> Result<Fuz
     let mut shrunk_to_accepted: BTreeMap<FindingKey, String> = BTreeMap::new();
     let mut backend_seconds: BTreeMap<BackendKind, f64> = BTreeMap::new();
     let (mut judge_seconds, mut shrink_seconds) = (0.0, 0.0);
+    let mut ran = 0u64;
     for (done, &index) in indices.iter().enumerate() {
+        if opts.time_limit.is_some_and(|t| start.elapsed().as_secs_f64() >= t) {
+            break;
+        }
+        ran += 1;
         let case = gen::generate(opts.seed, index, opts.max_nodes, &opts.ops);
         let mut ops: Vec<&str> = case.program.nodes.iter().map(|n| n.op.name()).collect();
         ops.sort();
@@ -253,7 +265,8 @@ pub fn run(opts: &FuzzOptions, mut progress: impl FnMut(u64, u64)) -> Result<Fuz
     let backend_total: f64 = backend_seconds.values().sum();
     Ok(FuzzReport {
         seed: opts.seed,
-        cases: indices.len() as u64,
+        cases: ran,
+        time_limit: opts.time_limit,
         shard: opts.shard,
         max_nodes: opts.max_nodes,
         dtype: opts.dtype,
