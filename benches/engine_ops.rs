@@ -110,7 +110,7 @@ fn train_step_group(c: &mut Criterion) {
             let spec: ModelSpec = name.parse().unwrap();
             let params = ParamSet::init(&spec, 7);
             let masks = step_masks(&spec, 25, 5, 0);
-            let mut model = instantiate(BackendKind::Engine, BackendOptions::default(), &spec, &params, dtype).unwrap();
+            let mut model = instantiate(BackendKind::ENGINE, &BackendOptions::default(), &spec, &params, dtype).unwrap();
             group.bench_function(format!("{name}_{dtype}"), |bench| {
                 bench.iter(|| {
                     let out = model.forward_backward(&batch, &masks, false).unwrap();

@@ -13,6 +13,9 @@ pub enum Error {
     File { path: PathBuf, message: String },
     #[error("backend {backend}: {message}")]
     Backend { backend: String, message: String },
+    /// A backend declares (`Backend::capabilities`) that it lacks an op or a dtype.
+    #[error("not supported: {0}")]
+    Unsupported(String),
     #[error("backend '{0}' is not in this build: {1}")]
     Unavailable(String, String),
     /// The io error is part of the message, not a `source`, so that `{:#}` chains do not

@@ -42,18 +42,18 @@ fn check_grads_and_final(kind: BackendKind, case: &GoldenCase, run: &backprop_pa
 
 #[test]
 fn engine_matches_pytorch_golden_values() {
-    check_backend_against_golden(BackendKind::Engine);
+    check_backend_against_golden(BackendKind::ENGINE);
 }
 
 #[test]
 fn candle_matches_pytorch_golden_values() {
-    check_backend_against_golden(BackendKind::Candle);
+    check_backend_against_golden(BackendKind::CANDLE);
 }
 
 #[cfg(feature = "torch")]
 #[test]
 fn live_libtorch_matches_pytorch_golden_values() {
-    check_backend_against_golden(BackendKind::Torch);
+    check_backend_against_golden(BackendKind::TORCH);
 }
 
 #[test]
@@ -70,8 +70,8 @@ fn seeded_inits_are_the_ones_the_reference_script_used() {
 fn the_seed_settings_reproduce_the_seed_study_trace() {
     // The seed study's PyTorch numbers, to the digits it printed.
     let want = [421.81674, 0.348353, 0.22347, 0.143874, 0.092843];
-    let s = study::abc::run(&AbcSpec::seed(30), backprop_parity::DType::F64, &[BackendKind::Engine], Tolerance::torch_default(backprop_parity::DType::F64)).unwrap();
-    let loss = &s.backends[&BackendKind::Engine].loss;
+    let s = study::abc::run(&AbcSpec::seed(30), backprop_parity::DType::F64, &[BackendKind::ENGINE], Tolerance::torch_default(backprop_parity::DType::F64)).unwrap();
+    let loss = &s.backends[&BackendKind::ENGINE].loss;
     for (got, want) in loss.iter().zip(want) {
         assert!(((got - want) / want).abs() < 5e-6, "loss {got} vs seed's {want}");
     }

@@ -314,7 +314,7 @@ fn model_hash(name: &str, dtype: DType) -> u64 {
     let data = mnist();
     let spec: ModelSpec = name.parse().unwrap();
     let params = ParamSet::init(&spec, 7);
-    let mut model = instantiate(BackendKind::Engine, BackendOptions::default(), &spec, &params, dtype).unwrap();
+    let mut model = instantiate(BackendKind::ENGINE, &BackendOptions::default(), &spec, &params, dtype).unwrap();
     let mut h = Fnv::new();
     for step in 0..2 {
         let indices: Vec<usize> = (step * 25..step * 25 + 25).collect();

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use backprop_parity::backends::{BackendKind, MaxPoolMode};
+use backprop_parity::backends::BackendKind;
 use backprop_parity::data::{self, Dataset, DatasetKind};
 use backprop_parity::engine::faults::{self, Fault};
 use backprop_parity::study::gate::{evaluate, Baseline};
@@ -23,7 +23,7 @@ struct Clean {
 fn clean() -> &'static Clean {
     static CLEAN: OnceLock<Clean> = OnceLock::new();
     CLEAN.get_or_init(|| {
-        let cfg = SuiteConfig { backends: BackendKind::built(), options: BackendOptions { candle_maxpool: MaxPoolMode::Exact } };
+        let cfg = SuiteConfig { backends: BackendKind::built(), options: BackendOptions::default().with("candle", "maxpool", "exact") };
         let data = data::load(DatasetKind::Mnist, &data::default_dir(DatasetKind::Mnist)).unwrap();
         let outputs = suite::run(&cfg, &data).unwrap();
         let metrics = suite::metrics(&cfg, &outputs).unwrap();
@@ -82,7 +82,7 @@ fn missing_metrics_non_finite_values_and_absent_backends_fail_the_gate() {
     let r = evaluate(&c.baseline, &now, &c.cfg.backends);
     assert_eq!(r.regressions.len(), 1);
     assert_eq!(r.regressions[0].reason, "not finite");
-    let r = evaluate(&c.baseline, &current(), &[BackendKind::Engine]);
+    let r = evaluate(&c.baseline, &current(), &[BackendKind::ENGINE]);
     assert!(r.regressions.iter().any(|g| g.reason == "backend did not run"));
     assert!(Baseline::new(c.cfg.backends.clone(), vec![Metric { value: f64::INFINITY, ..current()[0].clone() }]).is_err());
 }
@@ -94,7 +94,7 @@ fn gate_catches(fault: Fault) {
     let _on = faults::inject(fault);
     let mut outputs = c.outputs.clone();
     let params = outputs[&reference].train_params.clone();
-    outputs.insert(BackendKind::Engine, suite::collect(BackendKind::Engine, &c.cfg, &c.data, Some(&params)).unwrap());
+    outputs.insert(BackendKind::ENGINE, suite::collect(BackendKind::ENGINE, &c.cfg, &c.data, Some(&params)).unwrap());
     let now = suite::metrics(&c.cfg, &outputs).unwrap();
     let r = evaluate(&c.baseline, &now, &c.cfg.backends);
     assert!(!r.passed, "{} went unnoticed", fault.name());

@@ -25,7 +25,7 @@ fn grads_options(models: Vec<ModelSpec>, dtype: DType, backends: Vec<BackendKind
         models,
         dtype,
         backends,
-        backend_options: BackendOptions { candle_maxpool: maxpool },
+        backend_options: BackendOptions::default().with("candle", "maxpool", maxpool.name()),
         batch: 4,
         seed: 11,
         params: None,
@@ -68,7 +68,7 @@ fn candles_max_pool_is_found_by_measurement() {
     // Everything after the last pool (fc1, fc2, fc3) still agrees.
     assert_eq!(d.last_agreeing_layer.as_deref(), Some("fc1"));
     if cfg!(feature = "torch") {
-        assert_eq!(d.odd_one_out, Some(BackendKind::Candle));
+        assert_eq!(d.odd_one_out, Some(BackendKind::CANDLE));
     }
     assert!(study.models["MLP"].agree, "no pool, no disagreement");
 }
@@ -79,7 +79,7 @@ fn lockstep_training_keeps_backends_together() {
         models: vec!["MLP_Dropout".parse().unwrap(), "CNN_BatchNorm".parse().unwrap()],
         dtype: DType::F64,
         backends: BackendKind::built(),
-        backend_options: BackendOptions { candle_maxpool: MaxPoolMode::Exact },
+        backend_options: BackendOptions::default().with("candle", "maxpool", "exact"),
         dataset: DatasetKind::Mnist,
         epochs: 2,
         train_limit: Some(100),
@@ -117,8 +117,8 @@ fn a_params_file_gives_the_same_gradients_as_the_params_it_holds() {
     let spec: ModelSpec = "MLP_BatchNorm".parse().unwrap();
     let path = temp_file("mlp.safetensors");
     safetensors_io::write(&path, &ParamSet::init(&spec, 11), DType::F64).unwrap();
-    let from_seed = grads::run(mnist(), &grads_options(vec![spec.clone()], DType::F64, vec![BackendKind::Engine], MaxPoolMode::Exact), |_| {}).unwrap();
-    let mut opts = grads_options(vec![spec], DType::F64, vec![BackendKind::Engine], MaxPoolMode::Exact);
+    let from_seed = grads::run(mnist(), &grads_options(vec![spec.clone()], DType::F64, vec![BackendKind::ENGINE], MaxPoolMode::Exact), |_| {}).unwrap();
+    let mut opts = grads_options(vec![spec], DType::F64, vec![BackendKind::ENGINE], MaxPoolMode::Exact);
     opts.params = Some(safetensors_io::read(&path).unwrap());
     opts.params_origin = Some(path.display().to_string());
     let from_file = grads::run(mnist(), &opts, |_| {}).unwrap();
@@ -155,8 +155,8 @@ fn check_against_pytorch_state_dict(kind: BackendKind) {
         let batch = make_batch(&mnist().train, &indices);
         for dtype in DType::ALL {
             let want = safetensors_io::read(&repo_path(&format!("reference/mnist/{model}-grads-{dtype}.safetensors"))).unwrap();
-            let opts = BackendOptions { candle_maxpool: MaxPoolMode::Exact };
-            let mut runner = instantiate(kind, opts, &spec, &params, dtype).unwrap();
+            let opts = BackendOptions::default().with("candle", "maxpool", "exact");
+            let mut runner = instantiate(kind, &opts, &spec, &params, dtype).unwrap();
             let got = runner.forward_backward(&batch, &[], true).unwrap().grads.unwrap();
             let scale = want.tensors.iter().flat_map(|(_, t)| t.data.iter()).fold(0.0f64, |m, v| m.max(v.abs()));
             let tol = grads::grad_tolerance(dtype) * scale.max(1e-300);
@@ -172,16 +172,16 @@ fn check_against_pytorch_state_dict(kind: BackendKind) {
 
 #[test]
 fn engine_reproduces_pytorch_gradients_from_a_pytorch_state_dict() {
-    check_against_pytorch_state_dict(BackendKind::Engine);
+    check_against_pytorch_state_dict(BackendKind::ENGINE);
 }
 
 #[test]
 fn candle_with_exact_max_pool_reproduces_pytorch_gradients_from_a_pytorch_state_dict() {
-    check_against_pytorch_state_dict(BackendKind::Candle);
+    check_against_pytorch_state_dict(BackendKind::CANDLE);
 }
 
 #[cfg(feature = "torch")]
 #[test]
 fn libtorch_reproduces_pytorch_gradients_from_a_pytorch_state_dict() {
-    check_against_pytorch_state_dict(BackendKind::Torch);
+    check_against_pytorch_state_dict(BackendKind::TORCH);
 }

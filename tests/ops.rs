@@ -34,7 +34,7 @@ fn program_of(op: &Op, inputs: &[Option<HostTensor>]) -> (Program, Vec<HostTenso
 /// The engine's gradient of the op's scalar against central differences in f64.
 fn check_finite_differences(op: &Op, inputs: &[Option<HostTensor>]) -> Result<(), TestCaseError> {
     let (program, inputs) = program_of(op, inputs);
-    let engine = BackendKind::Engine.create().unwrap();
+    let engine = BackendKind::ENGINE.create().unwrap();
     let analytic = engine.evaluate(&program, &inputs, DType::F64).unwrap();
     let f = |xs: &[HostTensor]| engine.evaluate(&program, xs, DType::F64).unwrap().output;
     let grad_inputs: Vec<usize> = program.grad_inputs().map(|(i, _)| i).collect();
@@ -122,8 +122,8 @@ fn torch_refuses(op: &Op, given: &[Option<HostTensor>]) -> bool {
 /// `given`: the op's inputs as drawn (an absent optional input is `None`).
 fn refuses(other: BackendKind, op: &Op, inputs: &[HostTensor], given: &[Option<HostTensor>]) -> bool {
     match other {
-        BackendKind::Candle => candle_refuses(op, inputs),
-        BackendKind::Torch => torch_refuses(op, given),
+        BackendKind::CANDLE => candle_refuses(op, inputs),
+        BackendKind::TORCH => torch_refuses(op, given),
         _ => false,
     }
 }
@@ -144,7 +144,7 @@ fn check_against(op: &Op, other: BackendKind, given: &[Option<HostTensor>]) -> R
     let (program, inputs) = program_of(op, given);
     for dtype in DType::ALL {
         let inputs: Vec<HostTensor> = inputs.iter().map(|t| t.rounded(dtype)).collect();
-        let ours = BackendKind::Engine.create().unwrap().evaluate(&program, &inputs, dtype).unwrap();
+        let ours = BackendKind::ENGINE.create().unwrap().evaluate(&program, &inputs, dtype).unwrap();
         let theirs = match reference(other).evaluate(&program, &inputs, dtype) {
             Ok(t) => t,
             Err(e) => {
@@ -178,7 +178,7 @@ fn check_against(op: &Op, other: BackendKind, given: &[Option<HostTensor>]) -> R
         for (i, (a, b)) in ours.grads.iter().zip(&theirs.grads).enumerate() {
             let d = compare(a, b, dtype, tol).unwrap();
             let known = match (other, dtype) {
-                (BackendKind::Candle, DType::F64) => candle_known_f64_grad_error(op),
+                (BackendKind::CANDLE, DType::F64) => candle_known_f64_grad_error(op),
                 _ => None,
             };
             prop_assert!(
@@ -199,7 +199,7 @@ fn check_against(op: &Op, other: BackendKind, given: &[Option<HostTensor>]) -> R
 /// candle with its max-pool fixed: the released backward is checked on its own below.
 fn reference(kind: BackendKind) -> Box<dyn Backend> {
     match kind {
-        BackendKind::Candle => Box::new(CandleBackend { maxpool: MaxPoolMode::Exact }),
+        BackendKind::CANDLE => Box::new(CandleBackend { maxpool: MaxPoolMode::Exact }),
         other => other.create().unwrap(),
     }
 }
@@ -218,7 +218,7 @@ macro_rules! op_tests {
                     }
                     #[test]
                     fn engine_matches_candle((op, inputs) in case_for(stringify!($name))) {
-                        check_against(&op, BackendKind::Candle, &inputs)?;
+                        check_against(&op, BackendKind::CANDLE, &inputs)?;
                     }
                 }
                 #[cfg(feature = "torch")]
@@ -226,7 +226,7 @@ macro_rules! op_tests {
                     #![proptest_config(config())]
                     #[test]
                     fn engine_matches_libtorch((op, inputs) in case_for(stringify!($name))) {
-                        check_against(&op, BackendKind::Torch, &inputs)?;
+                        check_against(&op, BackendKind::TORCH, &inputs)?;
                     }
                 }
             }
@@ -295,7 +295,7 @@ op_tests! {
 fn candles_released_max_pool_backward_scales_a_unique_maximum_by_a_quarter() {
     let x = HostTensor { shape: vec![1, 1, 4, 4], data: (0..16).map(f64::from).collect() };
     let program = Program::single(Op::MaxPool2d { kernel: 2, stride: None, padding: 0 }, &[Some(vec![1, 1, 4, 4])]);
-    let engine = BackendKind::Engine.create().unwrap().evaluate(&program, std::slice::from_ref(&x), DType::F64).unwrap();
+    let engine = BackendKind::ENGINE.create().unwrap().evaluate(&program, std::slice::from_ref(&x), DType::F64).unwrap();
     let builtin = CandleBackend { maxpool: MaxPoolMode::Builtin }.evaluate(&program, std::slice::from_ref(&x), DType::F64).unwrap();
     let exact = CandleBackend { maxpool: MaxPoolMode::Exact }.evaluate(&program, std::slice::from_ref(&x), DType::F64).unwrap();
     let maxima = [5, 7, 13, 15];
@@ -316,9 +316,9 @@ fn amax_shares_the_gradient_evenly_among_ties() {
     let x = HostTensor { shape: vec![2, 3], data: vec![1.0, 3.0, 3.0, 2.0, 2.0, 0.0] };
     let program = Program::single(Op::Amax { dim: vec![1], keepdim: false }, &[Some(vec![2, 3])]);
     let engine =
-        BackendKind::Engine.create().unwrap().evaluate(&program, std::slice::from_ref(&x), DType::F64).unwrap();
+        BackendKind::ENGINE.create().unwrap().evaluate(&program, std::slice::from_ref(&x), DType::F64).unwrap();
     assert_eq!(engine.grads[0].data, [0.0, 0.5, 0.5, 0.5, 0.5, 0.0], "engine");
-    let candle = reference(BackendKind::Candle).evaluate(&program, std::slice::from_ref(&x), DType::F64).unwrap();
+    let candle = reference(BackendKind::CANDLE).evaluate(&program, std::slice::from_ref(&x), DType::F64).unwrap();
     assert_eq!(
         candle.grads[0].data,
         [0.0, 1.0, 1.0, 1.0, 1.0, 0.0],
@@ -327,7 +327,7 @@ fn amax_shares_the_gradient_evenly_among_ties() {
     #[cfg(feature = "torch")]
     {
         let torch =
-            BackendKind::Torch.create().unwrap().evaluate(&program, std::slice::from_ref(&x), DType::F64).unwrap();
+            BackendKind::TORCH.create().unwrap().evaluate(&program, std::slice::from_ref(&x), DType::F64).unwrap();
         assert_eq!(torch.grads[0].data, engine.grads[0].data, "libtorch");
     }
 }
@@ -400,11 +400,11 @@ fn kinks_and_ties_follow_aten() {
         (Op::Pow { exponent: 2.0 }, vec![&[0.0, -2.0]], vec![vec![0.0, -4.0]]),
     ];
     for (op, inputs, want) in &cases {
-        let (_, engine) = at(BackendKind::Engine, op, inputs).unwrap();
+        let (_, engine) = at(BackendKind::ENGINE, op, inputs).unwrap();
         assert_eq!(&engine, want, "engine: {}", describe(op, &[]));
         #[cfg(feature = "torch")]
         {
-            let (_, torch) = at(BackendKind::Torch, op, inputs).unwrap();
+            let (_, torch) = at(BackendKind::TORCH, op, inputs).unwrap();
             assert_eq!(engine, torch, "engine vs libtorch: {}", describe(op, &[]));
         }
     }
@@ -417,14 +417,14 @@ fn kinks_and_ties_follow_aten() {
 /// these points candle agrees (the op tests).
 #[test]
 fn candle_takes_other_sides_than_aten_at_kinks() {
-    let grads = |op: Op, x: &[f64]| at(BackendKind::Candle, &op, &[x]).unwrap().1.remove(0);
+    let grads = |op: Op, x: &[f64]| at(BackendKind::CANDLE, &op, &[x]).unwrap().1.remove(0);
     assert_eq!(grads(Op::Abs {}, &[0.0]), [1.0]);
     assert_eq!(grads(Op::LeakyRelu { negative_slope: 0.01 }, &[0.0]), [0.505]);
     assert_eq!(grads(Op::Clamp { min: Some(-0.5), max: Some(0.5) }, &[-0.5, 0.5]), [0.5, 0.5]);
     assert!(grads(Op::Pow { exponent: 0.0 }, &[0.0])[0].is_nan());
     // Where candle and ATen agree: elu at 0, a tie of maximum.
     assert_eq!(grads(Op::Elu { alpha: 1.0 }, &[0.0]), [1.0]);
-    assert_eq!(at(BackendKind::Candle, &Op::Maximum {}, &[&[1.0], &[1.0]]).unwrap().1, [vec![0.5], vec![0.5]]);
+    assert_eq!(at(BackendKind::CANDLE, &Op::Maximum {}, &[&[1.0], &[1.0]]).unwrap().1, [vec![0.5], vec![0.5]]);
 }
 
 /// The finding behind `candle_known_f64_grad_error`: at x = 1, in f64, the engine's GELU
@@ -436,16 +436,16 @@ fn candles_gelu_backward_uses_six_digit_constants() {
         let op = Op::Gelu { approximate };
         let x = 1.0;
         let grad = |kind| at(kind, &op, &[&[x]]).unwrap().1[0][0];
-        let loss = |x: f64| at(BackendKind::Engine, &op, &[&[x]]).unwrap().0;
+        let loss = |x: f64| at(BackendKind::ENGINE, &op, &[&[x]]).unwrap().0;
         let h = 1e-5;
         let fd = (loss(x + h) - loss(x - h)) / (2.0 * h);
-        let (engine, candle) = (grad(BackendKind::Engine), grad(BackendKind::Candle));
+        let (engine, candle) = (grad(BackendKind::ENGINE), grad(BackendKind::CANDLE));
         eprintln!("gelu({}) at x = {x}: engine {engine:.17} finite differences {fd:.17} candle {candle:.17} (candle - engine {:e})", approximate.name(), candle - engine);
         assert!((engine - fd).abs() < 1e-9, "engine {engine} vs finite differences {fd}");
         assert!((candle - engine).abs() > 1e-8 && (candle - engine).abs() < 5e-7, "candle {candle} vs engine {engine}");
         #[cfg(feature = "torch")]
         {
-            let torch = grad(BackendKind::Torch);
+            let torch = grad(BackendKind::TORCH);
             eprintln!("  libtorch {torch:.17} (libtorch - engine {:e})", torch - engine);
             assert!((engine - torch).abs() <= 4.0 * f64::EPSILON * torch.abs(), "engine {engine} vs libtorch {torch}");
         }
@@ -463,7 +463,7 @@ fn libtorch_refuses_attributes_the_binding_cannot_pass() {
         (Op::Softplus { beta: 2.0, threshold: 20.0 }, "beta"),
         (Op::Softplus { beta: 1.0, threshold: 5.0 }, "threshold"),
     ] {
-        let refusal = at(BackendKind::Torch, &op, &[&[0.5, -0.5]]).unwrap_err();
+        let refusal = at(BackendKind::TORCH, &op, &[&[0.5, -0.5]]).unwrap_err();
         assert!(refusal.contains(op.name()) && refusal.contains(attr), "{refusal}");
     }
 }

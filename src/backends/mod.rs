@@ -2,15 +2,14 @@
 //! definition (`models::Program`) with its framework's own autograd; it never carries a
 //! model of its own.
 
+mod builtin;
 mod candle;
 mod engine;
 pub mod executor;
 mod guard;
+pub mod registry;
 #[cfg(feature = "torch")]
 mod torch;
-
-use std::fmt;
-use std::str::FromStr;
 
 use serde::Serialize;
 
@@ -24,6 +23,8 @@ pub use self::candle::{CandleBackend, MaxPoolMode};
 pub use self::executor::{Executor, Outcome, Request};
 pub use self::guard::guarded;
 pub use self::engine::EngineBackend;
+pub use self::builtin::TORCH_BUILD_HINT;
+pub use self::registry::{register, BackendKind, BackendOptions, Registration, Settings};
 #[cfg(feature = "torch")]
 pub use self::torch::TorchBackend;
 
@@ -146,8 +147,65 @@ pub struct Implementation {
     pub about: &'static str,
 }
 
+/// What a backend can run: `None` for "every op of the program format" and "both
+/// dtypes". A study skips what a backend does not support, with this as the reason,
+/// instead of counting it as a failure.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct Capabilities {
+    /// The program-format ops it implements (`Op::NAMES` spellings).
+    pub ops: Option<Vec<&'static str>>,
+    pub dtypes: Option<Vec<DType>>,
+}
+
+impl Capabilities {
+    /// Why `program` in `dtype` is out of reach, if it is: the first op it lacks, or the
+    /// dtype.
+    pub fn unsupported(&self, program: &Program, dtype: DType) -> Option<String> {
+        program.nodes.iter().find_map(|n| self.lacks(n.op.name(), dtype)).or_else(|| self.lacks_dtype(dtype))
+    }
+
+    /// Why `op` in `dtype` is out of reach, if it is.
+    pub fn lacks(&self, op: &str, dtype: DType) -> Option<String> {
+        if let Some(ops) = &self.ops {
+            if !ops.contains(&op) {
+                return Some(format!("has no {op}"));
+            }
+        }
+        self.lacks_dtype(dtype)
+    }
+
+    fn lacks_dtype(&self, dtype: DType) -> Option<String> {
+        match &self.dtypes {
+            Some(dtypes) if !dtypes.contains(&dtype) => Some(format!("does not compute in {dtype}")),
+            _ => None,
+        }
+    }
+}
+
+/// Hooks only `parity-report bench` uses: raw throughput of the framework's kernels,
+/// outside the program interpreter.
+pub trait BenchHooks {
+    /// Median seconds of `reps` f32 products of an `m×k` and a `k×n` matrix (after one
+    /// warm-up).
+    fn matmul_seconds(&self, m: usize, k: usize, n: usize, reps: usize) -> Result<f64>;
+}
+
+/// A framework (or your own engine) that runs programs of the program format with its
+/// own automatic differentiation. Implement `kind` and `executor`; everything else has a
+/// default. Register it (`registry::register`) to make every study take it by name.
 pub trait Backend {
+    /// Its name in the registry.
     fn kind(&self) -> BackendKind;
+
+    /// The ops and dtypes it supports (default: all).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    /// The settings it runs with (`maxpool=builtin`), as reports name its variant.
+    fn settings(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 
     /// The framework's other implementations of ops, beyond the default ones its
     /// interpreter uses.
@@ -160,9 +218,10 @@ pub trait Backend {
         Err(Error::Invalid(format!("{} has no other implementation '{}' of {}", self.kind(), which.name, which.op)))
     }
 
-    /// Median seconds of `reps` f32 products of an `m×k` and a `k×n` matrix (after one
-    /// warm-up), for the throughput table of `parity-report bench`.
-    fn matmul_seconds(&self, m: usize, k: usize, n: usize, reps: usize) -> Result<f64>;
+    /// Raw-kernel timings for `parity-report bench`, when it offers them.
+    fn bench_hooks(&self) -> Option<&dyn BenchHooks> {
+        None
+    }
 
     /// The program instantiated in this framework with `inputs` as its starting values,
     /// computing natively in `dtype`.
@@ -186,87 +245,6 @@ pub trait Backend {
     fn evaluate(&self, program: &Program, inputs: &[HostTensor], dtype: DType) -> Result<Evaluation>
     {
         executor::evaluate(self, program, inputs, dtype)
-    }
-}
-
-/// The backends this crate knows; `torch` exists only in builds with `--features torch`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    Engine,
-    Candle,
-    Torch,
-}
-
-pub const TORCH_BUILD_HINT: &str = "run `scripts/setup-torch` once, then build with `--features torch`, \
-    e.g. `cargo run --release --features torch -- ...` (`make report` and `make test` do both)";
-
-impl BackendKind {
-    pub const ALL: [BackendKind; 3] = [BackendKind::Engine, BackendKind::Candle, BackendKind::Torch];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Engine => "engine",
-            BackendKind::Candle => "candle",
-            BackendKind::Torch => "torch",
-        }
-    }
-
-    pub fn is_built(self) -> bool {
-        self != BackendKind::Torch || cfg!(feature = "torch")
-    }
-
-    /// Every backend compiled into this build, engine first.
-    pub fn built() -> Vec<BackendKind> {
-        Self::ALL.into_iter().filter(|k| k.is_built()).collect()
-    }
-
-    /// The autograd that judges the others: libtorch when built, else candle.
-    pub fn reference_among(kinds: &[BackendKind]) -> Option<BackendKind> {
-        [BackendKind::Torch, BackendKind::Candle, BackendKind::Engine].into_iter().find(|k| kinds.contains(k))
-    }
-
-    pub fn create(self) -> Result<Box<dyn Backend>> {
-        match self {
-            BackendKind::Engine => Ok(Box::new(EngineBackend)),
-            BackendKind::Candle => Ok(Box::new(CandleBackend::default())),
-            #[cfg(feature = "torch")]
-            BackendKind::Torch => Ok(Box::new(TorchBackend::new())),
-            #[cfg(not(feature = "torch"))]
-            BackendKind::Torch => Err(Error::Unavailable("torch".into(), TORCH_BUILD_HINT.into())),
-        }
-    }
-
-    /// Parses `engine,candle,torch`; rejects unknown, repeated and unbuilt backends.
-    pub fn parse_list(s: &str) -> Result<Vec<BackendKind>> {
-        let mut out = Vec::new();
-        for part in s.split(',').map(str::trim) {
-            let kind: BackendKind = part.parse().map_err(Error::Invalid)?;
-            if out.contains(&kind) {
-                return Err(Error::Invalid(format!("--backends names '{part}' twice")));
-            }
-            if !kind.is_built() {
-                return Err(Error::Unavailable(part.into(), TORCH_BUILD_HINT.into()));
-            }
-            out.push(kind);
-        }
-        Ok(out)
-    }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for BackendKind {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| format!("--backends: unknown backend '{s}': expected engine, candle or torch"))
     }
 }
 

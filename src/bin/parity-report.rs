@@ -48,6 +48,24 @@ struct Cli {
     /// Nothing on stderr (no progress bars, no summaries) except the one line of an error.
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// A backend's own setting, `BACKEND.KEY=VALUE` (repeatable): e.g. candle.maxpool=exact (what --candle-maxpool sets), or a setting of a backend you registered. Applied after --candle-maxpool.
+    #[arg(long = "backend-option", global = true, value_name = "BACKEND.KEY=VALUE")]
+    backend_option: Vec<String>,
+}
+
+/// `--backend-option`s, parsed once in `main`.
+static BACKEND_OPTIONS: std::sync::OnceLock<BackendOptions> = std::sync::OnceLock::new();
+
+/// The backends' settings: candle's max-pool mode from `--candle-maxpool`, then every
+/// `--backend-option`.
+fn backend_options(maxpool: MaxPoolMode) -> BackendOptions {
+    let mut o = BackendOptions::default().with("candle", "maxpool", maxpool.name());
+    for (backend, settings) in &BACKEND_OPTIONS.get().cloned().unwrap_or_default().0 {
+        for (k, v) in settings {
+            o.set(backend, k, v);
+        }
+    }
+    o
 }
 
 #[derive(Subcommand)]
@@ -301,7 +319,7 @@ struct MutantsArgs {
 #[derive(Args, Clone, Default)]
 struct Common {
     /// Comma-separated backends to run (default: every backend built).
-    #[arg(long, value_name = "LIST", help = format!("Comma-separated backends to run, of {} (default: every backend built: {})", names(BackendKind::ALL.map(BackendKind::name)), names(BackendKind::built().iter().map(|k| k.name()))))]
+    #[arg(long, value_name = "LIST", help = format!("Comma-separated backends to run, of {} (default: every backend built: {})", names(BackendKind::all().iter().map(|k| k.name())), names(BackendKind::built().iter().map(|k| k.name()))))]
     backends: Option<String>,
     /// Element type of every backend's computation (default: f64 for abc, grads and run, f32 for mnist).
     #[arg(long, value_name = "f32|f64")]
@@ -478,6 +496,12 @@ fn dispatch(cli: Cli) -> Result<(Verdict, bool)> {
         !cli.full || cli.command.is_none(),
         "--full: is `parity-report study` without a subcommand; give the subcommand's own flags instead (`mnist` takes --epochs, --train-limit and --test-limit)"
     );
+    let mut options = BackendOptions::default();
+    for o in &cli.backend_option {
+        options.parse_one(o)?;
+    }
+    options.validate()?;
+    let _ = BACKEND_OPTIONS.set(options);
     let out = cli.out.clone().unwrap_or_else(|| PathBuf::from("reports"));
     match &cli.command {
         Some(Command::Program(_)) => anyhow::ensure!(cli.out.is_none(), "--out: `program` prints to stdout (and --write-inputs to its file); it has no report folder"),
@@ -684,7 +708,7 @@ fn run_grads(ctx: &Ctx, args: &GradsArgs) -> Result<Verdict> {
         models,
         dtype,
         backends: backends.clone(),
-        backend_options: BackendOptions { candle_maxpool: args.model.candle_maxpool },
+        backend_options: backend_options(args.model.candle_maxpool),
         batch: args.batch,
         seed: args.model.seed,
         params,
@@ -721,7 +745,7 @@ fn run_mnist(ctx: &Ctx, args: &MnistArgs) -> Result<Verdict> {
         models,
         dtype,
         backends: backends.clone(),
-        backend_options: BackendOptions { candle_maxpool: args.model.candle_maxpool },
+        backend_options: backend_options(args.model.candle_maxpool),
         dataset: args.model.dataset,
         epochs: args.budget.epochs,
         train_limit: args.budget.train_limit,
@@ -780,7 +804,7 @@ fn suite_config(c: &Common, baseline: Option<&Baseline>) -> Result<SuiteConfig> 
         );
     }
     anyhow::ensure!(c.dtype.is_none(), "--dtype: the suite always runs both f32 and f64");
-    Ok(SuiteConfig { backends, options: BackendOptions { candle_maxpool: MaxPoolMode::Exact } })
+    Ok(SuiteConfig { backends, options: backend_options(MaxPoolMode::Exact) })
 }
 
 /// Most epochs of `mnist --epochs`.
@@ -907,7 +931,7 @@ fn run_fuzz(ctx: &Ctx, args: &FuzzArgs) -> Result<Verdict> {
         ops,
         dtype,
         backends: backends.clone(),
-        backend_options: BackendOptions { candle_maxpool: args.candle_maxpool },
+        backend_options: backend_options(args.candle_maxpool),
         shard: (shard.index as u64, shard.count as u64),
         time_limit: args.time_limit,
     };
@@ -921,7 +945,7 @@ fn run_fuzz(ctx: &Ctx, args: &FuzzArgs) -> Result<Verdict> {
     for f in &report.findings {
         say!("fuzz finding: {} in {} ({}), shrunk to {} node(s) and {} entries", f.key.kind, f.key.op, f.key.odd_backend.map_or("-".into(), |k| k.to_string()), f.nodes, f.input_entries);
     }
-    finish(ctx, report::fuzz::outputs(&report, args.candle_maxpool.name(), &Provenance::collect(&backends, &[dtype]))?)?;
+    finish(ctx, report::fuzz::outputs(&report, &backend_options(args.candle_maxpool), &Provenance::collect(&backends, &[dtype]))?)?;
     Ok(Verdict::of(report.findings.is_empty()))
 }
 
@@ -937,7 +961,7 @@ fn run_ops(ctx: &Ctx, args: &OpsArgs) -> Result<Verdict> {
     };
     let backends = c.backends()?;
     let dtype = c.dtype(DType::F64);
-    let opts = OpsOptions { ops: op_names, cases: args.cases, seed: args.seed, dtype, backends: backends.clone(), backend_options: BackendOptions { candle_maxpool: args.candle_maxpool } };
+    let opts = OpsOptions { ops: op_names, cases: args.cases, seed: args.seed, dtype, backends: backends.clone(), backend_options: backend_options(args.candle_maxpool) };
     let bar = progress_bar(opts.ops.len(), "ops");
     let report = ops::run(&opts, |op, done, _| {
         bar.set_message(op.to_string());
@@ -990,7 +1014,7 @@ fn run_study(ctx: &Ctx, args: &StudyArgs) -> Result<Verdict> {
                 momentum: study::mnist::MOMENTUM,
                 train_batch: study::mnist::TRAIN_BATCH,
                 test_batch: study::mnist::TEST_BATCH,
-                candle_maxpool: opts.backend_options.candle_maxpool,
+                backend_options: opts.backend_options.clone(),
             };
             bar.set_message(key.label());
             let before = bar.position();
@@ -1030,16 +1054,16 @@ fn study_options(args: &StudyArgs) -> Result<backprop_parity::study::campaign::S
     let mut backends = args.common.backends()?;
     if args.common.backends.is_none() {
         // candle's CNN epochs take minutes here: name it to include it.
-        backends.retain(|&k| k != BackendKind::Candle);
+        backends.retain(|&k| k != BackendKind::CANDLE);
     }
-    anyhow::ensure!(backends.first() == Some(&BackendKind::Engine), "--backends: the study's runs are the engine's, with others in lockstep; list engine first");
+    anyhow::ensure!(backends.first() == Some(&BackendKind::ENGINE), "--backends: the study's runs are the engine's, with others in lockstep; list engine first");
     Ok(backprop_parity::study::campaign::StudyOptions {
         datasets,
         models: parse_models(&ModelArgs { models: args.models.clone(), seed: 0, params: None, dataset: DatasetKind::Mnist, data_dir: None, candle_maxpool: args.candle_maxpool })?,
         seeds,
         lockstep_seeds,
         backends,
-        backend_options: BackendOptions { candle_maxpool: args.candle_maxpool },
+        backend_options: backend_options(args.candle_maxpool),
         epochs: args.budget.epochs,
         train_limit: args.budget.train_limit,
         test_limit: args.budget.test_limit,
@@ -1125,7 +1149,7 @@ fn run_memory_child(args: &MemoryChildArgs) -> Result<()> {
     let spec: ModelSpec = args.model.parse()?;
     let kind: BackendKind = args.backend.parse().map_err(|e: String| anyhow::anyhow!("--backend: {e}"))?;
     let data = mnist_data()?;
-    let m = study::memory::epoch_here(&data, &spec, kind, BackendOptions { candle_maxpool: MaxPoolMode::Exact }, args.images)?;
+    let m = study::memory::epoch_here(&data, &spec, kind, &backend_options(MaxPoolMode::Exact), args.images)?;
     println!("{}", serde_json::to_string(&m)?);
     Ok(())
 }
@@ -1152,7 +1176,7 @@ fn run_bench(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
     let opts = study::bench::BenchOptions {
         models,
         backends: c.backends()?,
-        options: BackendOptions { candle_maxpool: MaxPoolMode::Exact },
+        options: backend_options(MaxPoolMode::Exact),
         warmup: args.warmup,
         steps: args.steps,
         block: args.block,
@@ -1199,10 +1223,10 @@ fn run_program(ctx: &Ctx, args: &RunArgs) -> Result<Verdict> {
     if let Some(dir) = &args.save_grads {
         report::check_dir("--save-grads", dir)?;
     }
-    let backend_options = BackendOptions { candle_maxpool: args.candle_maxpool };
+    let backend_options = backend_options(args.candle_maxpool);
     let implementation = match &args.implementation {
         None => None,
-        Some(spec) => Some(parse_implementation(spec, &backends, backend_options)?),
+        Some(spec) => Some(parse_implementation(spec, &backends, &backend_options)?),
     };
     let opts = RunOptions { program, origin: path.display().to_string(), inputs, dtype, backends: backends.clone(), backend_options, implementation };
     let result = study::run::run(&opts)?;
@@ -1220,7 +1244,7 @@ fn run_program(ctx: &Ctx, args: &RunArgs) -> Result<Verdict> {
 }
 
 /// `--implementation BACKEND:OP:NAME`: one of the backend's other implementations.
-fn parse_implementation(spec: &str, backends: &[BackendKind], options: BackendOptions) -> Result<(BackendKind, backprop_parity::backends::Implementation)> {
+fn parse_implementation(spec: &str, backends: &[BackendKind], options: &BackendOptions) -> Result<(BackendKind, backprop_parity::backends::Implementation)> {
     let parts: Vec<&str> = spec.split(':').collect();
     anyhow::ensure!(parts.len() == 3, "--implementation {spec}: expected BACKEND:OP:NAME, e.g. candle:softmax:softmax_last_dim");
     let kind: BackendKind = parts[0].parse().map_err(|e: String| anyhow::anyhow!("--implementation {spec}: {e}"))?;

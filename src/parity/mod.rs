@@ -14,4 +14,4 @@ pub use metrics::{compare, ulp_distance, TensorDiff};
 pub use scaled::{compare_floored, largest_magnitude, max_nan, worst_scaled_over};
 pub use tolerance::Tolerance;
 pub use trace::{compare_traces, TraceDiff};
-pub use verdict::odd_one_out;
+pub use verdict::{no_majority, odd_one_out};

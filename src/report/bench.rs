@@ -32,7 +32,8 @@ fn markdown(report: &BenchReport, machine: &str) -> String {
     );
     let mut header = vec!["model".to_string()];
     header.extend(kinds.iter().map(|k| format!("{k} step ms")));
-    let pairs = [pair_name(BackendKind::Engine, BackendKind::Torch), pair_name(BackendKind::Engine, BackendKind::Candle)];
+    // Every engine-versus-other pair the run measured, in the order of the backends.
+    let pairs: Vec<String> = kinds.iter().filter(|&&k| k != BackendKind::ENGINE).map(|&k| pair_name(BackendKind::ENGINE, k)).collect();
     header.extend(pairs.iter().map(|p| format!("{p} time ratio")));
     header.extend(kinds.iter().map(|k| format!("{k} eval ms")));
     let rows: Vec<Vec<String>> = report

@@ -58,3 +58,8 @@ mod tests {
         assert_eq!(ulps(u64::MAX), "-");
     }
 }
+
+/// `engine + torch`: the backends of one side of a split.
+pub fn names(kinds: &[crate::backends::BackendKind]) -> String {
+    kinds.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" + ")
+}

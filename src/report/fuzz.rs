@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::fmt::table;
 use super::{Output, Provenance, ReportSet};
+use crate::backends::BackendOptions;
 use crate::error::Result;
 use crate::models::{Op, Program, Role, ValueType};
 use crate::study::fuzz::{Finding, FuzzReport};
@@ -24,7 +25,7 @@ struct Listed<'a> {
     input_entries: usize,
 }
 
-pub fn outputs(report: &FuzzReport, candle_maxpool: &str, provenance: &Provenance) -> Result<ReportSet> {
+pub fn outputs(report: &FuzzReport, options: &BackendOptions, provenance: &Provenance) -> Result<ReportSet> {
     let mut files = Vec::new();
     let mut listed = Vec::new();
     for f in &report.findings {
@@ -38,7 +39,7 @@ pub fn outputs(report: &FuzzReport, candle_maxpool: &str, provenance: &Provenanc
         files.push(Output { file_name: format!("{dir}/finding.md"), contents: finding_md(f, snippet.err()) });
         listed.push(Listed {
             op: &f.key.op,
-            implementation: implementation(f, candle_maxpool),
+            implementation: implementation(f, options),
             odd_backend: f.key.odd_backend.map(|k| k.to_string()),
             kind: &f.key.kind,
             program: format!("{dir}/program.json"),
@@ -49,7 +50,7 @@ pub fn outputs(report: &FuzzReport, candle_maxpool: &str, provenance: &Provenanc
         });
     }
     files.push(Output { file_name: "findings.json".into(), contents: super::to_json(&listed)? });
-    super::set("fuzz", provenance, report, markdown(report, candle_maxpool), files)
+    super::set("fuzz", provenance, report, markdown(report, options), files)
 }
 
 /// The finding's folder: op, backend and kind in letters, digits and dashes only.
@@ -66,16 +67,23 @@ fn slug(f: &Finding) -> String {
     out.trim_end_matches('-').chars().take(80).collect()
 }
 
-/// Which of a framework's implementations ran: candle's max-pool has two here.
-fn implementation(f: &Finding, candle_maxpool: &str) -> String {
-    match (f.key.odd_backend.map(|k| k.name()), f.key.op.as_str()) {
-        (Some("candle"), "max_pool2d") => format!("candle-core max_pool2d ({candle_maxpool} backward)"),
-        (Some(b), op) => format!("{b} {op}"),
+/// Which of a framework's implementations ran: the backend's settings name it (candle's
+/// max-pool has two backward rules here).
+fn implementation(f: &Finding, options: &BackendOptions) -> String {
+    match (f.key.odd_backend, f.key.op.as_str()) {
+        (Some(b), op) => {
+            let settings = options.of(b.name());
+            if settings.is_empty() {
+                format!("{b} {op}")
+            } else {
+                format!("{b} {op} ({})", settings.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))
+            }
+        }
         (None, op) => op.to_string(),
     }
 }
 
-fn markdown(r: &FuzzReport, candle_maxpool: &str) -> String {
+fn markdown(r: &FuzzReport, options: &BackendOptions) -> String {
     let mut md = format!(
         "# Differential gradient fuzzing\n\n{} generated programs (seed {}, shard {}/{}, at most {} nodes, {}, backends {}): \
          {} agreed, {} showed a disagreement, {} distinct finding(s), in {:.1} s.\n\n",
@@ -98,7 +106,7 @@ fn markdown(r: &FuzzReport, candle_maxpool: &str) -> String {
             vec![
                 f.key.kind.clone(),
                 f.key.op.clone(),
-                implementation(f, candle_maxpool),
+                implementation(f, options),
                 f.key.odd_backend.map_or("-".into(), |k| k.to_string()),
                 f.cases.to_string(),
                 f.cases_to_find.to_string(),

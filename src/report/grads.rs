@@ -47,13 +47,13 @@ fn markdown(study: &GradsStudy) -> String {
         "# Gradients at one step\n\n\
          Every backend computes the gradient of the mean cross-entropy on the first {} training images \
          (file order) from the same parameters ({}) and the same dropout masks, in {}. A parameter agrees \
-         when `max|a - b| <= {:.0e} · max|b|` (b: the more trusted backend of the pair). candle's max-pool: `{}`.\n\n\
+         when `max|a - b| <= {:.0e} · max|b|` (b: the more trusted backend of the pair). Backend settings: `{}`.\n\n\
          Verdict: **{}**.\n\n![gradient difference per parameter](grads_layers.svg)\n\n",
         s.batch,
         s.params,
         s.dtype,
         s.scaled_tolerance,
-        serde_json::to_value(s.backend_options.candle_maxpool).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        s.backend_options.describe(),
         if study.agree { "every backend agrees on every parameter of every model" } else { "some backends disagree (see the diagnosis column)" }
     );
     let pairs: Vec<String> = study.models.values().next().map(|m| m.worst_scaled.keys().cloned().collect()).unwrap_or_default();
@@ -76,7 +76,11 @@ fn markdown(study: &GradsStudy) -> String {
                 format!(
                     "{}{}first disagreeing parameter from the loss backwards: `{}`{}; suspects: {}",
                     d.culprit.as_ref().map_or(String::new(), |c| format!("culprit: **`{c}`** (run alone: {}); ", probes.join(", "))),
-                    d.odd_one_out.map_or("no single odd one out; ".into(), |k| format!("odd one out: **{k}**; ")),
+                    match (&d.odd_one_out, &d.no_majority) {
+                        (Some(k), _) => format!("odd one out: **{k}**; "),
+                        (None, Some([a, b])) => format!("**no majority**: {} against {}; ", super::fmt::names(a), super::fmt::names(b)),
+                        (None, None) => "no single odd one out; ".into(),
+                    },
                     d.first_disagreeing_param,
                     d.last_agreeing_layer.as_ref().map_or(String::new(), |l| format!(" (`{l}` and everything after it agree)")),
                     d.suspects.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")

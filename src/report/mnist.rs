@@ -146,7 +146,7 @@ fn markdown(study: &MnistStudy) -> String {
         "# MNIST models in lockstep\n\n\
          Dataset {} ({} training images{}, {} test images), {} epoch(s), batches of {} (reshuffled every epoch by seed {}), \
          test batches of {}; SGD lr {} momentum {}; {}; parameters: {}. Backends: {} (reference: **{}**). \
-         candle's max-pool: `{}`. Every backend sees the same batches in the same order and the same dropout masks.\n\n",
+         Backend settings: `{}`. Every backend sees the same batches in the same order and the same dropout masks.\n\n",
         s.dataset,
         s.train_images,
         if s.train_images < 60000 { " of 60000" } else { "" },
@@ -161,7 +161,7 @@ fn markdown(study: &MnistStudy) -> String {
         s.params,
         s.backends.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
         study.reference,
-        serde_json::to_value(s.backend_options.candle_maxpool).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        s.backend_options.describe(),
     );
     md += "## Results after the last epoch\n\n";
     let kinds = &s.backends;

@@ -22,6 +22,9 @@ fn of(a: usize, b: usize) -> String {
 
 /// The row's verdict in words.
 pub fn verdict(r: &ImplRow) -> String {
+    if let Some(why) = &r.unsupported {
+        return format!("not supported ({why}): skipped");
+    }
     let computed = r.cases - r.refused - r.missing_or_non_finite.min(r.cases - r.refused);
     let agrees_all = r.compared.iter().all(|(k, n)| r.agree.get(k).copied().unwrap_or(0) == *n);
     if r.refused == r.cases {

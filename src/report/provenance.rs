@@ -105,12 +105,8 @@ impl Provenance {
 
 impl Framework {
     pub fn of(kind: BackendKind) -> Self {
-        let (name, version, binding) = match kind {
-            BackendKind::Engine => ("backprop-parity engine", env!("CARGO_PKG_VERSION").to_string(), None),
-            BackendKind::Candle => ("candle-core", env!("BP_CANDLE_VERSION").to_string(), None),
-            BackendKind::Torch => ("libtorch", env!("BP_LIBTORCH_VERSION").to_string(), Some(format!("tch {}", env!("BP_TCH_VERSION")))),
-        };
-        Framework { backend: kind, name: name.into(), version, binding }
+        let (name, version, binding) = kind.framework();
+        Framework { backend: kind, name, version, binding }
     }
 }
 
@@ -182,8 +178,8 @@ mod tests {
 
     #[test]
     fn provenance_names_every_backend_once_and_the_kernel_path() {
-        let p = Provenance::collect(&[BackendKind::Engine, BackendKind::Candle], &[DType::F64, DType::F32, DType::F64]);
-        assert_eq!(p.frameworks.iter().map(|f| f.backend).collect::<Vec<_>>(), [BackendKind::Engine, BackendKind::Candle]);
+        let p = Provenance::collect(&[BackendKind::ENGINE, BackendKind::CANDLE], &[DType::F64, DType::F32, DType::F64]);
+        assert_eq!(p.frameworks.iter().map(|f| f.backend).collect::<Vec<_>>(), [BackendKind::ENGINE, BackendKind::CANDLE]);
         assert_eq!(p.dtypes, [DType::F32, DType::F64]);
         assert!(["avx512", "avx2", "portable"].contains(&p.cpu.kernel_path.as_str()));
         assert!(p.frameworks.iter().all(|f| !f.version.is_empty() && f.version != "unknown"));

@@ -15,6 +15,9 @@ fn verdict(study: &RunStudy) -> String {
         if let Some(odd) = d.odd_one_out {
             v.push_str(&format!("; **{odd}** is the odd one out"));
         }
+        if let Some([a, b]) = &d.no_majority {
+            v.push_str(&format!("; **no majority**: {} against {}", super::fmt::names(a), super::fmt::names(b)));
+        }
         if !d.culprits.is_empty() {
             v.push_str(&format!("; run alone, node(s) {} ({}) disagree", d.culprits.join(", "), d.culprit_ops.join(", ")));
         }
@@ -23,9 +26,13 @@ fn verdict(study: &RunStudy) -> String {
             v.push_str(&format!("; finite differences contradict **{}** there", names.join(", ")));
         }
     }
-    let failed: Vec<String> = study.backends.iter().filter(|(_, r)| !r.ok).map(|(k, _)| k.to_string()).collect();
+    let failed: Vec<String> = study.backends.iter().filter(|(_, r)| !r.ok && r.unsupported.is_none()).map(|(k, _)| k.to_string()).collect();
     if !failed.is_empty() {
         v.push_str(&format!("; {} could not run it (below)", failed.join(", ")));
+    }
+    let skipped: Vec<&str> = study.backends.values().filter_map(|r| r.unsupported.as_deref()).collect();
+    if !skipped.is_empty() {
+        v.push_str(&format!("; skipped, not supported: {}", skipped.join("; ")));
     }
     v
 }
@@ -42,11 +49,11 @@ fn markdown(study: &RunStudy) -> String {
          Every backend runs the program from the same inputs in {} and differentiates it with its own autograd. \
          A value agrees when `max|a - b| <= {:.0e} · max|b|` (b: the more trusted backend of the pair; a gradient \
          tensor whose entries are all below 1/100 of the largest gradient is measured against that floor). \
-         candle's max-pool: `{}`.\n\nVerdict: {}.\n\n",
+         Backend settings: `{}`.\n\nVerdict: {}.\n\n",
         s.program,
         s.dtype,
         s.scaled_tolerance,
-        serde_json::to_value(s.backend_options.candle_maxpool).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        s.backend_options.describe(),
         verdict(study)
     );
     let rows: Vec<Vec<String>> = study

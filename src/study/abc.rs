@@ -104,7 +104,7 @@ pub fn run_with_fault(spec: &AbcSpec, dtype: DType, kinds: &[BackendKind], tol: 
         None => None,
         Some(f) => {
             let _on = faults::inject(f);
-            let t = BackendKind::Engine.create()?.train_sgd(&program, &inputs, spec.lr, spec.steps, dtype)?;
+            let t = BackendKind::ENGINE.create()?.train_sgd(&program, &inputs, spec.lr, spec.steps, dtype)?;
             let vs_reference = compare_traces(&t.loss, &backends[&reference].loss, tol);
             Some(FaultyRun { fault: f, loss: t.loss, vs_reference })
         }

@@ -185,7 +185,7 @@ pub fn judge_fuzz(report: &super::fuzz::FuzzReport, known: &[KnownBug]) -> GateF
     for f in &report.findings {
         let backend = f.key.odd_backend;
         let matched = known.iter().find(|k| {
-            k.op == f.key.op && backend.is_some_and(|b| b != BackendKind::Engine && b.name() == k.backend) && f.key.kind.starts_with(&k.kind)
+            k.op == f.key.op && backend.is_some_and(|b| b != BackendKind::ENGINE && b.name() == k.backend) && f.key.kind.starts_with(&k.kind)
         });
         let g = GateFinding { op: f.key.op.clone(), backend, kind: f.key.kind.clone(), cases: f.cases, source: matched.map(|k| k.source.clone()) };
         if matched.is_some() {

@@ -17,7 +17,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::models::mnist::{Layer, ModelSpec, ParamSet};
 use crate::models::safetensors_io;
-use crate::parity::{compare_floored, largest_magnitude, max_nan, odd_one_out, TensorDiff};
+use crate::parity::{compare_floored, largest_magnitude, max_nan, no_majority, odd_one_out, TensorDiff};
 
 /// A parameter whose gradients are all smaller than this fraction (a hundredth) of the model's largest
 /// gradient entry is measured against that floor: a bias followed by batch norm has a
@@ -64,8 +64,11 @@ pub struct GradsSettings {
 /// Why a model's backends disagree, as far as three backends can tell.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Diagnosis {
-    /// The backend that disagrees with both others while they agree.
+    /// The backend that disagrees with every other while they agree.
     pub odd_one_out: Option<BackendKind>,
+    /// Two equal camps (two against two): both sides, and no side picked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_majority: Option<[Vec<BackendKind>; 2]>,
     /// Pairs with at least one parameter beyond tolerance.
     pub failing_pairs: Vec<String>,
     /// Reading from the loss backwards, the first parameter that disagrees.
@@ -123,7 +126,7 @@ pub fn run(data: &Dataset, opts: &GradsOptions, mut progress: impl FnMut(&str)) 
         let mut grads = BTreeMap::new();
         let mut loss = BTreeMap::new();
         for &kind in &opts.backends {
-            let mut runner = instantiate(kind, opts.backend_options, spec, &params, opts.dtype)?;
+            let mut runner = instantiate(kind, &opts.backend_options, spec, &params, opts.dtype)?;
             let out = runner.forward_backward(&batch, &masks, true)?;
             let g = out.grads.expect("asked for gradients");
             if let Some(dir) = &opts.save_grads {
@@ -135,7 +138,7 @@ pub fn run(data: &Dataset, opts: &GradsOptions, mut progress: impl FnMut(&str)) 
         }
         let mut m = compare_model(spec, &grads, loss, opts.dtype, tol)?;
         if let Some(d) = m.diagnosis.as_mut() {
-            localise(spec, d, &opts.backends, opts.backend_options, opts.dtype, tol)?;
+            localise(spec, d, &opts.backends, &opts.backend_options, opts.dtype, tol)?;
         }
         models.insert(spec.name.clone(), m);
     }
@@ -146,7 +149,7 @@ pub fn run(data: &Dataset, opts: &GradsOptions, mut progress: impl FnMut(&str)) 
             seed: opts.seed,
             params: opts.params_origin.clone().unwrap_or_else(|| format!("seeded PyTorch-default init, seed {}", opts.seed)),
             backends: opts.backends.clone(),
-            backend_options: opts.backend_options,
+            backend_options: opts.backend_options.clone(),
             scaled_tolerance: tol,
         },
         agree: models.values().all(|m| m.agree),
@@ -189,12 +192,14 @@ fn diagnose(spec: &ModelSpec, order: &[String], params: &BTreeMap<String, BTreeM
     let failing_pairs: Vec<String> = pairs.iter().map(|&(a, b)| pair_name(a, b)).filter(|p| pair_fails(p)).collect();
     // The odd one out: every pair it is in fails, every pair without it holds.
     let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
-    let odd_one_out = odd_one_out(&names, |a, b| {
+    let named_pair_fails = |a: &str, b: &str| {
         let (a, b): (BackendKind, BackendKind) = (a.parse().expect("a backend name"), b.parse().expect("a backend name"));
         let (a, b) = if a < b { (a, b) } else { (b, a) };
         pair_fails(&pair_name(a, b))
-    })
-    .map(|n| n.parse::<BackendKind>().expect("a backend name"));
+    };
+    let odd_one_out = odd_one_out(&names, named_pair_fails).map(|n| n.parse::<BackendKind>().expect("a backend name"));
+    let kinds_of = |side: Vec<&str>| side.into_iter().map(|n| n.parse::<BackendKind>().expect("a backend name")).collect::<Vec<_>>();
+    let no_majority = no_majority(&names, named_pair_fails).map(|(a, b)| [kinds_of(a), kinds_of(b)]);
     let param_fails = |name: &str| {
         params[name].iter().any(|(pair, d)| {
             let relevant = match odd_one_out {
@@ -223,6 +228,7 @@ fn diagnose(spec: &ModelSpec, order: &[String], params: &BTreeMap<String, BTreeM
     suspects.dedup();
     Diagnosis {
         odd_one_out,
+        no_majority,
         failing_pairs,
         first_disagreeing_param: first_bad,
         last_agreeing_layer: good_at.map(|i| names[i].clone()),
@@ -255,7 +261,7 @@ pub fn layer_kind(spec: &ModelSpec, label: &str) -> String {
 
 /// Probes the suspects' op kinds and names the culprit: the one kind whose probe
 /// disagrees, or, when every probe agrees, the one suspect kind no probe could clear.
-pub fn localise(spec: &ModelSpec, d: &mut Diagnosis, kinds: &[BackendKind], opts: BackendOptions, dtype: DType, tol: f64) -> Result<()> {
+pub fn localise(spec: &ModelSpec, d: &mut Diagnosis, kinds: &[BackendKind], opts: &BackendOptions, dtype: DType, tol: f64) -> Result<()> {
     let mut suspect_kinds: Vec<String> = d.suspects.iter().map(|s| layer_kind(spec, s)).collect();
     suspect_kinds.sort();
     suspect_kinds.dedup();
@@ -277,7 +283,7 @@ pub fn localise(spec: &ModelSpec, d: &mut Diagnosis, kinds: &[BackendKind], opts
 }
 
 /// Runs every suspect kind that is also a primitive alone on every backend.
-fn probe(suspect_kinds: &[String], kinds: &[BackendKind], opts: BackendOptions, dtype: DType, tol: f64) -> Result<Vec<Probe>> {
+fn probe(suspect_kinds: &[String], kinds: &[BackendKind], opts: &BackendOptions, dtype: DType, tol: f64) -> Result<Vec<Probe>> {
     suspect_kinds
         .iter()
         .filter(|k| probe::SUITE_OPS.contains(&k.as_str()))

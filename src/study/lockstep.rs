@@ -1,18 +1,13 @@
 //! What every MNIST study shares: batches and dropout masks drawn once by the harness
 //! and handed to every backend, and backends instantiated from the same parameters.
 
-use crate::backends::{Backend, BackendKind, Batch, CandleBackend, MaxPoolMode, ModelRunner};
+pub use crate::backends::BackendOptions;
+use crate::backends::{Backend, BackendKind, Batch, ModelRunner};
 use crate::data::{dropout_mask, Split};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::host::HostTensor;
 use crate::models::mnist::{ModelSpec, ParamSet, IMAGE_SIDE};
-
-/// Options that change how a backend runs (not what it runs).
-#[derive(Clone, Copy, Debug, Default, serde::Serialize, schemars::JsonSchema)]
-pub struct BackendOptions {
-    pub candle_maxpool: MaxPoolMode,
-}
 
 /// The batch of `indices` from `split`, normalised, as `[n, 1, 28, 28]`.
 pub fn make_batch(split: &Split, indices: &[usize]) -> Batch {
@@ -34,14 +29,11 @@ pub fn step_masks(spec: &ModelSpec, n: usize, seed: u64, step: usize) -> Vec<Hos
 }
 
 /// The backend `kind`, configured by `opts`.
-pub fn backend(kind: BackendKind, opts: BackendOptions) -> Result<Box<dyn Backend>> {
-    match kind {
-        BackendKind::Candle => Ok(Box::new(CandleBackend { maxpool: opts.candle_maxpool })),
-        other => other.create(),
-    }
+pub fn backend(kind: BackendKind, opts: &BackendOptions) -> Result<Box<dyn Backend>> {
+    kind.create_with(opts)
 }
 
 /// `spec` instantiated in `kind` from `params` rounded to `dtype`.
-pub fn instantiate(kind: BackendKind, opts: BackendOptions, spec: &ModelSpec, params: &ParamSet, dtype: DType) -> Result<Box<dyn ModelRunner>> {
+pub fn instantiate(kind: BackendKind, opts: &BackendOptions, spec: &ModelSpec, params: &ParamSet, dtype: DType) -> Result<Box<dyn ModelRunner>> {
     backend(kind, opts)?.model(spec, &params.rounded(dtype), dtype)
 }

@@ -38,7 +38,7 @@ pub struct EpochMemory {
 
 /// The child's work: one epoch of `spec` on `kind` over the first `images` training
 /// images of the seeded epoch-0 order.
-pub fn epoch_here(data: &Dataset, spec: &ModelSpec, kind: BackendKind, opts: BackendOptions, images: usize) -> Result<EpochMemory> {
+pub fn epoch_here(data: &Dataset, spec: &ModelSpec, kind: BackendKind, opts: &BackendOptions, images: usize) -> Result<EpochMemory> {
     let params = ParamSet::init(spec, 0);
     let mut runner = instantiate(kind, opts, spec, &params, DType::F32)?;
     let order = epoch_order(data.train.n, 0, 0);

@@ -168,7 +168,7 @@ pub fn run(data: &Dataset, opts: &MnistOptions, progress: Progress) -> Result<Mn
             dataset: opts.dataset,
             dtype: opts.dtype,
             backends: opts.backends.clone(),
-            backend_options: opts.backend_options,
+            backend_options: opts.backend_options.clone(),
             epochs: opts.epochs,
             train_images: n_train,
             test_images: n_test,
@@ -192,7 +192,7 @@ fn train(data: &Dataset, opts: &MnistOptions, spec: &ModelSpec, params: &ParamSe
     let mut runners: Vec<(BackendKind, Box<dyn ModelRunner>)> = opts
         .backends
         .iter()
-        .map(|&k| Ok((k, instantiate(k, opts.backend_options, spec, params, opts.dtype)?)))
+        .map(|&k| Ok((k, instantiate(k, &opts.backend_options, spec, params, opts.dtype)?)))
         .collect::<Result<_>>()?;
     let mut out: BTreeMap<BackendKind, BackendTraining> =
         opts.backends.iter().map(|&k| (k, BackendTraining { step_loss: vec![], epochs: vec![], seconds: 0.0 })).collect();
@@ -258,7 +258,7 @@ fn resync(data: &Dataset, opts: &MnistOptions, spec: &ModelSpec, params: &ParamS
     let mut runners: BTreeMap<BackendKind, Box<dyn ModelRunner>> = opts
         .backends
         .iter()
-        .map(|&k| Ok((k, instantiate(k, opts.backend_options, spec, params, opts.dtype)?)))
+        .map(|&k| Ok((k, instantiate(k, &opts.backend_options, spec, params, opts.dtype)?)))
         .collect::<Result<_>>()?;
     let order = epoch_order(n_train, opts.seed, 0);
     let tol = grad_tolerance(opts.dtype);

@@ -12,6 +12,7 @@ pub mod lockstep;
 pub mod memory;
 pub mod mnist;
 pub mod ops;
+pub mod own;
 pub mod mutants;
 pub mod peak;
 pub mod probe;

@@ -75,7 +75,7 @@ fn fuzz_options(cfg: &SuiteConfig) -> super::fuzz::FuzzOptions {
         ops: super::fuzz::gen::OPS.to_vec(),
         dtype: crate::dtype::DType::F64,
         backends: cfg.backends.clone(),
-        backend_options: cfg.options,
+        backend_options: cfg.options.clone(),
         shard: (1, 1),
         time_limit: None,
     }
@@ -83,7 +83,7 @@ fn fuzz_options(cfg: &SuiteConfig) -> super::fuzz::FuzzOptions {
 
 /// Runs the suite once cleanly for the references, then once per fault for the engine.
 pub fn run(cfg: &SuiteConfig, data: &Dataset, baseline: &Baseline, list: &[Fault], mut progress: impl FnMut(Fault)) -> Result<MutantsReport> {
-    if !cfg.backends.contains(&BackendKind::Engine) || cfg.backends.len() < 2 {
+    if !cfg.backends.contains(&BackendKind::ENGINE) || cfg.backends.len() < 2 {
         return Err(Error::Invalid("mutants needs the engine and at least one other backend".into()));
     }
     let mut outputs: BTreeMap<BackendKind, BackendOutputs> = run_suite(cfg, data)?;
@@ -93,7 +93,7 @@ pub fn run(cfg: &SuiteConfig, data: &Dataset, baseline: &Baseline, list: &[Fault
     for &fault in list {
         progress(fault);
         let _on = faults::inject(fault);
-        outputs.insert(BackendKind::Engine, collect(BackendKind::Engine, cfg, data, Some(&ref_params))?);
+        outputs.insert(BackendKind::ENGINE, collect(BackendKind::ENGINE, cfg, data, Some(&ref_params))?);
         let current = metrics(cfg, &outputs)?;
         let mut result = judge(fault, &evaluate(baseline, &current, &cfg.backends).regressions);
         result.fuzz = super::fuzz::hunt(&fuzz_options(cfg), FUZZ_CASES)?;

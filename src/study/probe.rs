@@ -85,7 +85,7 @@ pub fn program(op: &Op, inputs: &[HostTensor]) -> Program {
 
 /// Runs the op named `name` alone on every backend and compares every input gradient
 /// pairwise.
-pub fn run(name: &str, ties: bool, kinds: &[BackendKind], opts: BackendOptions, dtype: DType, tol: f64) -> Result<Probe> {
+pub fn run(name: &str, ties: bool, kinds: &[BackendKind], opts: &BackendOptions, dtype: DType, tol: f64) -> Result<Probe> {
     let (op, inputs) = case(name, ties).ok_or_else(|| Error::Invalid(format!("no probe for op '{name}'")))?;
     let program = program(&op, &inputs);
     let inputs: Vec<HostTensor> = inputs.iter().map(|x| x.rounded(dtype)).collect();

@@ -17,7 +17,7 @@ use crate::host::HostTensor;
 use crate::models::program::{check, Output as ProgramOutput};
 use crate::models::rng::SplitMix64;
 use crate::models::{InputDecl, Program, Role, ValueType};
-use crate::parity::{compare, compare_floored, largest_magnitude, max_nan, odd_one_out, worst_scaled_over, TensorDiff, Tolerance};
+use crate::parity::{compare, compare_floored, largest_magnitude, max_nan, no_majority, odd_one_out, worst_scaled_over, TensorDiff, Tolerance};
 
 pub struct RunOptions {
     pub program: Program,
@@ -34,7 +34,7 @@ pub struct RunOptions {
 impl RunOptions {
     /// The backend `kind` as this run uses it.
     fn backend(&self, kind: BackendKind) -> Result<Box<dyn Backend>> {
-        let b = super::lockstep::backend(kind, self.backend_options)?;
+        let b = super::lockstep::backend(kind, &self.backend_options)?;
         match &self.implementation {
             Some((k, which)) if *k == kind => b.with_implementation(which),
             _ => Ok(b),
@@ -62,6 +62,10 @@ pub struct BackendRun {
     /// The backend's refusal or failure, word for word.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why the backend does not take this program at all (its declared capabilities):
+    /// not run, not a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsupported: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
     /// Output values by name.
@@ -131,6 +135,9 @@ pub struct RunDiagnosis {
     pub failing_pairs: Vec<String>,
     /// The backend that disagrees with every other while they agree.
     pub odd_one_out: Option<BackendKind>,
+    /// Two equal camps (two against two): both sides, and no side picked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_majority: Option<[Vec<BackendKind>; 2]>,
     /// The backend whose forward values fed the node checks.
     pub values_from: BackendKind,
     pub nodes: Vec<NodeCheck>,
@@ -165,7 +172,12 @@ pub fn run(opts: &RunOptions) -> Result<RunStudy> {
     let mut backends = BTreeMap::new();
     for &kind in &opts.backends {
         let started = std::time::Instant::now();
+        let mut unsupported = None;
         let result = opts.backend(kind).and_then(|be| {
+            if let Some(why) = be.capabilities().unsupported(&opts.program, dtype) {
+                unsupported = Some(format!("{kind} {why}"));
+                return Err(crate::error::Error::Unsupported(format!("{kind} {why}")));
+            }
             let mut exec = be.executor(&opts.program, &inputs, dtype)?;
             let o = exec.run(Request { backward: true, host_grads: true, ..Request::default() })?;
             let state = state_inputs(&opts.program).map(|(i, d)| Ok((d.name.clone(), exec.input(i)?))).collect::<Result<BTreeMap<_, _>>>()?;
@@ -190,6 +202,7 @@ pub fn run(opts: &RunOptions) -> Result<RunStudy> {
                 Ok((o, state, trained)) => BackendRun {
                     ok: true,
                     error: None,
+                    unsupported: None,
                     loss: o.loss,
                     outputs: output_names.iter().cloned().zip(o.values).collect(),
                     grads: opts.program.inputs.iter().zip(o.grads).filter_map(|(d, g)| g.map(|g| (d.name.clone(), g))).collect(),
@@ -200,6 +213,7 @@ pub fn run(opts: &RunOptions) -> Result<RunStudy> {
                 Err(e) => BackendRun {
                     ok: false,
                     error: Some(e.to_string()),
+                    unsupported: unsupported.take(),
                     loss: None,
                     outputs: BTreeMap::new(),
                     grads: BTreeMap::new(),
@@ -263,14 +277,17 @@ pub fn run(opts: &RunOptions) -> Result<RunStudy> {
     }
     let ok = |v: f64| v <= tol;
     let agree = worst_scaled.values().all(|&v| ok(v));
-    let backend_failed = ran.len() < opts.backends.len();
+    // A backend that declares it lacks an op of the program did not fail: it was skipped.
+    let backend_failed = backends.values().any(|r: &BackendRun| !r.ok && r.unsupported.is_none());
     let diagnosis = if agree || ran.len() < 2 {
         None
     } else {
         let failing_pairs: Vec<String> = worst_scaled.iter().filter(|(_, v)| !ok(**v)).map(|(p, _)| p.clone()).collect();
         let names: Vec<&str> = ran.iter().map(|k| k.name()).collect();
-        let odd = odd_one_out(&names, |a, b| failing_pairs.iter().any(|p| p == &format!("{a}-{b}") || p == &format!("{b}-{a}")))
-            .map(|n| n.parse::<BackendKind>().expect("a backend name"));
+        let pair_fails = |a: &str, b: &str| failing_pairs.iter().any(|p| p == &format!("{a}-{b}") || p == &format!("{b}-{a}"));
+        let odd = odd_one_out(&names, pair_fails).map(|n| n.parse::<BackendKind>().expect("a backend name"));
+        let kinds_of = |side: Vec<&str>| side.into_iter().map(|n| n.parse::<BackendKind>().expect("a backend name")).collect::<Vec<_>>();
+        let no_majority = no_majority(&names, pair_fails).map(|(a, b)| [kinds_of(a), kinds_of(b)]);
         // The node checks read the forward values of a backend that is not the odd one.
         let values_from = BackendKind::reference_among(&ran.iter().copied().filter(|k| Some(*k) != odd).collect::<Vec<_>>()).expect("two backends ran");
         let nodes = node_checks(opts, &inputs, &ran, values_from, tol)?;
@@ -290,6 +307,7 @@ pub fn run(opts: &RunOptions) -> Result<RunStudy> {
         Some(RunDiagnosis {
             failing_pairs,
             odd_one_out: odd,
+            no_majority,
             values_from,
             culprits: culprits.iter().map(|n| n.node.clone()).collect(),
             culprit_ops,
@@ -302,7 +320,7 @@ pub fn run(opts: &RunOptions) -> Result<RunStudy> {
             program: opts.origin.clone(),
             dtype,
             backends: opts.backends.clone(),
-            backend_options: opts.backend_options,
+            backend_options: opts.backend_options.clone(),
             implementation: opts.implementation.as_ref().map(|(k, i)| format!("{k}:{}:{}", i.op, i.name)),
             scaled_tolerance: tol,
         },

@@ -129,7 +129,7 @@ const ABC_STARTS: [(&str, u64); 2] = [("ones", 0), ("seed:1", 1)];
 /// Collects one backend's results. Non-reference backends need the reference's
 /// per-step parameters (`reference_params`) for the re-synchronised steps.
 pub fn collect(kind: BackendKind, cfg: &SuiteConfig, data: &Dataset, reference_params: Option<&BTreeMap<String, Vec<ParamSet>>>) -> Result<BackendOutputs> {
-    let be = backend(kind, cfg.options)?;
+    let be = backend(kind, &cfg.options)?;
     let mut out = BackendOutputs::default();
     let program = abc::program(3);
     for dtype in DType::ALL {
@@ -150,7 +150,7 @@ pub fn collect(kind: BackendKind, cfg: &SuiteConfig, data: &Dataset, reference_p
     for spec in ModelSpec::all_seed() {
         let params = ParamSet::init(&spec, SEED);
         for dtype in DType::ALL {
-            let mut runner = instantiate(kind, cfg.options, &spec, &params, dtype)?;
+            let mut runner = instantiate(kind, &cfg.options, &spec, &params, dtype)?;
             let masks = step_masks(&spec, GRAD_BATCH, SEED, 0);
             let g = runner.forward_backward(&grad_batch, &masks, true)?.grads.expect("asked for gradients");
             out.grads.insert((spec.name.clone(), dtype), g);
@@ -168,7 +168,7 @@ pub fn collect(kind: BackendKind, cfg: &SuiteConfig, data: &Dataset, reference_p
 /// the reference's parameters at each step.
 fn train(kind: BackendKind, cfg: &SuiteConfig, data: &Dataset, spec: &ModelSpec, params: &ParamSet, resync_from: Option<&Vec<ParamSet>>) -> Result<(TrainRecord, Vec<ParamSet>)> {
     let dtype = DType::F64;
-    let mut runner = instantiate(kind, cfg.options, spec, params, dtype)?;
+    let mut runner = instantiate(kind, &cfg.options, spec, params, dtype)?;
     let order = epoch_order(TRAIN_IMAGES, SEED, 0);
     let (mut loss, mut resync_grads, mut seen) = (vec![], vec![], vec![]);
     for (step, idx) in batches(&order, TRAIN_BATCH).enumerate() {
@@ -189,7 +189,7 @@ fn train(kind: BackendKind, cfg: &SuiteConfig, data: &Dataset, spec: &ModelSpec,
     let eval_loss = runner.evaluate(&eval)?.loss;
     if let Some(reference) = resync_from {
         // A second instance, reset to the reference before every step.
-        let mut twin = instantiate(kind, cfg.options, spec, params, dtype)?;
+        let mut twin = instantiate(kind, &cfg.options, spec, params, dtype)?;
         for (step, (idx, start)) in batches(&order, TRAIN_BATCH).zip(reference).enumerate() {
             twin.load_params(start)?;
             let batch = make_batch(&data.train, idx);
@@ -266,7 +266,7 @@ pub fn metrics(cfg: &SuiteConfig, outputs: &BTreeMap<BackendKind, BackendOutputs
             let loss = kinds.iter().map(|&k| (k, 0.0)).collect();
             let mut cmp = compare_model(&spec, &grads, loss, dtype, tol)?;
             if let Some(d) = cmp.diagnosis.as_mut() {
-                localise(&spec, d, &kinds, cfg.options, dtype, tol)?;
+                localise(&spec, d, &kinds, &cfg.options, dtype, tol)?;
             }
             let site = cmp.diagnosis.as_ref().and_then(|d| d.culprit.clone());
             for (param, per_pair) in &cmp.params {

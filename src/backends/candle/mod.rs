@@ -3,7 +3,7 @@
 use candle_core::{DType as CDType, Device, Tensor};
 
 use super::executor::Executor;
-use super::{check_inputs, Backend, BackendKind};
+use super::{check_inputs, Backend, BackendKind, BenchHooks};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
@@ -65,7 +65,7 @@ pub struct CandleAlternative {
 
 impl Backend for CandleAlternative {
     fn kind(&self) -> BackendKind {
-        BackendKind::Candle
+        BackendKind::CANDLE
     }
 
     fn executor(&self, program: &Program, inputs: &[HostTensor], dtype: DType) -> Result<Box<dyn Executor>> {
@@ -75,14 +75,18 @@ impl Backend for CandleAlternative {
         Ok(Box::new(e))
     }
 
-    fn matmul_seconds(&self, m: usize, k: usize, n: usize, reps: usize) -> Result<f64> {
-        self.base.matmul_seconds(m, k, n, reps)
+    fn settings(&self) -> Vec<(String, String)> {
+        self.base.settings()
+    }
+
+    fn bench_hooks(&self) -> Option<&dyn BenchHooks> {
+        Some(&self.base)
     }
 }
 
 impl Backend for CandleBackend {
     fn kind(&self) -> BackendKind {
-        BackendKind::Candle
+        BackendKind::CANDLE
     }
 
     fn implementations(&self) -> Vec<super::Implementation> {
@@ -101,6 +105,16 @@ impl Backend for CandleBackend {
         Ok(Box::new(interp::CandleExecutor::new(program, inputs, dtype, self.maxpool)?))
     }
 
+    fn settings(&self) -> Vec<(String, String)> {
+        vec![("maxpool".into(), self.maxpool.name().into())]
+    }
+
+    fn bench_hooks(&self) -> Option<&dyn BenchHooks> {
+        Some(self)
+    }
+}
+
+impl BenchHooks for CandleBackend {
     fn matmul_seconds(&self, m: usize, k: usize, n: usize, reps: usize) -> Result<f64> {
         let device = Device::Cpu;
         let a = Tensor::ones((m, k), CDType::F32, &device).map_err(err)?;

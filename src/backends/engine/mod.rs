@@ -5,7 +5,7 @@ use ndarray::IxDyn;
 mod interp;
 
 use super::executor::Executor;
-use super::{check_inputs, Backend, BackendKind};
+use super::{check_inputs, Backend, BackendKind, BenchHooks};
 use crate::dtype::DType;
 use crate::engine::{Float, Tensor};
 use crate::error::{Error, Result};
@@ -16,16 +16,11 @@ pub struct EngineBackend;
 
 impl Backend for EngineBackend {
     fn kind(&self) -> BackendKind {
-        BackendKind::Engine
+        BackendKind::ENGINE
     }
 
-    fn matmul_seconds(&self, m: usize, k: usize, n: usize, reps: usize) -> Result<f64> {
-        let a = ndarray::Array2::<f32>::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 / 11.0);
-        let b = ndarray::Array2::<f32>::from_shape_fn((k, n), |(i, j)| ((i * 5 + j) % 13) as f32 / 13.0);
-        super::time_median(reps, || {
-            std::hint::black_box(crate::engine::ops::gemm::gemm(a.view(), b.view()));
-            Ok(())
-        })
+    fn bench_hooks(&self) -> Option<&dyn BenchHooks> {
+        Some(self)
     }
 
     fn executor(&self, program: &Program, inputs: &[HostTensor], dtype: DType) -> Result<Box<dyn Executor>> {
@@ -33,6 +28,17 @@ impl Backend for EngineBackend {
         Ok(match dtype {
             DType::F32 => Box::new(interp::EngineExecutor::<f32>::new(program, inputs)?),
             DType::F64 => Box::new(interp::EngineExecutor::<f64>::new(program, inputs)?),
+        })
+    }
+}
+
+impl BenchHooks for EngineBackend {
+    fn matmul_seconds(&self, m: usize, k: usize, n: usize, reps: usize) -> Result<f64> {
+        let a = ndarray::Array2::<f32>::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 / 11.0);
+        let b = ndarray::Array2::<f32>::from_shape_fn((k, n), |(i, j)| ((i * 5 + j) % 13) as f32 / 13.0);
+        super::time_median(reps, || {
+            std::hint::black_box(crate::engine::ops::gemm::gemm(a.view(), b.view()));
+            Ok(())
         })
     }
 }

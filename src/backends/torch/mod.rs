@@ -3,7 +3,7 @@
 use tch::{Kind, TchError, Tensor};
 
 use super::executor::Executor;
-use super::{check_inputs, Backend, BackendKind};
+use super::{check_inputs, Backend, BackendKind, BenchHooks};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
@@ -22,7 +22,7 @@ pub struct TorchAlternative {
 
 impl Backend for TorchAlternative {
     fn kind(&self) -> BackendKind {
-        BackendKind::Torch
+        BackendKind::TORCH
     }
 
     fn executor(&self, program: &Program, inputs: &[HostTensor], dtype: DType) -> Result<Box<dyn Executor>> {
@@ -32,8 +32,8 @@ impl Backend for TorchAlternative {
         Ok(Box::new(e))
     }
 
-    fn matmul_seconds(&self, m: usize, k: usize, n: usize, reps: usize) -> Result<f64> {
-        TorchBackend.matmul_seconds(m, k, n, reps)
+    fn bench_hooks(&self) -> Option<&dyn BenchHooks> {
+        Some(&TorchBackend)
     }
 }
 
@@ -55,7 +55,7 @@ pub(crate) fn err(e: TchError) -> Error {
 
 impl Backend for TorchBackend {
     fn kind(&self) -> BackendKind {
-        BackendKind::Torch
+        BackendKind::TORCH
     }
 
     fn implementations(&self) -> Vec<super::Implementation> {
@@ -74,6 +74,12 @@ impl Backend for TorchBackend {
         Ok(Box::new(interp::TorchExecutor::new(program, inputs, dtype)?))
     }
 
+    fn bench_hooks(&self) -> Option<&dyn BenchHooks> {
+        Some(self)
+    }
+}
+
+impl BenchHooks for TorchBackend {
     fn matmul_seconds(&self, m: usize, k: usize, n: usize, reps: usize) -> Result<f64> {
         let a = Tensor::f_ones([m as i64, k as i64], (tch::Kind::Float, tch::Device::Cpu)).map_err(err)?;
         let b = Tensor::f_ones([k as i64, n as i64], (tch::Kind::Float, tch::Device::Cpu)).map_err(err)?;

@@ -34,10 +34,43 @@ pub struct RunKey {
     pub seed: u64,
     /// Backends trained in lockstep from the same start (the engine first).
     pub backends: Vec<BackendKind>,
-    /// candle's max-pool backward, when candle is among the backends: its two modes are
-    /// two runs (what the released backward costs in accuracy is their difference).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub candle_maxpool: Option<crate::backends::MaxPoolMode>,
+    /// The settings of the backends that have any (`maxpool-builtin` for candle): two
+    /// settings are two runs (what candle's released max-pool backward costs in accuracy
+    /// is the difference of its two runs).
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "candle_maxpool", deserialize_with = "variant_of_old_records")]
+    pub variant: Option<String>,
+}
+
+/// Records written before backends carried their own settings name candle's max-pool
+/// mode alone (`"candle_maxpool": "builtin"`); it reads as the variant `maxpool-builtin`.
+fn variant_of_old_records<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+    let v: Option<String> = Option::deserialize(d)?;
+    Ok(v.map(|v| if v == "builtin" || v == "exact" { format!("maxpool-{v}") } else { v }))
+}
+
+/// The same for a run's settings: `"candle_maxpool": "exact"` is candle's `maxpool`.
+fn options_of_old_records<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<BackendOptions, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Mode(String),
+        Options(BackendOptions),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Mode(mode) => BackendOptions::default().with("candle", "maxpool", &mode),
+        Either::Options(o) => o,
+    })
+}
+
+/// `maxpool-builtin`: the settings of every backend of a run that has settings, or None.
+pub fn variant_of(backends: &[BackendKind], options: &BackendOptions) -> Option<String> {
+    let parts: Vec<String> = backends
+        .iter()
+        .filter_map(|k| k.create_with(options).ok())
+        .flat_map(|b| b.settings())
+        .map(|(k, v)| format!("{k}-{v}"))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("-"))
 }
 
 impl RunKey {
@@ -53,8 +86,8 @@ impl RunKey {
 
     fn backends_name(&self) -> String {
         let backends: Vec<&str> = self.backends.iter().map(|k| k.name()).collect();
-        match self.candle_maxpool {
-            Some(mode) => format!("{}-maxpool-{}", backends.join("+"), mode.name()),
+        match &self.variant {
+            Some(variant) => format!("{}-{variant}", backends.join("+")),
             None => backends.join("+"),
         }
     }
@@ -74,7 +107,8 @@ pub struct RunSettings {
     pub momentum: f64,
     pub train_batch: usize,
     pub test_batch: usize,
-    pub candle_maxpool: crate::backends::MaxPoolMode,
+    #[serde(alias = "candle_maxpool", deserialize_with = "options_of_old_records")]
+    pub backend_options: BackendOptions,
 }
 
 /// One finished epoch of one run.
@@ -144,9 +178,9 @@ pub fn plan(opts: &StudyOptions) -> Vec<RunKey> {
     for &dataset in &opts.datasets {
         for spec in &opts.models {
             for &seed in &opts.seeds {
-                let backends = if opts.lockstep_seeds.contains(&seed) { opts.backends.clone() } else { vec![BackendKind::Engine] };
-                let candle_maxpool = backends.contains(&BackendKind::Candle).then_some(opts.backend_options.candle_maxpool);
-                keys.push(RunKey { dataset, model: spec.name.clone(), seed, backends, candle_maxpool });
+                let backends = if opts.lockstep_seeds.contains(&seed) { opts.backends.clone() } else { vec![BackendKind::ENGINE] };
+                let variant = variant_of(&backends, &opts.backend_options);
+                keys.push(RunKey { dataset, model: spec.name.clone(), seed, backends, variant });
             }
         }
     }
@@ -174,9 +208,8 @@ pub fn run_one(data: &Dataset, spec: &ModelSpec, settings: &RunSettings, records
         return Ok(RunDone { key: key.clone(), resumed_from: done, last: read_epoch(&dir, done)?, seconds: start.elapsed().as_secs_f64() });
     }
     let init = ParamSet::init(spec, key.seed);
-    let options = BackendOptions { candle_maxpool: settings.candle_maxpool };
     let mut runners: Vec<(BackendKind, Box<dyn ModelRunner>)> =
-        key.backends.iter().map(|&k| Ok((k, instantiate(k, options, spec, &init, settings.dtype)?))).collect::<Result<_>>()?;
+        key.backends.iter().map(|&k| Ok((k, instantiate(k, &settings.backend_options, spec, &init, settings.dtype)?))).collect::<Result<_>>()?;
     for (kind, runner) in runners.iter_mut() {
         runner.track_optimizer_state();
         if done > 0 {
@@ -434,10 +467,10 @@ mod tests {
 
     #[test]
     fn shards_partition_the_plan_in_order() {
-        let whole = plan(&options(vec![BackendKind::Engine, BackendKind::Torch], Shard { index: 1, count: 1 }));
+        let whole = plan(&options(vec![BackendKind::ENGINE, BackendKind::TORCH], Shard { index: 1, count: 1 }));
         assert_eq!(whole.len(), 12);
         assert_eq!(whole.iter().filter(|k| k.backends.len() == 2).count(), 4, "one lockstep seed per dataset and model");
-        let mut merged: Vec<RunKey> = (1..=5).flat_map(|i| plan(&options(vec![BackendKind::Engine, BackendKind::Torch], Shard { index: i, count: 5 }))).collect();
+        let mut merged: Vec<RunKey> = (1..=5).flat_map(|i| plan(&options(vec![BackendKind::ENGINE, BackendKind::TORCH], Shard { index: i, count: 5 }))).collect();
         merged.sort();
         let mut sorted = whole.clone();
         sorted.sort();
@@ -448,10 +481,10 @@ mod tests {
 
     #[test]
     fn candle_runs_name_their_max_pool_mode() {
-        let keys = plan(&options(vec![BackendKind::Engine, BackendKind::Candle], Shard { index: 1, count: 1 }));
+        let keys = plan(&options(vec![BackendKind::ENGINE, BackendKind::CANDLE], Shard { index: 1, count: 1 }));
         let lockstep = keys.iter().find(|k| k.backends.len() == 2).unwrap();
         assert!(lockstep.dir(Path::new("r")).ends_with("engine+candle-maxpool-builtin"));
         let solo = keys.iter().find(|k| k.backends.len() == 1).unwrap();
-        assert!(solo.dir(Path::new("r")).ends_with("engine") && solo.candle_maxpool.is_none());
+        assert!(solo.dir(Path::new("r")).ends_with("engine") && solo.variant.is_none());
     }
 }

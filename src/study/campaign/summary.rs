@@ -184,7 +184,7 @@ fn budgets(dataset: DatasetKind, runs: &[RunRecords]) -> Vec<usize> {
 fn curves(dataset: DatasetKind, runs: &[RunRecords], epochs: usize) -> BTreeMap<String, BTreeMap<u64, Vec<f64>>> {
     let mut out: BTreeMap<String, BTreeMap<u64, Vec<f64>>> = BTreeMap::new();
     for r in finished(dataset, runs).filter(|r| r.settings.epochs == epochs) {
-        let acc: Vec<f64> = r.epochs.iter().filter_map(|e| e.results.get(&BackendKind::Engine)).map(|e| e.test_accuracy).collect();
+        let acc: Vec<f64> = r.epochs.iter().filter_map(|e| e.results.get(&BackendKind::ENGINE)).map(|e| e.test_accuracy).collect();
         if acc.len() == epochs {
             out.entry(r.settings.key.model.clone()).or_default().entry(r.settings.key.seed).or_insert(acc);
         }
@@ -217,7 +217,7 @@ fn dataset(d: DatasetKind, runs: &[RunRecords], epochs: usize) -> DatasetSummary
                     model: r.settings.key.model.clone(),
                     seed: r.settings.key.seed,
                     run: r.settings.key.label(),
-                    variant: r.settings.key.candle_maxpool.map(|m| format!("maxpool-{}", m.name())),
+                    variant: r.settings.key.variant.clone(),
                     epochs: r.epochs.len(),
                     accuracy,
                     max_params_scaled: worst(of(&|x| x.params_scaled)),

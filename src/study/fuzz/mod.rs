@@ -114,7 +114,7 @@ fn judge_timed(program: &Program, inputs: &[crate::HostTensor], opts: &FuzzOptio
         inputs: inputs.to_vec(),
         dtype: opts.dtype,
         backends: opts.backends.clone(),
-        backend_options: opts.backend_options,
+        backend_options: opts.backend_options.clone(),
         implementation: None,
     })?;
     let times = study.backends.iter().map(|(k, r)| (*k, r.seconds)).collect();
@@ -372,7 +372,7 @@ pub fn hunt(opts: &FuzzOptions, max_cases: u64) -> Result<Option<Hunt>> {
     for index in 0..max_cases {
         let case = gen::generate(opts.seed, index, opts.max_nodes, &opts.ops);
         if let Some((key, _)) = judge(&case.program, &case.inputs, opts)? {
-            if key.odd_backend == Some(BackendKind::Engine) {
+            if key.odd_backend == Some(BackendKind::ENGINE) {
                 let shrunk = shrink::shrink(&case, &key, opts)?;
                 return Ok(Some(Hunt {
                     cases_to_find: index + 1,

@@ -66,6 +66,10 @@ pub struct ImplRow {
     /// inside the report set), with the inputs inline.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_disagreement: Option<String>,
+    /// Why the backend does not take this op at all (its declared capabilities): every
+    /// case skipped, none counted as a refusal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsupported: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
@@ -107,7 +111,7 @@ pub fn run(opts: &OpsOptions, mut progress: impl FnMut(&str, usize, usize)) -> R
     let impls: Vec<(BackendKind, &'static str, Option<&'static str>, Box<dyn Backend>)> = {
         let mut v = Vec::new();
         for &k in &opts.backends {
-            let b = backend(k, opts.backend_options)?;
+            let b = backend(k, &opts.backend_options)?;
             for i in b.implementations() {
                 v.push((k, i.name, Some(i.op), b.with_implementation(&i)?));
             }
@@ -116,7 +120,8 @@ pub fn run(opts: &OpsOptions, mut progress: impl FnMut(&str, usize, usize)) -> R
         v.sort_by_key(|(k, name, _, _)| (*k, *name != "default", *name));
         v
     };
-    let fd_source: Vec<BackendKind> = [BackendKind::Torch, BackendKind::Engine, BackendKind::Candle].into_iter().filter(|k| opts.backends.contains(k)).collect();
+    // Finite differences from the most trusted backend that computes the case.
+    let fd_source: Vec<BackendKind> = BackendKind::by_trust(&opts.backends);
     let mut rows = Vec::new();
     let mut programs = Vec::new();
     for (op_index, &name) in opts.ops.iter().enumerate() {
@@ -124,7 +129,11 @@ pub fn run(opts: &OpsOptions, mut progress: impl FnMut(&str, usize, usize)) -> R
         let cases = cases::cases(name, opts.cases, opts.seed);
         // The implementations that concern this op: every default, and the alternatives
         // for this op.
-        let here: Vec<usize> = (0..impls.len()).filter(|&i| impls[i].2.is_none_or(|op| op == name)).collect();
+        let concerned: Vec<usize> = (0..impls.len()).filter(|&i| impls[i].2.is_none_or(|op| op == name)).collect();
+        // A backend that declares it lacks the op (or the dtype) is skipped with its reason.
+        let lacks = |i: usize| impls[i].3.capabilities().lacks(name, dtype);
+        let here: Vec<usize> = concerned.iter().copied().filter(|&i| lacks(i).is_none()).collect();
+        let skipped: Vec<(usize, String)> = concerned.iter().filter_map(|&i| lacks(i).map(|why| (i, why))).collect();
         let mut op_rows: Vec<ImplRow> = here
             .iter()
             .map(|&i| ImplRow {
@@ -144,6 +153,7 @@ pub fn run(opts: &OpsOptions, mut progress: impl FnMut(&str, usize, usize)) -> R
                 findings: 0,
                 odd_one_out: 0,
                 first_disagreement: None,
+                unsupported: None,
             })
             .collect();
         for (case_index, (op, given)) in cases.iter().enumerate() {
@@ -235,6 +245,27 @@ pub fn run(opts: &OpsOptions, mut progress: impl FnMut(&str, usize, usize)) -> R
                     row.first_disagreement = Some(file);
                 }
             }
+        }
+        for (i, why) in skipped {
+            op_rows.push(ImplRow {
+                op: name.to_string(),
+                backend: impls[i].0,
+                implementation: impls[i].1.to_string(),
+                cases: 0,
+                refused: 0,
+                first_refusal: None,
+                missing_or_non_finite: 0,
+                fd_checked: 0,
+                fd_agree: 0,
+                compared: BTreeMap::new(),
+                agree: BTreeMap::new(),
+                worst_scaled: 0.0,
+                worst_fd_scaled: 0.0,
+                findings: 0,
+                odd_one_out: 0,
+                first_disagreement: None,
+                unsupported: Some(format!("{} {why}", impls[i].0)),
+            });
         }
         rows.extend(op_rows);
     }
