@@ -8,7 +8,7 @@
 
 use backprop_parity::backends::{Backend, BackendKind, CandleBackend, MaxPoolMode};
 use backprop_parity::host::HostTensor;
-use backprop_parity::models::program::GeluApproximate;
+use backprop_parity::models::program::{pooled_len, GeluApproximate};
 use backprop_parity::models::{Op, Program, Reduction};
 use backprop_parity::parity::{compare, largest_magnitude, numeric_gradient, Tolerance};
 use backprop_parity::study::ops::cases::case_for;
@@ -90,15 +90,24 @@ fn candle_refuses(op: &Op, inputs: &[HostTensor]) -> bool {
         Op::NllLoss { reduction } | Op::MseLoss { reduction } => *reduction != Reduction::Mean,
         Op::CrossEntropy { reduction, label_smoothing } => *reduction != Reduction::Mean || *label_smoothing != 0.0,
         Op::Embedding { padding_idx } => padding_idx.is_some(),
-        Op::MaxPool2d { kernel, stride, padding } => *padding > 0 || stride.is_some_and(|s| s != *kernel),
-        Op::Conv2d { stride, padding } => {
-            let (x, k, (s, p)) = (&inputs[0].shape, inputs[1].shape[2], (*stride, *padding));
-            let out = |d: usize| (d + 2 * p - k) / s + 1;
+        Op::MaxPool2d { kernel, stride, padding, ceil_mode } => {
+            *padding > 0 || stride.is_some_and(|s| s != *kernel) || (*ceil_mode && ceil_adds_windows(&inputs[0].shape, *kernel, stride.unwrap_or(*kernel), *padding))
+        }
+        // No padding; kernel != stride is refused by its backward.
+        Op::AvgPool2d { kernel, stride, padding, ceil_mode, .. } => {
+            *padding > 0 || stride.is_some_and(|s| s != *kernel) || (*ceil_mode && ceil_adds_windows(&inputs[0].shape, *kernel, stride.unwrap_or(*kernel), *padding))
+        }
+        Op::AdaptiveAvgPool2d { output_size: [oh, ow] } => inputs[0].shape[2] % oh != 0 || inputs[0].shape[3] % ow != 0,
+        Op::ConvTranspose2d { groups, .. } => *groups != 1,
+        Op::Conv2d { stride, padding, dilation, .. } => {
+            let (x, w, (s, p, d)) = (&inputs[0].shape, &inputs[1].shape, (*stride, *padding, *dilation));
+            let span = |k: usize| d * (k - 1) + 1;
+            let out = |len: usize, k: usize| (len + 2 * p - span(k)) / s + 1;
             // It sizes each dimension in unsigned arithmetic, which underflows once the
             // padding outgrows the gradient: a panic where overflow checks are on (this
             // test profile); a release build wraps around to the right size.
-            let underflows = |d: usize| cfg!(debug_assertions) && (out(d) - 1) * s + k < 2 * p;
-            (x[2] + 2 * p - k) % s != (x[3] + 2 * p - k) % s || underflows(x[2]) || underflows(x[3])
+            let underflows = |len: usize, k: usize| cfg!(debug_assertions) && (out(len, k) - 1) * s + span(k) < 2 * p;
+            (x[2] + 2 * p - span(w[2])) % s != (x[3] + 2 * p - span(w[3])) % s || underflows(x[2], w[2]) || underflows(x[3], w[3])
         }
         // Neither candle-core nor candle-nn has a softplus.
         Op::Softplus { .. } => true,
@@ -119,6 +128,11 @@ fn torch_refuses(op: &Op, given: &[Option<HostTensor>]) -> bool {
     }
 }
 
+/// Whether PyTorch's ceil mode adds a window to a pooling of `x` (`[N, C, H, W]`).
+fn ceil_adds_windows(x: &[usize], k: usize, s: usize, p: usize) -> bool {
+    (2..4).any(|d| pooled_len(x[d], k, s, p, true) != pooled_len(x[d], k, s, p, false))
+}
+
 /// `given`: the op's inputs as drawn (an absent optional input is `None`).
 fn refuses(other: BackendKind, op: &Op, inputs: &[HostTensor], given: &[Option<HostTensor>]) -> bool {
     match other {
@@ -137,6 +151,18 @@ fn candle_known_f64_grad_error(op: &Op) -> Option<f64> {
     matches!(op, Op::Gelu { .. }).then_some(5e-7)
 }
 
+/// A finding: candle-core 0.11.1's avg_pool2d backward upsamples the output gradient to
+/// the whole input (`upsample_nearest2d(h, w)`), so where the kernel (= stride) does not
+/// divide the image, the rows and columns floor mode leaves out get gradient and the
+/// others get their windows' wrong (`candles_avg_pool_backward_...` pins it). Only the
+/// output is compared there.
+fn candle_known_wrong_gradient(op: &Op, inputs: &[HostTensor]) -> bool {
+    match op {
+        Op::AvgPool2d { kernel, .. } => inputs[0].shape[2] % kernel != 0 || inputs[0].shape[3] % kernel != 0,
+        _ => false,
+    }
+}
+
 /// Output and every gradient of the engine against another backend. A configuration
 /// the other backend has no implementation for must be refused with an error that names
 /// the op, never a panic, and no other configuration may be refused.
@@ -150,7 +176,10 @@ fn check_against(op: &Op, other: BackendKind, given: &[Option<HostTensor>]) -> R
             Err(e) => {
                 let refusal = e.to_string();
                 prop_assert!(refuses(other, op, &inputs, given), "{other} failed on {}: {refusal}", describe(op, &inputs));
-                prop_assert!(refusal.contains(op.name()) || refusal.contains("shape mismatch") || refusal.contains("panicked"), "{other}'s refusal says neither the op nor the shape: {refusal}");
+                prop_assert!(
+                    refusal.contains(op.name()) || refusal.contains("shape mismatch") || refusal.contains("panicked") || refusal.contains("backward not supported"),
+                    "{other}'s refusal says neither the op nor the shape: {refusal}"
+                );
                 return Ok(());
             }
         };
@@ -175,6 +204,9 @@ fn check_against(op: &Op, other: BackendKind, given: &[Option<HostTensor>]) -> R
             DType::F32 => 1e-4,
         };
         prop_assert_eq!(ours.grads.len(), theirs.grads.len());
+        if other == BackendKind::CANDLE && candle_known_wrong_gradient(op, &inputs) {
+            continue;
+        }
         for (i, (a, b)) in ours.grads.iter().zip(&theirs.grads).enumerate() {
             let d = compare(a, b, dtype, tol).unwrap();
             let known = match (other, dtype) {
@@ -266,6 +298,10 @@ op_tests! {
     amax;
     max_pool2d;
     conv2d;
+    conv_transpose2d;
+    avg_pool2d;
+    adaptive_avg_pool2d;
+    upsample_nearest2d;
     linear;
     batch_norm;
     layer_norm;
@@ -294,7 +330,7 @@ op_tests! {
 #[test]
 fn candles_released_max_pool_backward_scales_a_unique_maximum_by_a_quarter() {
     let x = HostTensor { shape: vec![1, 1, 4, 4], data: (0..16).map(f64::from).collect() };
-    let program = Program::single(Op::MaxPool2d { kernel: 2, stride: None, padding: 0 }, &[Some(vec![1, 1, 4, 4])]);
+    let program = Program::single(Op::MaxPool2d { kernel: 2, stride: None, padding: 0, ceil_mode: false }, &[Some(vec![1, 1, 4, 4])]);
     let engine = BackendKind::ENGINE.create().unwrap().evaluate(&program, std::slice::from_ref(&x), DType::F64).unwrap();
     let builtin = CandleBackend { maxpool: MaxPoolMode::Builtin }.evaluate(&program, std::slice::from_ref(&x), DType::F64).unwrap();
     let exact = CandleBackend { maxpool: MaxPoolMode::Exact }.evaluate(&program, std::slice::from_ref(&x), DType::F64).unwrap();
@@ -324,6 +360,27 @@ fn amax_shares_the_gradient_evenly_among_ties() {
         [0.0, 1.0, 1.0, 1.0, 1.0, 0.0],
         "candle: every tied maximum gets the whole gradient"
     );
+    #[cfg(feature = "torch")]
+    {
+        let torch =
+            BackendKind::TORCH.create().unwrap().evaluate(&program, std::slice::from_ref(&x), DType::F64).unwrap();
+        assert_eq!(torch.grads[0].data, engine.grads[0].data, "libtorch");
+    }
+}
+
+/// The finding behind `candle_known_wrong_gradient`: avg_pool2d with kernel 2 over a
+/// 2x3 image has one window, the first two columns; candle-core 0.11.1's backward
+/// upsamples its gradient over all three, so the left-out column gets a quarter too.
+#[test]
+fn candles_avg_pool_backward_gives_the_left_out_column_gradient() {
+    let x = HostTensor { shape: vec![1, 1, 2, 3], data: (0..6).map(f64::from).collect() };
+    let op = Op::AvgPool2d { kernel: 2, stride: None, padding: 0, ceil_mode: false, count_include_pad: true };
+    let program = Program::single(op, &[Some(vec![1, 1, 2, 3])]);
+    let engine = BackendKind::ENGINE.create().unwrap().evaluate(&program, std::slice::from_ref(&x), DType::F64).unwrap();
+    let candle = reference(BackendKind::CANDLE).evaluate(&program, std::slice::from_ref(&x), DType::F64).unwrap();
+    assert_eq!(engine.output, candle.output);
+    assert_eq!(engine.grads[0].data, [0.25, 0.25, 0.0, 0.25, 0.25, 0.0], "engine");
+    assert_eq!(candle.grads[0].data, [0.25; 6], "candle");
     #[cfg(feature = "torch")]
     {
         let torch =

@@ -283,6 +283,10 @@ struct BenchArgs {
     /// Generated programs of the fuzz-throughput campaign (0: skip it; at most 1000000).
     #[arg(long, default_value_t = study::bench::FUZZ_CASES)]
     fuzz_cases: u64,
+    /// Comma-separated ops whose first generated case is timed, forward and backward, on
+    /// every backend (default: all; `none` skips the per-op rows).
+    #[arg(long, value_name = "LIST")]
+    ops: Option<String>,
     #[command(flatten)]
     common: Common,
 }
@@ -1184,12 +1188,17 @@ fn run_bench(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
         exe: Some(std::env::current_exe().context("locating parity-report for the memory child processes")?),
         threads,
         fuzz_cases: args.fuzz_cases,
+        ops: match args.ops.as_deref() {
+            None => Op::NAMES.to_vec(),
+            Some("none") => vec![],
+            Some(l) => list("--ops", l, |s| Op::NAMES.iter().copied().find(|o| *o == s).ok_or_else(|| format!("'{s}' is not an op of the program format; expected some of {}", names(Op::NAMES))))?,
+        },
     };
     let data = mnist_data()?;
     // One stage per model's timing, per model and backend's memory epoch, then the matrix
     // products and the machine's peak.
     let memory_stages = if opts.memory_images > 0 { opts.models.len() * opts.backends.len() } else { 0 };
-    let bar = progress_bar(opts.models.len() + memory_stages + 2, "bench");
+    let bar = progress_bar(opts.models.len() + memory_stages + 3, "bench");
     let result = study::bench::run(&data, &opts, |m| step(&bar, m))?;
     bar.finish_and_clear();
     for (name, m) in &result.models {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ndarray::ArrayD;
 
-use super::ops::{conv, dropout, elementwise, index, layer_norm, linear, matmul, norm, pool, reduce, shape, softmax};
+use super::ops::{avg_pool, conv, dropout, elementwise, index, layer_norm, linear, matmul, norm, pool, reduce, shape, softmax};
 use super::faults::{self, Fault};
 use super::{Float, Tensor};
 use crate::error::{Error, Result};
@@ -35,6 +35,10 @@ pub enum Op {
     /// A reduction over `axes` (sorted), the output without them unless `keepdim`.
     ReduceDim { kind: reduce::DimReduce, x: Var, axes: Arc<[usize]>, keepdim: bool },
     Conv2d { x: Var, w: Var, b: Option<Var>, stride: usize, padding: usize },
+    /// Convolution with dilation or groups, or transposed (`conv::general`).
+    ConvGeneral { x: Var, w: Var, b: Option<Var>, geo: conv::general::Geometry },
+    /// Average pooling, adaptive average pooling, nearest upsampling (`avg_pool`).
+    AvgWindows { x: Var, windows: Arc<avg_pool::Windows> },
     /// `argmax[i]` is the flat input index output element `i` was taken from.
     /// `window`: kernel, stride, padding.
     MaxPool2d { x: Var, argmax: Arc<[usize]>, window: [usize; 3] },
@@ -90,8 +94,8 @@ impl Op {
             Op::MatMul(a, b) | Op::Binary(_, a, b) => vec![a, b],
             Op::Unary(_, a) | Op::Sum(a) | Op::Mean(a) | Op::Softmax(a, _) | Op::LogSoftmax(a, _) | Op::Reshape(a) => vec![a],
             Op::MseLoss { input, target, .. } => vec![input, target],
-            Op::Conv2d { x, w, b, .. } | Op::Linear { x, w, b } => [Some(x), Some(w), b].into_iter().flatten().collect(),
-            Op::MaxPool2d { x, .. } | Op::Dropout { x, .. } | Op::ReduceDim { x, .. } => vec![x],
+            Op::Conv2d { x, w, b, .. } | Op::ConvGeneral { x, w, b, .. } | Op::Linear { x, w, b } => [Some(x), Some(w), b].into_iter().flatten().collect(),
+            Op::MaxPool2d { x, .. } | Op::AvgWindows { x, .. } | Op::Dropout { x, .. } | Op::ReduceDim { x, .. } => vec![x],
             Op::BatchNorm { x, gamma, beta, .. } => vec![x, gamma, beta],
             Op::RowNorm { x, w, b, .. } => [Some(x), w, b].into_iter().flatten().collect(),
             Op::NllLoss { input, .. } => vec![input],
@@ -273,6 +277,14 @@ impl<F: Float> Graph<F> {
                     out.extend(b.zip(gb));
                     out
                 }
+                Op::ConvGeneral { x, w, b, ref geo } => {
+                    let need = (needs(x), needs(w), b.is_some_and(needs));
+                    let (gx, gw, gb) = conv::general::backward(geo, self.value(x), self.value(w), g, need);
+                    let mut out = asked([(x, gx), (w, gw)]);
+                    out.extend(b.zip(gb));
+                    out
+                }
+                Op::AvgWindows { x, ref windows } => vec![(x, avg_pool::backward(self.value(x), windows, g))],
                 Op::MaxPool2d { x, ref argmax, window } => vec![(x, pool::backward(self.value(x), argmax, window, g))],
                 Op::Linear { x, w, b } => {
                     let need_b = b.is_some_and(needs);

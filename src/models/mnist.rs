@@ -280,9 +280,9 @@ impl ModelSpec {
             x = match *layer {
                 Layer::Conv2d { name, padding, .. } => {
                     let (w, b) = (get(&ids, name, "weight"), get(&ids, name, "bias"));
-                    p.node(name, Op::Conv2d { stride: 1, padding }, &[Some(&x), Some(&w), Some(&b)])
+                    p.node(name, Op::Conv2d { stride: 1, padding, dilation: 1, groups: 1 }, &[Some(&x), Some(&w), Some(&b)])
                 }
-                Layer::MaxPool2d { kernel } => p.node(&fresh("pool"), Op::MaxPool2d { kernel, stride: Some(kernel), padding: 0 }, &[Some(&x)]),
+                Layer::MaxPool2d { kernel } => p.node(&fresh("pool"), Op::MaxPool2d { kernel, stride: Some(kernel), padding: 0, ceil_mode: false }, &[Some(&x)]),
                 Layer::Relu => p.node(&fresh("relu"), Op::Relu {}, &[Some(&x)]),
                 Layer::Flatten => p.node("flatten", Op::Flatten { start_dim: 1, end_dim: -1 }, &[Some(&x)]),
                 Layer::Dropout { site, p: prob } => p.node(&format!("dropout{site}"), Op::Dropout { p: prob, training: true }, &[Some(&x), Some(&masks[site])]),

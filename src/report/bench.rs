@@ -68,6 +68,7 @@ fn markdown(report: &BenchReport, machine: &str) -> String {
          thread(s) at once. The products above run on {} thread(s).\n",
         p.isa, p.one_thread_gflops, p.all_threads_gflops, p.threads, report.threads
     );
+    md += &ops_section(report, &kinds);
     if let Some(f) = &report.fuzz {
         let shares: Vec<String> = f.backend_seconds.iter().map(|(k, t)| format!("{k} {t:.1} s ({:.0}%)", 100.0 * t / f.seconds.max(1e-9))).collect();
         md += &format!(
@@ -83,6 +84,37 @@ fn markdown(report: &BenchReport, machine: &str) -> String {
             f.shrink_seconds
         );
     }
+    md
+}
+
+/// One row per op: microseconds per call (forward and backward of its first case).
+fn ops_section(report: &BenchReport, kinds: &[BackendKind]) -> String {
+    if report.ops.is_empty() {
+        return String::new();
+    }
+    let mut md = format!(
+        "\n## Ops (f32, µs per call)\n\nEach op's first generated case (`parity-report ops`'s case 0 of seed 0: small shapes, so these \
+         times are mostly each framework's per-op overhead), forward and backward of its weighted-sum loss in one executor; the \
+         median of {} rounds' medians of {} calls, the backends taking turns. No target: a row to watch, not a bar.\n\n",
+        crate::study::bench::OP_ROUNDS,
+        crate::study::bench::OP_CALLS
+    );
+    let mut header = vec!["op".to_string(), "case".to_string()];
+    header.extend(kinds.iter().map(|k| format!("{k} µs")));
+    let rows: Vec<Vec<String>> = report
+        .ops
+        .iter()
+        .map(|o| {
+            let mut r = vec![format!("`{}`", o.op), o.case.replace('|', "\\|")];
+            r.extend(kinds.iter().map(|k| match (o.micros.get(k), o.refused.get(k)) {
+                (Some(v), _) => format!("{v:.1}"),
+                (None, Some(_)) => "refused".into(),
+                _ => "-".into(),
+            }));
+            r
+        })
+        .collect();
+    md += &table(&header.iter().map(String::as_str).collect::<Vec<_>>(), &rows);
     md
 }
 

@@ -261,8 +261,22 @@ fn torch_forward(p: &Program) -> String {
             Op::SumDim { dim, keepdim } => format!("torch.sum({}, {dim:?}, keepdim={})", arg(0), py_bool(*keepdim)),
             Op::MeanDim { dim, keepdim } => format!("torch.mean({}, {dim:?}, keepdim={})", arg(0), py_bool(*keepdim)),
             Op::Amax { dim, keepdim } => format!("torch.amax({}, {dim:?}, keepdim={})", arg(0), py_bool(*keepdim)),
-            Op::MaxPool2d { kernel, stride, padding } => format!("F.max_pool2d({}, {kernel}, {}, {padding})", arg(0), stride.unwrap_or(*kernel)),
-            Op::Conv2d { stride, padding } => format!("F.conv2d({}, {}, {}, {stride}, {padding})", arg(0), arg(1), arg(2)),
+            Op::MaxPool2d { kernel, stride, padding, ceil_mode } => {
+                format!("F.max_pool2d({}, {kernel}, {}, {padding}, ceil_mode={})", arg(0), stride.unwrap_or(*kernel), py_bool(*ceil_mode))
+            }
+            Op::Conv2d { stride, padding, dilation, groups } => format!("F.conv2d({}, {}, {}, {stride}, {padding}, {dilation}, {groups})", arg(0), arg(1), arg(2)),
+            Op::ConvTranspose2d { stride, padding, output_padding, dilation, groups } => {
+                format!("F.conv_transpose2d({}, {}, {}, {stride}, {padding}, {output_padding}, {groups}, {dilation})", arg(0), arg(1), arg(2))
+            }
+            Op::AvgPool2d { kernel, stride, padding, ceil_mode, count_include_pad } => format!(
+                "F.avg_pool2d({}, {kernel}, {}, {padding}, ceil_mode={}, count_include_pad={})",
+                arg(0),
+                stride.unwrap_or(*kernel),
+                py_bool(*ceil_mode),
+                py_bool(*count_include_pad)
+            ),
+            Op::AdaptiveAvgPool2d { output_size: [oh, ow] } => format!("F.adaptive_avg_pool2d({}, ({oh}, {ow}))", arg(0)),
+            Op::UpsampleNearest2d { scale_factor } => format!("F.interpolate({}, scale_factor={scale_factor}, mode=\"nearest\")", arg(0)),
             Op::Linear {} => format!("F.linear({}, {}, {})", arg(0), arg(1), arg(2)),
             Op::BatchNorm { training, momentum, eps } => {
                 format!("F.batch_norm({}, {}, {}, {}, {}, {}, {momentum}, {eps})", arg(0), arg(3), arg(4), arg(1), arg(2), if *training { "True" } else { "False" })

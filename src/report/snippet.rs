@@ -48,9 +48,9 @@ pub fn candle_snippet(p: &Program) -> Result<String, String> {
             Op::Log {} => format!("{}.log()?", arg(0)),
             Op::Sum {} => format!("{}.sum_all()?", arg(0)),
             Op::Mean {} => format!("{}.mean_all()?", arg(0)),
-            Op::MaxPool2d { kernel, stride, padding: 0 } => format!("{}.max_pool2d_with_stride({kernel}, {})?", arg(0), stride.unwrap_or(*kernel)),
-            Op::Conv2d { stride, padding } => {
-                let y = format!("{}.conv2d(&{}, {padding}, {stride}, 1, 1)?", arg(0), arg(1));
+            Op::MaxPool2d { kernel, stride, padding: 0, ceil_mode: false } => format!("{}.max_pool2d_with_stride({kernel}, {})?", arg(0), stride.unwrap_or(*kernel)),
+            Op::Conv2d { stride, padding, dilation, groups } => {
+                let y = format!("{}.conv2d(&{}, {padding}, {stride}, {dilation}, {groups})?", arg(0), arg(1));
                 if given(2) {
                     format!("{y}.broadcast_add(&{}.reshape((1, (), 1, 1))?)?", arg(2))
                 } else {

@@ -31,6 +31,8 @@ pub struct BenchOptions {
     pub threads: usize,
     /// Generated programs of the fuzz-throughput campaign (0: none).
     pub fuzz_cases: u64,
+    /// Ops to time one call of (forward and backward of their first case).
+    pub ops: Vec<&'static str>,
 }
 
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
@@ -70,6 +72,21 @@ pub struct BenchReport {
     pub peak: super::peak::Peak,
     /// Differential fuzzing throughput: a fixed-seed campaign on the bench's backends.
     pub fuzz: Option<FuzzThroughput>,
+    /// One row per op of the program format (empty when not measured).
+    pub ops: Vec<OpBench>,
+}
+
+/// One op's time per call on each backend: forward and backward of the op's first
+/// generated case (`parity-report ops`'s case 0, seed 0) in f32, in one executor.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct OpBench {
+    pub op: String,
+    /// The case's input shapes and attributes.
+    pub case: String,
+    /// Median microseconds per call.
+    pub micros: BTreeMap<BackendKind, f64>,
+    /// Backends that refused or failed on the case, with the first line of the message.
+    pub refused: BTreeMap<BackendKind, String>,
 }
 
 /// Generated programs per second through the whole oracle, and where the time goes.
@@ -220,6 +237,8 @@ pub fn run(data: &Dataset, opts: &BenchOptions, mut progress: impl FnMut(&str)) 
         oracle_seconds: campaign.oracle_seconds,
         shrink_seconds: campaign.shrink_seconds,
     });
+    progress("ops");
+    let ops = opts.ops.iter().map(|name| op_bench(name, &backends)).collect::<Result<Vec<_>>>()?;
     progress("machine peak");
     let peak = super::peak::measure(opts.threads);
     Ok(BenchReport {
@@ -230,5 +249,55 @@ pub fn run(data: &Dataset, opts: &BenchOptions, mut progress: impl FnMut(&str)) 
         gemm,
         peak,
         fuzz,
+        ops,
     })
+}
+
+/// Rounds of the interleaved per-op timing, and calls timed per round.
+pub const OP_ROUNDS: usize = 5;
+pub const OP_CALLS: usize = 20;
+
+/// One op's first generated case timed on every backend: in rounds (every backend's
+/// calls after the others', as the matrix products), the median of the round medians.
+fn op_bench(name: &str, backends: &[(BackendKind, Box<dyn crate::backends::Backend>)]) -> Result<OpBench> {
+    use crate::backends::Request;
+    let (op, given) = super::ops::cases::cases(name, 1, 0).remove(0);
+    let case = format!(
+        "{} on {}",
+        serde_json::to_string(&op).unwrap_or_default(),
+        given.iter().map(|t| t.as_ref().map_or("-".into(), |t| format!("{:?}", t.shape))).collect::<Vec<_>>().join(", ")
+    );
+    let (program, inputs) = super::ops::program_of(&op, &given)?;
+    let inputs: Vec<_> = inputs.iter().map(|t| t.rounded(DType::F32)).collect();
+    let request = Request { backward: true, ..Request::default() };
+    let mut refused = BTreeMap::new();
+    let mut executors = Vec::new();
+    for (kind, b) in backends {
+        let first_line = |e: crate::error::Error| e.to_string().lines().next().unwrap_or_default().to_string();
+        match b.executor(&program, &inputs, DType::F32) {
+            Ok(mut exec) => match (0..3).try_for_each(|_| exec.run(request).map(drop)) {
+                Ok(()) => executors.push((*kind, exec)),
+                Err(e) => {
+                    refused.insert(*kind, first_line(e));
+                }
+            },
+            Err(e) => {
+                refused.insert(*kind, first_line(e));
+            }
+        }
+    }
+    let mut rounds: BTreeMap<BackendKind, Vec<f64>> = BTreeMap::new();
+    for _ in 0..OP_ROUNDS {
+        for (kind, exec) in executors.iter_mut() {
+            let mut samples = Vec::with_capacity(OP_CALLS);
+            for _ in 0..OP_CALLS {
+                let t = Instant::now();
+                exec.run(request)?;
+                samples.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            rounds.entry(*kind).or_default().push(median(samples));
+        }
+    }
+    let micros = rounds.into_iter().map(|(k, r)| (k, median(r))).collect();
+    Ok(OpBench { op: name.to_string(), case, micros, refused })
 }

@@ -48,8 +48,8 @@ pub fn case(name: &str, ties: bool) -> Option<(Op, Vec<HostTensor>)> {
     let image = t(&[2, 3, 4, 4], 37);
     let labels = HostTensor { shape: vec![4], data: vec![1.0, 0.0, 5.0, 3.0] };
     let op = match name {
-        "max_pool2d" => Op::MaxPool2d { kernel: 2, stride: None, padding: 0 },
-        "conv2d" => Op::Conv2d { stride: 1, padding: 1 },
+        "max_pool2d" => Op::MaxPool2d { kernel: 2, stride: None, padding: 0, ceil_mode: false },
+        "conv2d" => Op::Conv2d { stride: 1, padding: 1, dilation: 1, groups: 1 },
         "batch_norm" => Op::BatchNorm { training: true, momentum: 0.1, eps: 1e-5 },
         "softmax" => Op::Softmax { dim: 1 },
         "log_softmax" => Op::LogSoftmax { dim: 1 },

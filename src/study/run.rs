@@ -443,10 +443,11 @@ fn fd_obstacle(op: &crate::models::Op, feed: &[HostTensor]) -> Option<String> {
                 })
                 .then(|| "a (nearly) constant channel, whose normalisation is rounding noise".into())
         }
-        Op::MaxPool2d { kernel, stride, padding } => {
+        Op::MaxPool2d { kernel, stride, padding, ceil_mode } => {
             let (k, st, p) = (*kernel, stride.unwrap_or(*kernel), *padding);
             let (planes, h, w) = (x.shape[0] * x.shape[1], x.shape[2], x.shape[3]);
-            let (oh, ow) = ((h + 2 * p - k) / st + 1, (w + 2 * p - k) / st + 1);
+            let len = |l| crate::models::program::pooled_len(l, k, st, p, *ceil_mode).unwrap_or(0);
+            let (oh, ow) = (len(h), len(w));
             for plane in 0..planes {
                 for oy in 0..oh {
                     for ox in 0..ow {

@@ -139,10 +139,14 @@ impl CandleExecutor {
                         y.reshape(kept)?
                     }
                 }
-                Op::MaxPool2d { kernel, stride, padding } => {
+                Op::MaxPool2d { kernel, stride, padding, ceil_mode } => {
                     let stride = stride.unwrap_or(kernel);
                     if padding > 0 {
                         candle_core::bail!("max_pool2d: candle's max-pooling has no padding (padding {padding} asked for)");
+                    }
+                    // ceil_mode only matters where it adds a window; there candle has none.
+                    if ceil_mode && ceil_adds_windows(&x, kernel, stride, padding)? {
+                        candle_core::bail!("max_pool2d: candle's max-pooling has no ceil_mode (it adds a window here)");
                     }
                     match self.maxpool {
                         MaxPoolMode::Builtin => x.max_pool2d_with_stride(kernel, stride)?,
@@ -150,15 +154,41 @@ impl CandleExecutor {
                         MaxPoolMode::Exact => candle_core::bail!("max_pool2d: the exact max-pool covers stride = kernel only (kernel {kernel}, stride {stride})"),
                     }
                 }
-                Op::Conv2d { stride, padding } => {
-                    let y = x.conv2d(&a(1).expect("checked"), padding, stride, 1, 1)?;
-                    match a(2) {
-                        Some(b) => {
-                            let o = b.dim(0)?;
-                            y.broadcast_add(&b.reshape((1, o, 1, 1))?)?
-                        }
-                        None => y,
+                Op::Conv2d { stride, padding, dilation, groups } => {
+                    let y = x.conv2d(&a(1).expect("checked"), padding, stride, dilation, groups)?;
+                    add_channel_bias(y, a(2))?
+                }
+                Op::ConvTranspose2d { stride, padding, output_padding, dilation, groups } => {
+                    if groups != 1 {
+                        candle_core::bail!("conv_transpose2d: candle's conv_transpose2d has no groups ({groups} asked for)");
                     }
+                    let y = x.conv_transpose2d(&a(1).expect("checked"), padding, output_padding, stride, dilation)?;
+                    add_channel_bias(y, a(2))?
+                }
+                Op::AvgPool2d { kernel, stride, padding, ceil_mode, .. } => {
+                    let stride = stride.unwrap_or(kernel);
+                    // Without padding count_include_pad changes nothing.
+                    if padding > 0 {
+                        candle_core::bail!("avg_pool2d: candle's avg-pooling has no padding (padding {padding} asked for)");
+                    }
+                    if ceil_mode && ceil_adds_windows(&x, kernel, stride, padding)? {
+                        candle_core::bail!("avg_pool2d: candle's avg-pooling has no ceil_mode (it adds a window here)");
+                    }
+                    x.avg_pool2d_with_stride(kernel, stride)?
+                }
+                // candle has no adaptive pooling: where the output size divides the image,
+                // the windows are avg_pool2d's with kernel = stride = H/oh (what a candle
+                // user writes); other sizes are refused.
+                Op::AdaptiveAvgPool2d { output_size: [oh, ow] } => {
+                    let (_, _, h, w) = x.dims4()?;
+                    if h % oh != 0 || w % ow != 0 {
+                        candle_core::bail!("adaptive_avg_pool2d: candle has no adaptive pooling, and output {oh}x{ow} does not divide the image {h}x{w} for an avg_pool2d");
+                    }
+                    x.avg_pool2d_with_stride((h / oh, w / ow), (h / oh, w / ow))?
+                }
+                Op::UpsampleNearest2d { scale_factor } => {
+                    let (_, _, h, w) = x.dims4()?;
+                    x.upsample_nearest2d(h * scale_factor, w * scale_factor)?
                 }
                 Op::Linear {} => {
                     let y = x.matmul(&a(1).expect("checked").t()?)?;
@@ -545,4 +575,22 @@ fn mean_only(op: &str, reduction: Reduction) -> candle_core::Result<()> {
         candle_core::bail!("{op}: candle-nn's loss averages only (reduction {reduction:?} asked for)");
     }
     Ok(())
+}
+
+/// `y + b` with b `[C]` over the channels of `y` `[N, C, H, W]`.
+fn add_channel_bias(y: Tensor, b: Option<Tensor>) -> candle_core::Result<Tensor> {
+    match b {
+        Some(b) => {
+            let o = b.dim(0)?;
+            y.broadcast_add(&b.reshape((1, o, 1, 1))?)
+        }
+        None => Ok(y),
+    }
+}
+
+/// Whether PyTorch's ceil mode gives this pooling more windows than floor mode.
+fn ceil_adds_windows(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> candle_core::Result<bool> {
+    let (_, _, h, w) = x.dims4()?;
+    let len = |l, ceil| crate::models::program::pooled_len(l, kernel, stride, padding, ceil);
+    Ok(len(h, true) != len(h, false) || len(w, true) != len(w, false))
 }

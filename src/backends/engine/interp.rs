@@ -3,6 +3,8 @@
 
 use super::{to_engine, to_host};
 use crate::backends::executor::{Executor, Outcome, Request};
+use crate::engine::ops::avg_pool::Windows;
+use crate::engine::ops::conv::general::Attrs as ConvAttrs;
 use crate::engine::ops::elementwise::UnaryOp;
 use crate::engine::ops::reduce::DimReduce;
 use crate::engine::ops::softmax::Reduction as EngineReduction;
@@ -233,8 +235,30 @@ impl<F: Float> EngineExecutor<F> {
                     };
                     g.reduce_dim(kind, x, &axes, keepdim)?
                 }
-                Op::MaxPool2d { kernel, stride, padding } => g.max_pool2d_with(x, kernel, stride.unwrap_or(kernel), padding)?,
-                Op::Conv2d { stride, padding } => g.conv2d(x, a(1).expect("checked"), a(2), stride, padding)?,
+                Op::MaxPool2d { kernel, stride, padding, ceil_mode } => g.max_pool2d_mode(x, kernel, stride.unwrap_or(kernel), padding, ceil_mode)?,
+                // The models' convolutions keep the im2col / implicit-GEMM kernels; dilation
+                // and groups take the direct loops of `conv::general`.
+                Op::Conv2d { stride, padding, dilation: 1, groups: 1 } => g.conv2d(x, a(1).expect("checked"), a(2), stride, padding)?,
+                Op::Conv2d { stride, padding, dilation, groups } => {
+                    let attrs = ConvAttrs { stride, padding, dilation, groups, output_padding: 0 };
+                    g.conv2d_general(x, a(1).expect("checked"), a(2), false, attrs)?
+                }
+                Op::ConvTranspose2d { stride, padding, output_padding, dilation, groups } => {
+                    let attrs = ConvAttrs { stride, padding, dilation, groups, output_padding };
+                    g.conv2d_general(x, a(1).expect("checked"), a(2), true, attrs)?
+                }
+                Op::AvgPool2d { kernel, stride, padding, ceil_mode, count_include_pad } => {
+                    let w = Windows::avg_pool(g.value(x).shape(), kernel, stride.unwrap_or(kernel), padding, ceil_mode, count_include_pad)?;
+                    g.avg_windows(x, w)
+                }
+                Op::AdaptiveAvgPool2d { output_size: [oh, ow] } => {
+                    let w = Windows::adaptive(g.value(x).shape(), oh, ow)?;
+                    g.avg_windows(x, w)
+                }
+                Op::UpsampleNearest2d { scale_factor } => {
+                    let w = Windows::nearest(g.value(x).shape(), scale_factor)?;
+                    g.avg_windows(x, w)
+                }
                 Op::Linear {} => g.linear(x, a(1).expect("checked"), a(2))?,
                 Op::BatchNorm { training, momentum, eps } => {
                     let c = g.value(x).shape()[1];

@@ -101,13 +101,28 @@ impl TorchExecutor {
                 Op::SumDim { ref dim, keepdim } => x.f_sum_dim_intlist(dim.as_slice(), keepdim, x.kind())?,
                 Op::MeanDim { ref dim, keepdim } => x.f_mean_dim(dim.as_slice(), keepdim, x.kind())?,
                 Op::Amax { ref dim, keepdim } => x.f_amax(dim.as_slice(), keepdim)?,
-                Op::MaxPool2d { kernel, stride, padding } => {
+                Op::MaxPool2d { kernel, stride, padding, ceil_mode } => {
                     let (k, s, p) = (kernel as i64, stride.unwrap_or(kernel) as i64, padding as i64);
-                    x.f_max_pool2d([k, k], [s, s], [p, p], [1, 1], false)?
+                    x.f_max_pool2d([k, k], [s, s], [p, p], [1, 1], ceil_mode)?
                 }
-                Op::Conv2d { stride, padding } => {
-                    let (s, p) = (stride as i64, padding as i64);
-                    x.f_conv2d(a(1).expect("checked"), a(2), [s, s], [p, p], [1, 1], 1)?
+                Op::Conv2d { stride, padding, dilation, groups } => {
+                    let (s, p, d) = (stride as i64, padding as i64, dilation as i64);
+                    x.f_conv2d(a(1).expect("checked"), a(2), [s, s], [p, p], [d, d], groups as i64)?
+                }
+                Op::ConvTranspose2d { stride, padding, output_padding, dilation, groups } => {
+                    let (s, p, op, d) = (stride as i64, padding as i64, output_padding as i64, dilation as i64);
+                    x.f_conv_transpose2d(a(1).expect("checked"), a(2), [s, s], [p, p], [op, op], groups as i64, [d, d])?
+                }
+                Op::AvgPool2d { kernel, stride, padding, ceil_mode, count_include_pad } => {
+                    let (k, s, p) = (kernel as i64, stride.unwrap_or(kernel) as i64, padding as i64);
+                    x.f_avg_pool2d([k, k], [s, s], [p, p], ceil_mode, count_include_pad, None::<i64>)?
+                }
+                Op::AdaptiveAvgPool2d { output_size: [oh, ow] } => x.f_adaptive_avg_pool2d([oh as i64, ow as i64])?,
+                // F.interpolate(x, scale_factor=s, mode="nearest"): the output size and the scales.
+                Op::UpsampleNearest2d { scale_factor } => {
+                    let size = x.size();
+                    let (s, h, w) = (scale_factor as i64, size[2], size[3]);
+                    x.f_upsample_nearest2d([h * s, w * s], scale_factor as f64, scale_factor as f64)?
                 }
                 Op::Linear {} => x.f_linear(a(1).expect("checked"), a(2))?,
                 Op::BatchNorm { training, momentum, eps } => x.f_batch_norm(a(1), a(2), a(3), a(4), training, momentum, eps, false)?,

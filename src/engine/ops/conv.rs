@@ -13,6 +13,7 @@
 //! This file holds the maths and the choice of kernel; the data movement of the im2col
 //! path (unfolding, folding back, scratch) is in `unfold`.
 
+pub mod general;
 #[cfg(target_arch = "x86_64")]
 mod implicit;
 mod unfold;

@@ -2,6 +2,7 @@
 //! the handwritten backward rules that `Graph::backward` dispatches to.
 
 pub mod activation;
+pub mod avg_pool;
 pub mod conv;
 pub mod dropout;
 pub mod elementwise;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::engine::{parallel, Float, Graph, Op, Tensor, Var};
 use crate::error::{Error, Result};
+use crate::models::program::pooled_len;
 
 impl<F: Float> Graph<F> {
     pub fn max_pool2d(&mut self, x: Var, kernel: usize) -> Result<Var> {
@@ -20,10 +21,19 @@ impl<F: Float> Graph<F> {
     /// Max-pooling with any stride and padding (PyTorch's `max_pool2d`, floor mode).
     /// Window = stride without padding takes the fast kernels above.
     pub fn max_pool2d_with(&mut self, x: Var, kernel: usize, stride: usize, padding: usize) -> Result<Var> {
-        if stride == kernel && padding == 0 {
+        self.max_pool2d_mode(x, kernel, stride, padding, false)
+    }
+
+    /// `max_pool2d_with` in floor or ceil mode (`ceil_mode`: PyTorch's output size,
+    /// the extra windows clipped to the image).
+    pub fn max_pool2d_mode(&mut self, x: Var, kernel: usize, stride: usize, padding: usize, ceil_mode: bool) -> Result<Var> {
+        let s = self.value(x).shape();
+        let same_as_floor = !ceil_mode
+            || s.len() == 4 && (2..4).all(|d| pooled_len(s[d], kernel, stride.max(1), padding, true) == pooled_len(s[d], kernel, stride.max(1), padding, false));
+        if stride == kernel && padding == 0 && same_as_floor {
             return self.max_pool2d(x, kernel);
         }
-        let (value, argmax) = forward_strided(self.value(x), kernel, stride, padding)?;
+        let (value, argmax) = forward_strided(self.value(x), kernel, stride, padding, ceil_mode)?;
         Ok(self.push(value, Op::MaxPool2d { x, argmax: argmax.into(), window: [kernel, stride, padding] }))
     }
 }
@@ -178,7 +188,7 @@ fn pool_plane_any<F: Float>(
 
 /// The reference form of the forward: every window scanned in row-major order, padding
 /// as -inf (never taken: a window always holds a real entry when padding <= kernel/2).
-pub fn forward_strided<F: Float>(x: &Tensor<F>, kernel: usize, stride: usize, padding: usize) -> Result<(Tensor<F>, Vec<usize>)> {
+pub fn forward_strided<F: Float>(x: &Tensor<F>, kernel: usize, stride: usize, padding: usize, ceil_mode: bool) -> Result<(Tensor<F>, Vec<usize>)> {
     let s = x.shape();
     if s.len() != 4 || kernel == 0 || stride == 0 || 2 * padding > kernel || s[2] + 2 * padding < kernel || s[3] + 2 * padding < kernel {
         return Err(Error::Shape(format!(
@@ -186,7 +196,8 @@ pub fn forward_strided<F: Float>(x: &Tensor<F>, kernel: usize, stride: usize, pa
         )));
     }
     let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
-    let (oh, ow) = ((h + 2 * padding - kernel) / stride + 1, (w + 2 * padding - kernel) / stride + 1);
+    let len = |l: usize| pooled_len(l, kernel, stride, padding, ceil_mode).expect("checked above");
+    let (oh, ow) = (len(h), len(w));
     let data = x.as_standard_layout();
     let data = data.as_slice().expect("standard layout");
     let mut out = Vec::with_capacity(n * c * oh * ow);

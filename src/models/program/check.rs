@@ -254,6 +254,35 @@ fn reduced_shape(x: &[usize], dims: &[usize], keepdim: bool) -> Vec<usize> {
 
 /// The output shape of `op` on inputs of `shapes`, or what was expected.
 /// `normalized_shape` must be non-empty and the input's trailing dimensions.
+/// The output shape of a 2-D pooling over `x` (PyTorch's `pooling_output_shape`).
+fn pooled(x: &[usize], k: usize, st: usize, p: usize, ceil_mode: bool) -> std::result::Result<Vec<usize>, String> {
+    if x.len() != 4 {
+        return Err(format!("input {x:?}: expected [N, C, H, W]"));
+    }
+    if k == 0 || st == 0 {
+        return Err(format!("kernel {k} and stride {st} must be at least 1"));
+    }
+    if 2 * p > k {
+        return Err(format!("padding {p} must be at most half the kernel ({k})"));
+    }
+    match (pooled_len(x[2], k, st, p, ceil_mode), pooled_len(x[3], k, st, p, ceil_mode)) {
+        (Some(oh), Some(ow)) => Ok(vec![x[0], x[1], oh, ow]),
+        _ => Err(format!("input {x:?} with padding {p} is smaller than the kernel {k}")),
+    }
+}
+
+/// Outputs of a pooling along one axis of `len` entries: PyTorch's
+/// `pooling_output_shape` (ceil mode rounds up, but the last window must start inside
+/// the image or its left padding). `None` when the padded axis is shorter than the kernel.
+pub fn pooled_len(len: usize, k: usize, st: usize, p: usize, ceil_mode: bool) -> Option<usize> {
+    let span = (len + 2 * p).checked_sub(k)?;
+    let mut out = (span + if ceil_mode { st - 1 } else { 0 }) / st + 1;
+    if ceil_mode && (out - 1) * st >= len + p {
+        out -= 1;
+    }
+    Some(out)
+}
+
 fn trailing(x: &[usize], normalized_shape: &[usize], name: &str) -> std::result::Result<(), String> {
     if normalized_shape.is_empty() || normalized_shape.len() > x.len() || x[x.len() - normalized_shape.len()..] != *normalized_shape {
         return Err(format!("{name}: normalized_shape {normalized_shape:?} must be non-empty and the trailing dimensions of input {x:?}"));
@@ -354,43 +383,84 @@ pub fn infer(op: &Op, shapes: &[Option<&[usize]>]) -> std::result::Result<Vec<us
             }
             reduced_shape(x, &dims, *keepdim)
         }
-        Op::MaxPool2d { kernel, stride, padding } => {
+        Op::MaxPool2d { kernel, stride, padding, ceil_mode } => {
             let (k, st, p) = (*kernel, stride.unwrap_or(*kernel), *padding);
+            pooled(x, k, st, p, *ceil_mode)?
+        }
+        Op::AvgPool2d { kernel, stride, padding, ceil_mode, .. } => {
+            let (k, st, p) = (*kernel, stride.unwrap_or(*kernel), *padding);
+            pooled(x, k, st, p, *ceil_mode)?
+        }
+        Op::AdaptiveAvgPool2d { output_size: [oh, ow] } => {
             if x.len() != 4 {
                 return Err(format!("input {x:?}: expected [N, C, H, W]"));
             }
-            if k == 0 || st == 0 {
-                return Err(format!("kernel {k} and stride {st} must be at least 1"));
+            if *oh == 0 || *ow == 0 {
+                return Err(format!("output_size [{oh}, {ow}] must be at least 1 in each dimension"));
             }
-            if 2 * p > k {
-                return Err(format!("padding {p} must be at most half the kernel ({k})"));
+            if x[2] == 0 || x[3] == 0 {
+                return Err(format!("input {x:?}: an empty image has nothing to average"));
             }
-            if x[2] + 2 * p < k || x[3] + 2 * p < k {
-                return Err(format!("input {x:?} with padding {p} is smaller than the kernel {k}"));
-            }
-            vec![x[0], x[1], (x[2] + 2 * p - k) / st + 1, (x[3] + 2 * p - k) / st + 1]
+            vec![x[0], x[1], *oh, *ow]
         }
-        Op::Conv2d { stride, padding } => {
+        Op::UpsampleNearest2d { scale_factor } => {
+            if x.len() != 4 {
+                return Err(format!("input {x:?}: expected [N, C, H, W]"));
+            }
+            if *scale_factor == 0 {
+                return Err("scale_factor must be at least 1".into());
+            }
+            vec![x[0], x[1], x[2] * scale_factor, x[3] * scale_factor]
+        }
+        Op::Conv2d { stride, padding, dilation, groups } => {
             let w = s(1).expect("required");
             if x.len() != 4 || w.len() != 4 {
-                return Err(format!("input {x:?} and weight {w:?}: expected [N, C, H, W] and [O, C, k, k]"));
+                return Err(format!("input {x:?} and weight {w:?}: expected [N, C, H, W] and [O, C/groups, kh, kw]"));
             }
-            if w[1] != x[1] || w[2] != w[3] {
-                return Err(format!("weight {w:?} does not fit input {x:?}: expected [O, {}, k, k] (square kernel)", x[1]));
+            if *stride == 0 || *dilation == 0 || *groups == 0 {
+                return Err(format!("stride {stride}, dilation {dilation} and groups {groups} must be at least 1"));
             }
-            if *stride == 0 {
-                return Err("stride must be at least 1".into());
+            if x[1] % groups != 0 || w[0] % groups != 0 || w[1] * groups != x[1] {
+                return Err(format!(
+                    "weight {w:?} does not fit input {x:?} with {groups} group(s): expected [O, C/groups, kh, kw] with groups dividing C and O"
+                ));
             }
             if let Some(b) = s(2) {
                 if b != [w[0]] {
                     return Err(format!("bias {b:?}: expected [{}]", w[0]));
                 }
             }
-            let k = w[2];
-            if x[2] + 2 * padding < k || x[3] + 2 * padding < k {
-                return Err(format!("input {x:?} with padding {padding} is smaller than the kernel {k}"));
+            let (eh, ew) = (dilation * (w[2].max(1) - 1) + 1, dilation * (w[3].max(1) - 1) + 1);
+            if w[2] == 0 || w[3] == 0 || x[2] + 2 * padding < eh || x[3] + 2 * padding < ew {
+                return Err(format!("input {x:?} with padding {padding} is smaller than the (dilated) kernel {eh}x{ew}"));
             }
-            vec![x[0], w[0], (x[2] + 2 * padding - k) / stride + 1, (x[3] + 2 * padding - k) / stride + 1]
+            vec![x[0], w[0], (x[2] + 2 * padding - eh) / stride + 1, (x[3] + 2 * padding - ew) / stride + 1]
+        }
+        Op::ConvTranspose2d { stride, padding, output_padding, dilation, groups } => {
+            let w = s(1).expect("required");
+            if x.len() != 4 || w.len() != 4 {
+                return Err(format!("input {x:?} and weight {w:?}: expected [N, C, H, W] and [C, O/groups, kh, kw]"));
+            }
+            if *stride == 0 || *dilation == 0 || *groups == 0 {
+                return Err(format!("stride {stride}, dilation {dilation} and groups {groups} must be at least 1"));
+            }
+            if w[0] != x[1] || x[1] % groups != 0 {
+                return Err(format!("weight {w:?} does not fit input {x:?} with {groups} group(s): expected [C, O/groups, kh, kw] with groups dividing C"));
+            }
+            if output_padding >= stride && output_padding >= dilation {
+                return Err(format!("output_padding {output_padding} must be smaller than the stride {stride} or the dilation {dilation}"));
+            }
+            let o = w[1] * groups;
+            if let Some(b) = s(2) {
+                if b != [o] {
+                    return Err(format!("bias {b:?}: expected [{o}]"));
+                }
+            }
+            let size = |len: usize, k: usize| ((len.max(1) - 1) * stride + dilation * (k.max(1) - 1) + output_padding + 1).checked_sub(2 * padding).filter(|&l| l > 0);
+            match (size(x[2], w[2]), size(x[3], w[3])) {
+                (Some(oh), Some(ow)) if x[2] > 0 && x[3] > 0 && w[2] > 0 && w[3] > 0 => vec![x[0], o, oh, ow],
+                _ => return Err(format!("input {x:?}, weight {w:?}, stride {stride}, padding {padding}, dilation {dilation}, output_padding {output_padding}: the output would be empty")),
+            }
         }
         Op::Linear {} => {
             let w = s(1).expect("required");

@@ -56,6 +56,12 @@ fn is_zero(v: &f64) -> bool {
 fn is_false(v: &bool) -> bool {
     !*v
 }
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+fn is_zero_usize(v: &usize) -> bool {
+    *v == 0
+}
 
 /// How a loss reduces over the batch (PyTorch's `reduction`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,20 +157,69 @@ pub enum Op {
         keepdim: bool,
     },
     /// Over `[N, C, H, W]`: square `kernel`, `stride` (PyTorch's default: the kernel), zero
-    /// `padding` with -inf (at most half the kernel), floor mode.
+    /// `padding` with -inf (at most half the kernel), floor mode or `ceil_mode` (a last
+    /// window that starts inside the image or its left padding is kept).
     MaxPool2d {
         kernel: usize,
         #[serde(default)]
         stride: Option<usize>,
         #[serde(default)]
         padding: usize,
+        #[serde(default, skip_serializing_if = "is_false")]
+        ceil_mode: bool,
     },
-    /// `conv2d(x, w[, b])`: x `[N, C, H, W]`, w `[O, C, k, k]`, b `[O]`.
+    /// `conv2d(x, w[, b], stride, padding, dilation, groups)`: x `[N, C, H, W]`, w
+    /// `[O, C/groups, kh, kw]`, b `[O]`; groups divide C and O.
     Conv2d {
         #[serde(default = "one")]
         stride: usize,
         #[serde(default)]
         padding: usize,
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        dilation: usize,
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        groups: usize,
+    },
+    /// `conv_transpose2d(x, w[, b], stride, padding, output_padding, groups, dilation)`:
+    /// x `[N, C, H, W]`, w `[C, O/groups, kh, kw]`, b `[O]`; output
+    /// `(H - 1)·stride - 2·padding + dilation·(kh - 1) + output_padding + 1` high;
+    /// `output_padding` below stride or dilation.
+    #[serde(rename = "conv_transpose2d")]
+    ConvTranspose2d {
+        #[serde(default = "one")]
+        stride: usize,
+        #[serde(default)]
+        padding: usize,
+        #[serde(default, skip_serializing_if = "is_zero_usize")]
+        output_padding: usize,
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        dilation: usize,
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        groups: usize,
+    },
+    /// `avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad)` over
+    /// `[N, C, H, W]`, square windows; the divisor is the window's size clipped to the
+    /// padded image with `count_include_pad`, else the real entries it covers (PyTorch's).
+    AvgPool2d {
+        kernel: usize,
+        #[serde(default)]
+        stride: Option<usize>,
+        #[serde(default)]
+        padding: usize,
+        #[serde(default)]
+        ceil_mode: bool,
+        #[serde(default = "yes")]
+        count_include_pad: bool,
+    },
+    /// `adaptive_avg_pool2d(x, output_size)`: output row i averages input rows
+    /// `floor(i·H/oh) .. ceil((i+1)·H/oh)`, and the same for columns.
+    AdaptiveAvgPool2d {
+        output_size: [usize; 2],
+    },
+    /// `upsample_nearest2d(x, scale_factor)` with an integer factor: each entry repeated
+    /// `scale_factor` times along H and along W.
+    UpsampleNearest2d {
+        scale_factor: usize,
     },
     /// `x · wᵀ (+ b)` for x `[N, in]`, w `[out, in]`, b `[out]`.
     Linear {},
@@ -296,7 +351,7 @@ pub struct Arity {
 
 impl Op {
     /// Every op name, in the order the README lists them.
-    pub const NAMES: [&'static str; 50] = [
+    pub const NAMES: [&'static str; 54] = [
         "matmul",
         "add",
         "sub",
@@ -326,6 +381,10 @@ impl Op {
         "amax",
         "max_pool2d",
         "conv2d",
+        "conv_transpose2d",
+        "avg_pool2d",
+        "adaptive_avg_pool2d",
+        "upsample_nearest2d",
         "linear",
         "batch_norm",
         "layer_norm",
@@ -380,6 +439,10 @@ impl Op {
             Op::Amax { .. } => "amax",
             Op::MaxPool2d { .. } => "max_pool2d",
             Op::Conv2d { .. } => "conv2d",
+            Op::ConvTranspose2d { .. } => "conv_transpose2d",
+            Op::AvgPool2d { .. } => "avg_pool2d",
+            Op::AdaptiveAvgPool2d { .. } => "adaptive_avg_pool2d",
+            Op::UpsampleNearest2d { .. } => "upsample_nearest2d",
             Op::Linear {} => "linear",
             Op::BatchNorm { .. } => "batch_norm",
             Op::LayerNorm { .. } => "layer_norm",
@@ -408,7 +471,10 @@ impl Op {
     pub fn parse_name(name: &str) -> Option<Op> {
         let v = serde_json::json!({ "op": name });
         serde_json::from_value(v).ok().or_else(|| match name {
-            "max_pool2d" => Some(Op::MaxPool2d { kernel: 2, stride: None, padding: 0 }),
+            "max_pool2d" => Some(Op::MaxPool2d { kernel: 2, stride: None, padding: 0, ceil_mode: false }),
+            "avg_pool2d" => Some(Op::AvgPool2d { kernel: 2, stride: None, padding: 0, ceil_mode: false, count_include_pad: true }),
+            "adaptive_avg_pool2d" => Some(Op::AdaptiveAvgPool2d { output_size: [1, 1] }),
+            "upsample_nearest2d" => Some(Op::UpsampleNearest2d { scale_factor: 2 }),
             "dropout" => Some(Op::Dropout { p: 0.5, training: true }),
             "clamp" => Some(Op::Clamp { min: Some(-0.5), max: Some(0.5) }),
             "pow" => Some(Op::Pow { exponent: 2.0 }),
@@ -424,7 +490,7 @@ impl Op {
         let (min, max) = match self {
             Op::MatMul {} | Op::Add {} | Op::Sub {} | Op::Mul {} | Op::Div {} | Op::Maximum {} => (2, 2),
             Op::NllLoss { .. } | Op::CrossEntropy { .. } | Op::MseLoss { .. } | Op::Dropout { .. } => (2, 2),
-            Op::Conv2d { .. } | Op::Linear {} => (2, 3),
+            Op::Conv2d { .. } | Op::ConvTranspose2d { .. } | Op::Linear {} => (2, 3),
             Op::BatchNorm { .. } => (1, 5),
             Op::Concat { .. } => (2, 8),
             Op::IndexSelect { .. } | Op::Embedding { .. } | Op::MaskedFill { .. } => (2, 2),
@@ -439,7 +505,7 @@ impl Op {
     /// Inputs that must be given (not `null`) when present at all.
     pub fn required(&self, position: usize) -> bool {
         match self {
-            Op::Conv2d { .. } | Op::Linear {} => position < 2,
+            Op::Conv2d { .. } | Op::ConvTranspose2d { .. } | Op::Linear {} => position < 2,
             Op::BatchNorm { .. } | Op::LayerNorm { .. } | Op::RmsNorm { .. } | Op::GroupNorm { .. } => position == 0,
             _ => true,
         }

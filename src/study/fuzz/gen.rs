@@ -332,14 +332,14 @@ impl Builder {
                 let kernel = self.dim(1, 3);
                 let stride = if self.coin() { None } else { Some(self.dim(1, 3)) };
                 let padding = self.dim(0, kernel / 2);
-                self.push(Op::MaxPool2d { kernel, stride, padding }, &[Some(last)])
+                self.push(Op::MaxPool2d { kernel, stride, padding, ceil_mode: false }, &[Some(last)])
             }
             "conv2d" if rank == 4 => {
                 let (o, k) = (self.dim(1, 3), self.dim(1, 3));
                 let (stride, padding) = (self.dim(1, 2), self.dim(0, 1));
                 let w = self.param(&[o, shape[1], k, k]);
                 let b = if self.coin() { Some(self.param(&[o])) } else { None };
-                self.push(Op::Conv2d { stride, padding }, &[Some(last), Some(w), b])
+                self.push(Op::Conv2d { stride, padding, dilation: 1, groups: 1 }, &[Some(last), Some(w), b])
             }
             "batch_norm" if rank == 2 || rank == 4 => {
                 let c = shape[1];

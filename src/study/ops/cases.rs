@@ -246,22 +246,74 @@ pub fn case_for(name: &str) -> BoxedStrategy<Case> {
                 .boxed()
         }
         // Kernel 1 to 3, stride 1 to 3 or the default (the kernel), padding up to half the
-        // kernel, images the kernel does not divide, non-square.
-        "max_pool2d" => (1usize..3, 1usize..3, 1usize..4, 0usize..3, 0usize..5, 0usize..5, any::<bool>())
-            .prop_flat_map(|(n, c, k, s, h, w, default_stride)| {
+        // kernel, floor or ceil mode, images the kernel does not divide, non-square.
+        "max_pool2d" => (1usize..3, 1usize..3, 1usize..4, 0usize..3, 0usize..5, 0usize..5, any::<bool>(), any::<bool>())
+            .prop_flat_map(|(n, c, k, s, h, w, default_stride, ceil_mode)| {
                 let stride = if default_stride { None } else { Some(s + 1) };
                 (0..=k / 2).prop_flat_map(move |p| {
                     let (h, w) = ((h + k).saturating_sub(2 * p).max(1), (w + k).saturating_sub(2 * p).max(1));
-                    distinct(vec![n, c, h, w]).prop_map(move |x| (Op::MaxPool2d { kernel: k, stride, padding: p }, vec![Some(x)]))
+                    distinct(vec![n, c, h, w]).prop_map(move |x| (Op::MaxPool2d { kernel: k, stride, padding: p, ceil_mode }, vec![Some(x)]))
                 })
             })
             .boxed(),
-        // Stride 1 to 3, padding 0 to 2, bias or not, non-square images.
-        "conv2d" => (1usize..3, 1usize..3, 1usize..6, 1usize..6, 1usize..3, 1usize..4, 1usize..4, 0usize..3, any::<bool>())
-            .prop_flat_map(|(n, c, h, w, o, k, stride, padding, bias)| {
-                let (h, w) = (h.max(k.saturating_sub(2 * padding)), w.max(k.saturating_sub(2 * padding)));
-                (tensor(vec![n, c, h, w], Domain::Any), tensor(vec![o, c, k, k], Domain::Any), tensor(vec![o], Domain::Any))
-                    .prop_map(move |(x, wt, b)| (Op::Conv2d { stride, padding }, vec![Some(x), Some(wt), bias.then_some(b)]))
+        // Stride 1 to 3, padding 0 to 2, dilation 1 or 2, 1 to 3 groups, non-square
+        // kernels and images, bias or not.
+        "conv2d" => (
+            (1usize..3, 1usize..4, 1usize..3, 1usize..3, 1usize..6, 1usize..6),
+            (1usize..4, 1usize..4, 1usize..4, 0usize..3, prop_oneof![3 => Just(1usize), 2 => Just(2usize)], any::<bool>()),
+        )
+            .prop_flat_map(|((n, groups, cg, og, h, w), (kh, kw, stride, padding, dilation, bias))| {
+                let span = |k: usize| dilation * (k - 1) + 1;
+                let (h, w) = (h.max(span(kh).saturating_sub(2 * padding)), w.max(span(kw).saturating_sub(2 * padding)));
+                let (c, o) = (groups * cg, groups * og);
+                (tensor(vec![n, c, h, w], Domain::Any), tensor(vec![o, cg, kh, kw], Domain::Any), tensor(vec![o], Domain::Any)).prop_map(
+                    move |(x, wt, b)| (Op::Conv2d { stride, padding, dilation, groups }, vec![Some(x), Some(wt), bias.then_some(b)]),
+                )
+            })
+            .boxed(),
+        // Stride 1 to 3, dilation 1 or 2, output_padding below either, padding up to
+        // what leaves a non-empty output, 1 or 2 groups, non-square, bias or not.
+        "conv_transpose2d" => (
+            (1usize..3, 1usize..3, 1usize..3, 1usize..3, 1usize..5, 1usize..5),
+            (1usize..4, 1usize..4, 1usize..4, 0usize..3, prop_oneof![3 => Just(1usize), 2 => Just(2usize)], any::<bool>(), 0usize..3),
+        )
+            .prop_flat_map(|((n, groups, cg, og, h, w), (kh, kw, stride, padding, dilation, bias, op))| {
+                let output_padding = op % stride.max(dilation);
+                let full = |len: usize, k: usize| (len - 1) * stride + dilation * (k - 1) + output_padding + 1;
+                let padding = padding.min((full(h, kh).min(full(w, kw)) - 1) / 2);
+                let c = groups * cg;
+                (tensor(vec![n, c, h, w], Domain::Any), tensor(vec![c, og, kh, kw], Domain::Any), tensor(vec![groups * og], Domain::Any)).prop_map(
+                    move |(x, wt, b)| {
+                        let op = Op::ConvTranspose2d { stride, padding, output_padding, dilation, groups };
+                        (op, vec![Some(x), Some(wt), bias.then_some(b)])
+                    },
+                )
+            })
+            .boxed(),
+        // Kernel 1 to 3, stride 1 to 3 or the default, padding up to half the kernel,
+        // ceil mode or not, padding counted or not, images the kernel does not divide.
+        "avg_pool2d" => (1usize..3, 1usize..3, 1usize..4, 0usize..3, 0usize..5, 0usize..5, any::<bool>(), any::<bool>(), any::<bool>())
+            .prop_flat_map(|(n, c, k, s, h, w, default_stride, ceil_mode, count_include_pad)| {
+                let stride = if default_stride { None } else { Some(s + 1) };
+                (0..=k / 2).prop_flat_map(move |p| {
+                    let (h, w) = ((h + k).saturating_sub(2 * p).max(1), (w + k).saturating_sub(2 * p).max(1));
+                    let op = Op::AvgPool2d { kernel: k, stride, padding: p, ceil_mode, count_include_pad };
+                    tensor(vec![n, c, h, w], Domain::Any).prop_map(move |x| (op.clone(), vec![Some(x)]))
+                })
+            })
+            .boxed(),
+        // 1x1 half the time, else any output size up to 4 (larger than the image too:
+        // windows then overlap or repeat), non-square images.
+        "adaptive_avg_pool2d" => (1usize..3, 1usize..3, 1usize..7, 1usize..7, any::<bool>(), 1usize..5, 1usize..5)
+            .prop_flat_map(|(n, c, h, w, global, oh, ow)| {
+                let output_size = if global { [1, 1] } else { [oh, ow] };
+                tensor(vec![n, c, h, w], Domain::Any).prop_map(move |x| (Op::AdaptiveAvgPool2d { output_size }, vec![Some(x)]))
+            })
+            .boxed(),
+        // Integer scale factors 1 to 3, non-square images.
+        "upsample_nearest2d" => (1usize..3, 1usize..3, 1usize..5, 1usize..5, 1usize..4)
+            .prop_flat_map(|(n, c, h, w, scale_factor)| {
+                tensor(vec![n, c, h, w], Domain::Any).prop_map(move |x| (Op::UpsampleNearest2d { scale_factor }, vec![Some(x)]))
             })
             .boxed(),
         "linear" => (1usize..5, 1usize..6, 1usize..5, any::<bool>())

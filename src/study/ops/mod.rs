@@ -288,7 +288,7 @@ fn case_file(op: &str, row: &ImplRow, case_index: usize) -> String {
 }
 
 /// The case as a weighted single-op program and its inputs (the cotangent last).
-fn program_of(op: &Op, given: &[Option<HostTensor>]) -> Result<(Program, Vec<HostTensor>)> {
+pub(crate) fn program_of(op: &Op, given: &[Option<HostTensor>]) -> Result<(Program, Vec<HostTensor>)> {
     let shapes: Vec<Option<Vec<usize>>> = given.iter().map(|t| t.as_ref().map(|t| t.shape.clone())).collect();
     let (program, w) = Program::weighted(op.clone(), &shapes).map_err(|e| crate::error::Error::Invalid(format!("{}: {e}", op.name())))?;
     let mut inputs: Vec<HostTensor> = given.iter().flatten().cloned().collect();
