@@ -206,6 +206,7 @@ pub fn run(data: &Dataset, opts: &BenchOptions, mut progress: impl FnMut(&str)) 
             backend_options: opts.options,
             shard: (1, 1),
             time_limit: None,
+            nonfinite: false,
         },
         |_, _| {},
     )).transpose()?;
