@@ -196,6 +196,10 @@ struct FuzzArgs {
     /// Run only cases I, I+N, ... of the campaign.
     #[arg(long, value_name = "I/N")]
     shard: Option<Shard>,
+    /// Also draw the NaN/infinity regime (a quarter of the cases; the others stay as they
+    /// are): NaN and ±inf in the inputs, outputs and gradients compared by non-finite pattern.
+    #[arg(long)]
+    nonfinite: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -872,6 +876,7 @@ fn run_check(ctx: &Ctx, args: &CheckArgs) -> Result<Verdict> {
         backend_options: BackendOptions::default(),
         shard: (1, 1),
         time_limit: None,
+        nonfinite: false,
     };
     let bar = progress_bar(args.fuzz_cases as usize, "check: fuzz");
     let campaign = backprop_parity::study::fuzz::run(&fuzz_opts, |done, _| bar.set_position(done))?;
@@ -938,6 +943,7 @@ fn run_fuzz(ctx: &Ctx, args: &FuzzArgs) -> Result<Verdict> {
         backend_options: backend_options(args.candle_maxpool),
         shard: (shard.index as u64, shard.count as u64),
         time_limit: args.time_limit,
+        nonfinite: args.nonfinite,
     };
     let bar = progress_bar(0, "fuzz");
     let report = fuzz::run(&opts, |done, total| {

@@ -102,6 +102,34 @@ pub fn compare(a: &HostTensor, b: &HostTensor, dtype: DType, tol: Tolerance) -> 
     Ok(TensorDiff { max_abs, max_rel, scaled, max_ulps, cosine, worst_index, non_finite, within_tolerance: within })
 }
 
+/// Where NaN and infinity are expected (inputs that hold them on purpose), a pair of
+/// tensors agrees on them when every entry is of the same class on both sides: NaN, +inf,
+/// -inf or finite. Returns the two tensors with those matching non-finite entries set to
+/// 0 (so the finite entries are compared as usual), or None when some entry's class
+/// differs: a NaN/inf disagreement, which `compare` on the originals reports as
+/// `non_finite`. Outside such programs NaN and infinity are never agreement.
+pub fn matching_non_finite(a: &HostTensor, b: &HostTensor) -> Option<(HostTensor, HostTensor)> {
+    if a.shape != b.shape {
+        return None;
+    }
+    let class = |v: f64| if v.is_nan() { 1u8 } else if v == f64::INFINITY { 2 } else if v == f64::NEG_INFINITY { 3 } else { 0 };
+    if a.data.iter().zip(&b.data).any(|(&x, &y)| class(x) != class(y)) {
+        return None;
+    }
+    let finite = |t: &HostTensor| HostTensor { shape: t.shape.clone(), data: t.data.iter().map(|&v| if v.is_finite() { v } else { 0.0 }).collect() };
+    Some((finite(a), finite(b)))
+}
+
+/// `compare`, with NaN and infinity matched by pattern (`matching_non_finite`): agreement
+/// needs the same class in every entry and the finite entries close; a class that
+/// differs is `non_finite`.
+pub fn compare_patterns(a: &HostTensor, b: &HostTensor, dtype: DType, tol: Tolerance) -> Result<TensorDiff> {
+    match matching_non_finite(a, b) {
+        Some((x, y)) => compare(&x, &y, dtype, tol),
+        None => compare(a, b, dtype, tol),
+    }
+}
+
 /// Number of representable values of `dtype` between `a` and `b` (both rounded to it);
 /// `u64::MAX` when either is NaN or infinite. +0 and -0 are 0 apart.
 pub fn ulp_distance(a: f64, b: f64, dtype: DType) -> u64 {
@@ -160,6 +188,20 @@ mod tests {
             let d = compare(&t(&[1.0, 2.0]), &t(&[1.0, bad]), DType::F64, tol).unwrap();
             assert!(!d.within_tolerance);
         }
+    }
+
+    #[test]
+    fn non_finite_patterns_match_class_by_class() {
+        let tol = Tolerance::torch_default(DType::F64);
+        let d = compare_patterns(&t(&[1.0, f64::NAN, f64::INFINITY]), &t(&[1.0, f64::NAN, f64::INFINITY]), DType::F64, tol).unwrap();
+        assert!(!d.non_finite && d.within_tolerance && d.scaled == 0.0);
+        for (x, y) in [(f64::NAN, 1.0), (f64::NAN, f64::INFINITY), (f64::INFINITY, f64::NEG_INFINITY), (1.0, f64::NEG_INFINITY)] {
+            let d = compare_patterns(&t(&[1.0, x]), &t(&[1.0, y]), DType::F64, tol).unwrap();
+            assert!(d.non_finite && !d.within_tolerance, "{x} and {y} counted as agreement");
+        }
+        // Finite entries are still compared.
+        let d = compare_patterns(&t(&[1.0, f64::NAN]), &t(&[2.0, f64::NAN]), DType::F64, tol).unwrap();
+        assert!(!d.non_finite && !d.within_tolerance);
     }
 
     #[test]

@@ -10,8 +10,8 @@ mod trace;
 mod verdict;
 
 pub use gradcheck::numeric_gradient;
-pub use metrics::{compare, ulp_distance, TensorDiff};
-pub use scaled::{compare_floored, largest_magnitude, max_nan, worst_scaled_over};
+pub use metrics::{compare, compare_patterns, matching_non_finite, ulp_distance, TensorDiff};
+pub use scaled::{compare_floored, compare_floored_with, largest_magnitude, max_nan, worst_scaled_over, worst_scaled_over_with};
 pub use tolerance::Tolerance;
 pub use trace::{compare_traces, TraceDiff};
 pub use verdict::{no_majority, odd_one_out};

@@ -1,7 +1,7 @@
 //! The error relative to a scale: the one measure behind every gradient verdict
 //! (`grads`, `run`, the op probes, the gate's suite and the tests), derived once here.
 
-use super::{compare, TensorDiff, Tolerance};
+use super::{compare, compare_patterns, matching_non_finite, TensorDiff, Tolerance};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::host::HostTensor;
@@ -23,10 +23,24 @@ pub fn largest_magnitude<'a>(tensors: impl IntoIterator<Item = &'a HostTensor>) 
 /// Worst `max|a-b| / s` over lists of tensors, where `s` is the largest magnitude of
 /// all of `b`: one scale for the whole list. NaN if anything is not finite.
 pub fn worst_scaled_over(a: &[HostTensor], b: &[HostTensor], dtype: DType) -> Result<f64> {
-    let scale = largest_magnitude(b).max(f64::MIN_POSITIVE);
+    worst_scaled_over_with(a, b, dtype, false)
+}
+
+/// `worst_scaled_over`; with `patterns`, NaN and infinity agree where both sides have
+/// them in the same entries (`matching_non_finite`), and the scale is the largest finite
+/// magnitude. NaN when a class differs.
+pub fn worst_scaled_over_with(a: &[HostTensor], b: &[HostTensor], dtype: DType, patterns: bool) -> Result<f64> {
+    let finite: Vec<HostTensor>;
+    let b_scale = if patterns {
+        finite = b.iter().map(|t| HostTensor { shape: t.shape.clone(), data: t.data.iter().map(|&v| if v.is_finite() { v } else { 0.0 }).collect() }).collect();
+        &finite[..]
+    } else {
+        b
+    };
+    let scale = largest_magnitude(b_scale).max(f64::MIN_POSITIVE);
     let mut worst = 0.0f64;
     for (x, y) in a.iter().zip(b) {
-        let d = compare(x, y, dtype, Tolerance::torch_default(dtype))?;
+        let d = if patterns { compare_patterns(x, y, dtype, Tolerance::torch_default(dtype))? } else { compare(x, y, dtype, Tolerance::torch_default(dtype))? };
         worst = max_nan(worst, if d.non_finite { f64::NAN } else { d.max_abs / scale });
     }
     Ok(worst)
@@ -37,6 +51,17 @@ pub fn worst_scaled_over(a: &[HostTensor], b: &[HostTensor], dtype: DType) -> Re
 /// a bias in front of batch norm has an exact gradient of zero, and rounding noise
 /// around zero is no disagreement.
 pub fn compare_floored(a: &HostTensor, b: &HostTensor, dtype: DType, model_scale: f64, floor_fraction: f64) -> Result<TensorDiff> {
+    compare_floored_with(a, b, dtype, model_scale, floor_fraction, false)
+}
+
+/// `compare_floored`; with `patterns`, NaN and infinity matched by pattern
+/// (`matching_non_finite`).
+pub fn compare_floored_with(a: &HostTensor, b: &HostTensor, dtype: DType, model_scale: f64, floor_fraction: f64, patterns: bool) -> Result<TensorDiff> {
+    let (a, b) = match patterns.then(|| matching_non_finite(a, b)).flatten() {
+        Some((x, y)) => (std::borrow::Cow::Owned(x), std::borrow::Cow::Owned(y)),
+        None => (std::borrow::Cow::Borrowed(a), std::borrow::Cow::Borrowed(b)),
+    };
+    let (a, b) = (a.as_ref(), b.as_ref());
     let mut d = compare(a, b, dtype, Tolerance::torch_default(dtype))?;
     let floor = floor_fraction * model_scale;
     if !d.non_finite && largest_magnitude([b]) < floor {

@@ -95,6 +95,14 @@ fn flat(v: &serde_json::Value) -> String {
         match v {
             serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
             serde_json::Value::Number(x) => out.push(format!("{:?}", x.as_f64().unwrap_or(f64::NAN))),
+            serde_json::Value::String(t) => out.push(
+                match t.as_str() {
+                    "NaN" | "nan" => "f64::NAN",
+                    "-Infinity" | "-inf" => "f64::NEG_INFINITY",
+                    _ => "f64::INFINITY",
+                }
+                .into(),
+            ),
             _ => {}
         }
     }

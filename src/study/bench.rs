@@ -226,6 +226,7 @@ pub fn run(data: &Dataset, opts: &BenchOptions, mut progress: impl FnMut(&str)) 
             backend_options: opts.options.clone(),
             shard: (1, 1),
             time_limit: None,
+            nonfinite: false,
         },
         |_, _| {},
     )).transpose()?;

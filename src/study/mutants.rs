@@ -78,6 +78,7 @@ fn fuzz_options(cfg: &SuiteConfig) -> super::fuzz::FuzzOptions {
         backend_options: cfg.options.clone(),
         shard: (1, 1),
         time_limit: None,
+        nonfinite: false,
     }
 }
 

@@ -168,6 +168,7 @@ pub fn check_backend(kind: BackendKind, opts: &OwnCheckOptions) -> Result<OwnChe
                 backend_options: opts.backend_options.clone(),
                 shard: (1, 1),
                 time_limit: None,
+                nonfinite: false,
             },
             |_, _| {},
         )?)

@@ -17,7 +17,7 @@ use crate::host::HostTensor;
 use crate::models::program::{check, Output as ProgramOutput};
 use crate::models::rng::SplitMix64;
 use crate::models::{InputDecl, Program, Role, ValueType};
-use crate::parity::{compare, compare_floored, largest_magnitude, max_nan, no_majority, odd_one_out, worst_scaled_over, TensorDiff, Tolerance};
+use crate::parity::{compare_floored_with, compare_patterns, max_nan, no_majority, odd_one_out, worst_scaled_over_with, TensorDiff, Tolerance};
 
 pub struct RunOptions {
     pub program: Program,
@@ -53,6 +53,11 @@ pub struct RunSettings {
     pub implementation: Option<String>,
     /// Agreement: max |a - b| <= this × max |b| for every compared value.
     pub scaled_tolerance: f64,
+    /// The program has inputs that hold NaN or infinity on purpose (`allow_non_finite`):
+    /// values are then compared by non-finite pattern (NaN, +inf, -inf or finite must
+    /// match entry by entry, the finite entries as usual). Otherwise NaN or infinity is
+    /// never agreement.
+    pub non_finite_patterns: bool,
 }
 
 /// What one backend returned, or why it could not.
@@ -166,6 +171,7 @@ pub struct RunStudy {
 pub fn run(opts: &RunOptions) -> Result<RunStudy> {
     let checked = check(&opts.program)?;
     let dtype = opts.dtype;
+    let patterns = non_finite_patterns(&opts.program);
     let tol = grad_tolerance(dtype);
     let inputs: Vec<HostTensor> = opts.inputs.iter().map(|t| t.rounded(dtype)).collect();
     let output_names: Vec<String> = opts.program.outputs.iter().map(|o| o.value.clone()).collect();
@@ -228,6 +234,7 @@ pub fn run(opts: &RunOptions) -> Result<RunStudy> {
     let mut compared = Vec::new();
     let mut worst_scaled: BTreeMap<String, f64> = BTreeMap::new();
     let close = Tolerance::torch_default(dtype);
+    let compare = |a: &HostTensor, b: &HostTensor, dtype: DType, tol: Tolerance| if patterns { compare_patterns(a, b, dtype, tol) } else { crate::parity::compare(a, b, dtype, tol) };
     let mut add = |item: String, pairs: BTreeMap<String, TensorDiff>, worst: &mut BTreeMap<String, f64>| {
         for (p, d) in &pairs {
             let w = worst.entry(p.clone()).or_insert(0.0);
@@ -270,8 +277,8 @@ pub fn run(opts: &RunOptions) -> Result<RunStudy> {
     for (_, d) in opts.program.grad_inputs() {
         let mut per = BTreeMap::new();
         for &(a, b) in &pairs {
-            let scale_b = largest_magnitude(backends[&b].grads.values());
-            per.insert(pair_name(a, b), compare_floored(&backends[&a].grads[&d.name], &backends[&b].grads[&d.name], dtype, scale_b, MODEL_SCALE_FLOOR)?);
+            let scale_b = backends[&b].grads.values().flat_map(|t| t.data.iter()).filter(|v| v.is_finite()).fold(0.0f64, |m, v| m.max(v.abs()));
+            per.insert(pair_name(a, b), compare_floored_with(&backends[&a].grads[&d.name], &backends[&b].grads[&d.name], dtype, scale_b, MODEL_SCALE_FLOOR, patterns)?);
         }
         add(format!("grad:{}", d.name), per, &mut worst_scaled);
     }
@@ -290,7 +297,7 @@ pub fn run(opts: &RunOptions) -> Result<RunStudy> {
         let no_majority = no_majority(&names, pair_fails).map(|(a, b)| [kinds_of(a), kinds_of(b)]);
         // The node checks read the forward values of a backend that is not the odd one.
         let values_from = BackendKind::reference_among(&ran.iter().copied().filter(|k| Some(*k) != odd).collect::<Vec<_>>()).expect("two backends ran");
-        let nodes = node_checks(opts, &inputs, &ran, values_from, tol)?;
+        let nodes = node_checks(opts, &inputs, &ran, values_from, tol, patterns)?;
         let culprits: Vec<&NodeCheck> = nodes.iter().filter(|n| !n.agree).collect();
         let mut culprit_ops: Vec<String> = culprits.iter().map(|n| n.op.clone()).collect();
         culprit_ops.dedup();
@@ -323,6 +330,7 @@ pub fn run(opts: &RunOptions) -> Result<RunStudy> {
             backend_options: opts.backend_options.clone(),
             implementation: opts.implementation.as_ref().map(|(k, i)| format!("{k}:{}:{}", i.op, i.name)),
             scaled_tolerance: tol,
+            non_finite_patterns: patterns,
         },
         backends,
         compared,
@@ -333,6 +341,12 @@ pub fn run(opts: &RunOptions) -> Result<RunStudy> {
     })
 }
 
+/// Whether `program` is compared by non-finite pattern: some input holds NaN or infinity
+/// on purpose (`allow_non_finite`).
+pub fn non_finite_patterns(program: &Program) -> bool {
+    program.inputs.iter().any(|d| d.allow_non_finite)
+}
+
 /// The float state inputs (running statistics, masks), which ops may update.
 fn state_inputs(program: &Program) -> impl Iterator<Item = (usize, &InputDecl)> {
     program.inputs.iter().enumerate().filter(|(_, d)| d.role == Role::State && d.value_type == ValueType::Float)
@@ -341,7 +355,7 @@ fn state_inputs(program: &Program) -> impl Iterator<Item = (usize, &InputDecl)> 
 /// Every node alone: its inputs are the values `source` computed for them (float values
 /// as trainable inputs, labels and state as they are), its output is weighted by a fixed
 /// pseudo-random cotangent, and every backend's output and input gradients are compared.
-fn node_checks(opts: &RunOptions, inputs: &[HostTensor], kinds: &[BackendKind], source: BackendKind, tol: f64) -> Result<Vec<NodeCheck>> {
+fn node_checks(opts: &RunOptions, inputs: &[HostTensor], kinds: &[BackendKind], source: BackendKind, tol: f64, patterns: bool) -> Result<Vec<NodeCheck>> {
     let dtype = opts.dtype;
     let program = &opts.program;
     let checked = check(program)?;
@@ -398,10 +412,10 @@ fn node_checks(opts: &RunOptions, inputs: &[HostTensor], kinds: &[BackendKind], 
         let ran: Vec<BackendKind> = results.keys().copied().collect();
         for (a, b) in backend_pairs(&ran) {
             let (oa, ob) = (&results[&a], &results[&b]);
-            output_scaled.insert(pair_name(a, b), worst_scaled_over(&oa.values, &ob.values, dtype)?);
+            output_scaled.insert(pair_name(a, b), worst_scaled_over_with(&oa.values, &ob.values, dtype, patterns)?);
             let ga: Vec<HostTensor> = oa.grads.iter().flatten().cloned().collect();
             let gb: Vec<HostTensor> = ob.grads.iter().flatten().cloned().collect();
-            grad_scaled.insert(pair_name(a, b), worst_scaled_over(&ga, &gb, dtype)?);
+            grad_scaled.insert(pair_name(a, b), worst_scaled_over_with(&ga, &gb, dtype, patterns)?);
         }
         let agree = refused.is_empty() && output_scaled.values().chain(grad_scaled.values()).all(|&v| v <= tol);
         let finite_differences = if agree { None } else { Some(finite_differences(opts, &single, &feed, source, &results)?) };
@@ -443,6 +457,38 @@ fn fd_obstacle(op: &crate::models::Op, feed: &[HostTensor]) -> Option<String> {
                 })
                 .then(|| "a (nearly) constant channel, whose normalisation is rounding noise".into())
         }
+        // sqrt and log: the singularity at 0 (and outside the domain below it).
+        Op::Sqrt {} | Op::Log {} if x.data.iter().any(|&v| v <= 4.0 * FD_STEP * v.abs().max(1.0)) => {
+            Some(format!("an input within the step of {}'s singularity at 0", op.name()))
+        }
+        Op::Div {} if feed.get(1).is_some_and(|d| d.data.iter().any(|&v| v.abs() <= 4.0 * FD_STEP * v.abs().max(1.0))) => {
+            Some("a divisor within the step of 0".into())
+        }
+        // Tied maxima of a reduction: the gradient's split among them is a convention.
+        Op::Amax { dim, .. } if !x.shape.is_empty() => {
+            let reduced = crate::models::program::reduced_dims(dim, x.shape.len()).ok()?;
+            let mut groups: BTreeMap<Vec<usize>, Vec<f64>> = BTreeMap::new();
+            for (flat, &v) in x.data.iter().enumerate() {
+                let mut rest = flat;
+                let mut key = vec![0; x.shape.len()];
+                for d in (0..x.shape.len()).rev() {
+                    key[d] = if reduced.contains(&d) { 0 } else { rest % x.shape[d] };
+                    rest /= x.shape[d];
+                }
+                groups.entry(key).or_default().push(v);
+            }
+            groups
+                .values()
+                .any(|g| {
+                    let max = g.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    g.iter().filter(|&&v| near(v, max)).count() > 1
+                })
+                .then(|| "a tie for the maximum of an amax reduction".into())
+        }
+        // A (nearly) constant row of layer_norm or group of group_norm, as batch_norm's
+        // channel: its normalisation is rounding noise over sqrt(eps).
+        Op::LayerNorm { normalized_shape, .. } if !x.data.is_empty() => constant_rows(x, normalized_shape.iter().product(), "row"),
+        Op::GroupNorm { num_groups, .. } if x.shape.len() >= 2 && !x.data.is_empty() => constant_rows(x, x.data.len() / x.shape[0] / num_groups, "group"),
         Op::MaxPool2d { kernel, stride, padding, ceil_mode } => {
             let (k, st, p) = (*kernel, stride.unwrap_or(*kernel), *padding);
             let (planes, h, w) = (x.shape[0] * x.shape[1], x.shape[2], x.shape[3]);
@@ -470,6 +516,35 @@ fn fd_obstacle(op: &crate::models::Op, feed: &[HostTensor]) -> Option<String> {
     }
 }
 
+/// Why finite differences do not apply: NaN or infinity among `what`, named by kind
+/// ("NaN", "+inf", "-inf"), which the accepted differences can match.
+fn non_finite_obstacle(tensors: &[HostTensor], what: &str) -> String {
+    let values = || tensors.iter().flat_map(|t| t.data.iter().copied());
+    let mut kinds = Vec::new();
+    if values().any(f64::is_nan) {
+        kinds.push("NaN");
+    }
+    if values().any(|v| v == f64::INFINITY) {
+        kinds.push("+inf");
+    }
+    if values().any(|v| v == f64::NEG_INFINITY) {
+        kinds.push("-inf");
+    }
+    format!("a non-finite {what} ({}): finite differences do not apply", kinds.join(", "))
+}
+
+/// A (nearly) constant run of `row` consecutive entries of `x` (a layer-norm row, a
+/// group-norm group), whose normalisation is rounding noise over sqrt(eps).
+fn constant_rows(x: &HostTensor, row: usize, what: &str) -> Option<String> {
+    x.data
+        .chunks(row.max(1))
+        .any(|v| {
+            let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &u| (lo.min(u), hi.max(u)));
+            hi - lo <= 1e-6 * lo.abs().max(hi.abs()).max(1.0)
+        })
+        .then(|| format!("a (nearly) constant {what}, whose normalisation is rounding noise"))
+}
+
 /// Each backend's input gradients of the node alone against central differences of the
 /// node's scalar (`Σ output ⊙ cotangent`) computed in f64 with `source`'s forward.
 fn finite_differences(opts: &RunOptions, single: &Program, feed: &[HostTensor], source: BackendKind, results: &BTreeMap<BackendKind, crate::backends::Outcome>) -> Result<FdCheck> {
@@ -481,6 +556,16 @@ fn finite_differences(opts: &RunOptions, single: &Program, feed: &[HostTensor], 
     let entries: usize = single.grad_inputs().map(|(i, _)| feed[i].len()).sum();
     if entries > FD_MAX_ENTRIES {
         check.skipped = Some(format!("{entries} input entries (finite differences are taken up to {FD_MAX_ENTRIES})"));
+        return Ok(check);
+    }
+    // Finite differences of NaN or infinity measure nothing.
+    if feed.iter().any(|t| !t.all_finite()) {
+        check.skipped = Some(non_finite_obstacle(feed, "input"));
+        return Ok(check);
+    }
+    if let Some(o) = results.values().find(|o| o.values.iter().chain(o.grads.iter().flatten()).any(|t| !t.all_finite())) {
+        let all: Vec<HostTensor> = o.values.iter().chain(o.grads.iter().flatten()).cloned().collect();
+        check.skipped = Some(non_finite_obstacle(&all, "output or gradient"));
         return Ok(check);
     }
     if let Some(why) = fd_obstacle(&single.nodes[0].op, feed) {
@@ -511,7 +596,7 @@ fn finite_differences(opts: &RunOptions, single: &Program, feed: &[HostTensor], 
     }
     for (kind, o) in results {
         let analytic: Vec<HostTensor> = o.grads.iter().flatten().cloned().collect();
-        let w = worst_scaled_over(&analytic, &numeric, DType::F64)?;
+        let w = crate::parity::worst_scaled_over(&analytic, &numeric, DType::F64)?;
         check.scaled.insert(kind.name().to_string(), w);
         if w <= tolerance {
             check.agree.push(*kind);

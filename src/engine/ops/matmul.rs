@@ -149,7 +149,9 @@ fn batched<F: Float>(a: &Tensor<F>, b: &Tensor<F>) -> Result<Batched<F>> {
         .to_vec();
     let nb: usize = batch.iter().product();
     let stack = |t: &Tensor<F>, shape: &[usize], rows: usize, cols: usize| -> ndarray::Array3<F> {
-        let t = t.view().into_shape_with_order(shape.to_vec()).expect("same length");
+        // A view in another layout (an index_select's, a permute's) in row-major order
+        // first: reshaping reads the entries in logical order.
+        let t = t.view().as_standard_layout().into_owned().into_shape_with_order(shape.to_vec()).expect("same length");
         let full: Vec<usize> = batch.iter().copied().chain([rows, cols]).collect();
         let values: Vec<F> = t.broadcast(full).expect("batch shapes broadcast").iter().copied().collect();
         ndarray::Array3::from_shape_vec((nb, rows, cols), values).expect("sizes match")
@@ -187,7 +189,7 @@ fn batched_backward<F: Float>(
 ) -> (Option<Tensor<F>>, Option<Tensor<F>>) {
     let p = batched(a, b).expect("forward checked");
     let (nb, m, k, n) = (p.a.shape()[0], p.a.shape()[1], p.a.shape()[2], p.b.shape()[2]);
-    let g3 = g.view().into_shape_with_order((nb, m, n)).expect("the output's size");
+    let g3 = g.view().as_standard_layout().into_owned().into_shape_with_order((nb, m, n)).expect("the output's size");
     let reduce = |values: Vec<F>, rows: usize, cols: usize, own: &[usize], original: &Tensor<F>| -> Tensor<F> {
         let full: Vec<usize> = p.batch.iter().copied().chain([rows, cols]).collect();
         let t = Tensor::from_shape_vec(full, values).expect("sizes match");

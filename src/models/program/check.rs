@@ -159,6 +159,27 @@ pub fn check(program: &Program) -> Result<Checked> {
     Ok(Checked { args: args_all, shapes, loss, outputs })
 }
 
+/// Values as the JSON of a program's input: numbers, and NaN and infinities as the
+/// strings "NaN", "Infinity" and "-Infinity" (JSON has no such numbers), which
+/// `values_to_tensor` reads back.
+pub fn values_json(data: &[f64]) -> serde_json::Value {
+    serde_json::Value::Array(
+        data.iter()
+            .map(|&v| {
+                if v.is_nan() {
+                    serde_json::json!("NaN")
+                } else if v == f64::INFINITY {
+                    serde_json::json!("Infinity")
+                } else if v == f64::NEG_INFINITY {
+                    serde_json::json!("-Infinity")
+                } else {
+                    serde_json::json!(v)
+                }
+            })
+            .collect(),
+    )
+}
+
 /// Values given in the JSON: a number fills the shape, a list is flat or nested.
 pub fn values_to_tensor(v: &serde_json::Value, shape: &[usize], allow_non_finite: bool) -> std::result::Result<HostTensor, String> {
     let n: usize = shape.iter().product();
@@ -166,13 +187,20 @@ pub fn values_to_tensor(v: &serde_json::Value, shape: &[usize], allow_non_finite
     fn walk(v: &serde_json::Value, out: &mut Vec<f64>) -> std::result::Result<(), String> {
         match v {
             serde_json::Value::Number(x) => out.push(x.as_f64().ok_or("a number out of range")?),
+            // JSON has no NaN or infinity: they are written as strings (`values_json`).
+            serde_json::Value::String(t) => out.push(match t.as_str() {
+                "NaN" | "nan" => f64::NAN,
+                "Infinity" | "inf" | "+inf" => f64::INFINITY,
+                "-Infinity" | "-inf" => f64::NEG_INFINITY,
+                other => return Err(format!("expected numbers (or \"NaN\", \"Infinity\", \"-Infinity\"), found \"{other}\"")),
+            }),
             serde_json::Value::Array(items) => items.iter().try_for_each(|i| walk(i, out))?,
             other => return Err(format!("expected numbers, found {other}")),
         }
         Ok(())
     }
     walk(v, &mut flat)?;
-    if v.is_number() {
+    if v.is_number() || v.is_string() {
         flat = vec![flat[0]; n];
     }
     if flat.len() != n {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::HostTensor;
 
-pub use check::{check, check_input_value, infer, labels_of, pooled_len, reduced_dims, resolve_inputs, values_to_tensor, Checked};
+pub use check::{check, check_input_value, infer, labels_of, pooled_len, reduced_dims, resolve_inputs, values_json, values_to_tensor, Checked};
 pub use ops::{GeluApproximate, Op, Reduction};
 
 /// The `format` string every program file carries.

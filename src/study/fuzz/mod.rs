@@ -35,6 +35,10 @@ pub struct FuzzOptions {
     /// Stop after this many seconds (the cases run so far are the campaign, in order, so
     /// a time-limited run is a prefix of the same seed's full campaign).
     pub time_limit: Option<f64>,
+    /// Also draw the NaN/infinity regime (a quarter of the cases): inputs with NaN and
+    /// ±inf entries, compared by non-finite pattern. The other cases are the same as
+    /// without it.
+    pub nonfinite: bool,
 }
 
 /// What makes two findings the same one.
@@ -44,7 +48,9 @@ pub struct FindingKey {
     pub op: String,
     /// The backend at fault: the odd one out, or the one finite differences contradict.
     pub odd_backend: Option<BackendKind>,
-    /// `wrong gradient`, `wrong value`, `refused` or `failed`.
+    /// `wrong gradient`, `wrong value`, `NaN/inf value` or `NaN/inf gradient` (a backend
+    /// returns NaN or infinity where another returns something else), `wrong state
+    /// update`, `wrong parameter update`, `refused: ...` or `failed (panic): ...`.
     pub kind: String,
 }
 
@@ -81,6 +87,8 @@ pub struct FuzzReport {
     pub time_limit: Option<f64>,
     pub shard: (u64, u64),
     pub max_nodes: usize,
+    /// Whether the NaN/infinity regime was drawn (`--nonfinite`).
+    pub nonfinite: bool,
     pub dtype: DType,
     pub backends: Vec<BackendKind>,
     pub ops: Vec<&'static str>,
@@ -141,9 +149,13 @@ fn within_noise(study: &RunStudy, dtype: DType) -> bool {
 
 /// `agreed`: the backends that ran agree (up to rounding noise).
 fn key_of(program: &Program, study: &RunStudy, agreed: bool) -> FindingKey {
-    // A disagreement among the backends that ran outranks another backend's refusal: the
-    // refusal shows in other cases, the wrong value might not.
-    if study.backend_failed && (agreed || study.diagnosis.is_none()) {
+    // A disagreement among the backends that ran outranks another backend's refusal when
+    // a backend is to blame for it: the refusal shows in other cases, the wrong value
+    // might not.
+    // A disagreement no backend can be blamed for (two left, finite differences too
+    // coarse to judge) is reported as the refusal, which can.
+    let unattributed = study.diagnosis.as_ref().is_some_and(|d| d.odd_one_out.is_none() && d.at_fault.is_empty());
+    if study.backend_failed && (agreed || study.diagnosis.is_none() || unattributed) {
         let (kind, failed) = study.backends.iter().find(|(_, r)| !r.ok).map(|(k, r)| (*k, first_line(r.error.as_deref().unwrap_or_default()))).expect("one failed");
         // The op is found by `attribute`: the first node whose prefix already fails.
         let op = program.nodes.last().map_or("graph", |n| n.op.name()).to_string();
@@ -175,9 +187,24 @@ fn key_of(program: &Program, study: &RunStudy, agreed: bool) -> FindingKey {
         culprits.iter().find(|n| accepted_node(n, accepted()).is_none()).or(culprits.first()).copied()
     });
     let op = culprit.map_or_else(|| "graph".to_string(), |n| n.op.clone());
-    // The culprit node's own output decides between a wrong forward and a wrong backward.
+    // The culprit node's own output decides between a wrong forward and a wrong backward;
+    // NaN or infinity where another backend has something else (a NaN measure) is a
+    // NaN/inf finding.
     let forward_differs = culprit.is_some_and(|n| n.output_scaled.values().any(|v| !(v <= &tol)));
-    FindingKey { op, odd_backend: odd, kind: if forward_differs { "wrong value".into() } else { "wrong gradient".into() } }
+    let non_finite = match culprit {
+        Some(n) if forward_differs => n.output_scaled.values().any(|v| v.is_nan()),
+        Some(n) => n.grad_scaled.values().any(|v| v.is_nan()),
+        None => study.compared.iter().any(|c| c.pairs.values().any(|p| p.non_finite)),
+    };
+    // With no culprit node, a NaN/inf in anything but a gradient is one in a value.
+    let value_non_finite = forward_differs || (culprit.is_none() && study.compared.iter().any(|c| !c.item.starts_with("grad:") && c.pairs.values().any(|p| p.non_finite)));
+    let kind = match (non_finite, forward_differs) {
+        (true, _) if value_non_finite => "NaN/inf value",
+        (true, _) => "NaN/inf gradient",
+        (false, true) => "wrong value",
+        (false, false) => "wrong gradient",
+    };
+    FindingKey { op, odd_backend: odd, kind: kind.into() }
 }
 
 /// Runs the campaign; `progress(done, total)` after every case.
@@ -199,7 +226,7 @@ pub fn run(opts: &FuzzOptions, mut progress: impl FnMut(u64, u64)) -> Result<Fuz
             break;
         }
         ran += 1;
-        let case = gen::generate(opts.seed, index, opts.max_nodes, &opts.ops);
+        let case = gen::generate(opts.seed, index, opts.max_nodes, &opts.ops, opts.nonfinite);
         let mut ops: Vec<&str> = case.program.nodes.iter().map(|n| n.op.name()).collect();
         ops.sort();
         ops.dedup();
@@ -269,6 +296,7 @@ pub fn run(opts: &FuzzOptions, mut progress: impl FnMut(u64, u64)) -> Result<Fuz
         time_limit: opts.time_limit,
         shard: opts.shard,
         max_nodes: opts.max_nodes,
+        nonfinite: opts.nonfinite,
         dtype: opts.dtype,
         backends: opts.backends.clone(),
         ops: opts.ops.clone(),
@@ -370,7 +398,7 @@ pub struct Hunt {
 /// switches the fault on (`engine::faults::inject`) around the call.
 pub fn hunt(opts: &FuzzOptions, max_cases: u64) -> Result<Option<Hunt>> {
     for index in 0..max_cases {
-        let case = gen::generate(opts.seed, index, opts.max_nodes, &opts.ops);
+        let case = gen::generate(opts.seed, index, opts.max_nodes, &opts.ops, opts.nonfinite);
         if let Some((key, _)) = judge(&case.program, &case.inputs, opts)? {
             if key.odd_backend == Some(BackendKind::ENGINE) {
                 let shrunk = shrink::shrink(&case, &key, opts)?;

@@ -156,6 +156,10 @@ fn with_values(s: &Shrunk, pattern: Pattern) -> Shrunk {
     let kinds = super::gen::input_kinds(&c.program);
     for (t, kind) in c.inputs.iter_mut().zip(kinds) {
         for (e, v) in t.data.iter_mut().enumerate() {
+            // NaN and infinities (the NaN/infinity regime) stay where they are.
+            if !v.is_finite() {
+                continue;
+            }
             *v = kind.clamp(match pattern {
                 Pattern::Cycle3 => (e % 3) as f64,
                 Pattern::Ones => 1.0,
@@ -168,7 +172,7 @@ fn with_values(s: &Shrunk, pattern: Pattern) -> Shrunk {
 
 fn write_values(s: &mut Shrunk) {
     for (d, t) in s.program.inputs.iter_mut().zip(&s.inputs) {
-        d.values = Some(serde_json::json!(t.data));
+        d.values = Some(crate::models::program::values_json(&t.data));
     }
 }
 

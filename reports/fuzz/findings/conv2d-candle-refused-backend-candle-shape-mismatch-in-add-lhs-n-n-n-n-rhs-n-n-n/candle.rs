@@ -4,11 +4,11 @@ use candle_core::{DType, Device, Tensor, Var};
 
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
-    let v_x_var = Var::from_tensor(&Tensor::new(&[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], &dev)?.reshape((1, 3, 6, 1))?)?;
+    let v_x_var = Var::from_tensor(&Tensor::new(&[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], &dev)?.reshape((1, 1, 3, 4))?)?;
     let v_x = v_x_var.as_tensor();
-    let v_p1_var = Var::from_tensor(&Tensor::new(&[1.0, 1.0, 1.0], &dev)?.reshape((1, 3, 1, 1))?)?;
+    let v_p1_var = Var::from_tensor(&Tensor::new(&[1.0, 1.0, 1.0, 1.0], &dev)?.reshape((1, 1, 2, 2))?)?;
     let v_p1 = v_p1_var.as_tensor();
-    let v_n0 = &v_x.conv2d(&v_p1, 1, 2, 1, 1)?;
+    let v_n0 = &v_x.conv2d(&v_p1, 0, 2, 1, 1)?;
     let v_n0_sum = &v_n0.sum_all()?;
     println!("loss {}", v_n0_sum.to_dtype(DType::F64)?.to_scalar::<f64>()?);
     let grads = v_n0_sum.backward()?;

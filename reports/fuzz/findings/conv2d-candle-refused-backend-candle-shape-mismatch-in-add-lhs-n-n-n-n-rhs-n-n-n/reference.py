@@ -2,9 +2,9 @@
 import torch
 import torch.nn.functional as F
 
-v_x = torch.tensor([1.0,1.0,1.0,1.0,1.0,1.0,1.0,1.0,1.0,1.0,1.0,1.0,1.0,1.0,1.0,1.0,1.0,1.0], dtype=torch.float64).reshape([1, 3, 6, 1]).detach().requires_grad_(True)
-v_p1 = torch.tensor([1.0,1.0,1.0], dtype=torch.float64).reshape([1, 3, 1, 1]).detach().requires_grad_(True)
-v_n0 = F.conv2d(v_x, v_p1, None, 2, 1)
+v_x = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([1, 1, 3, 4]).detach().requires_grad_(True)
+v_p1 = torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([1, 1, 2, 2]).detach().requires_grad_(True)
+v_n0 = F.conv2d(v_x, v_p1, None, 2, 0)
 v_n0_sum = v_n0.sum()
 v_n0_sum.backward()
 print('loss', v_n0_sum.item())

@@ -2,9 +2,9 @@
 import torch
 import torch.nn.functional as F
 
-v_x = torch.tensor([1.0,1.0,1.0,1.0], dtype=torch.float64).reshape([1, 1, 2, 2]).detach().requires_grad_(True)
-v_n0 = F.max_pool2d(v_x, 2, 1, 0)
-v_n0_sum = v_n0.sum()
-v_n0_sum.backward()
-print('loss', v_n0_sum.item())
+v_x = torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([1, 1, 2, 2]).detach().requires_grad_(True)
+v_n1 = F.max_pool2d(v_x, 2, 1, 0)
+v_n1_sum = v_n1.sum()
+v_n1_sum.backward()
+print('loss', v_n1_sum.item())
 print('d/dx', v_x.grad.flatten().tolist())

@@ -4,12 +4,12 @@ use candle_core::{DType, Device, Tensor, Var};
 
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
-    let v_x_var = Var::from_tensor(&Tensor::new(&[1.0, 1.0, 1.0, 1.0], &dev)?.reshape((1, 1, 2, 2))?)?;
+    let v_x_var = Var::from_tensor(&Tensor::new(&[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], &dev)?.reshape((1, 1, 3, 3))?)?;
     let v_x = v_x_var.as_tensor();
-    let v_n2 = &v_x.max_pool2d_with_stride(2, 2)?;
-    let v_n2_sum = &v_n2.sum_all()?;
-    println!("loss {}", v_n2_sum.to_dtype(DType::F64)?.to_scalar::<f64>()?);
-    let grads = v_n2_sum.backward()?;
+    let v_n1 = &v_x.max_pool2d_with_stride(3, 3)?;
+    let v_n1_sum = &v_n1.sum_all()?;
+    println!("loss {}", v_n1_sum.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+    let grads = v_n1_sum.backward()?;
     match grads.get(v_x_var.as_tensor()) {
         Some(g) => println!("d/dx {:?}", g.flatten_all()?.to_vec1::<f64>()?),
         None => println!("d/dx missing"),
