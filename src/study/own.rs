@@ -76,8 +76,26 @@ impl OwnCheck {
             .map(|r| r.op.clone())
             .collect();
         if let Some(f) = &self.fuzz {
-            v.extend(f.findings.iter().filter(|f| f.key.odd_backend == Some(self.backend)).map(|f| format!("{} (fuzz: {})", f.key.op, f.key.kind)));
+            v.extend(
+                f.findings
+                    .iter()
+                    .filter(|f| f.key.odd_backend == Some(self.backend) && !f.key.kind.starts_with("refused"))
+                    .map(|f| format!("{} (fuzz: {})", f.key.op, f.key.kind)),
+            );
         }
+        v.dedup();
+        v
+    }
+
+    /// Ops it declares but refused on some cases (an attribute or shape it lacks): a
+    /// limit, reported, not a wrong answer.
+    pub fn refused_ops(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.ops.rows.iter().filter(|r| r.backend == self.backend && r.refused > 0).map(|r| r.op.clone()).collect();
+        if let Some(f) = &self.fuzz {
+            v.extend(f.findings.iter().filter(|f| f.key.odd_backend == Some(self.backend) && f.key.kind.starts_with("refused")).map(|f| f.key.op.clone()));
+        }
+        v.sort();
+        v.dedup();
         v
     }
 
@@ -95,9 +113,11 @@ impl OwnCheck {
             s += &format!("  {op}: {}\n", verdict.replace("**", ""));
         }
         if let Some(f) = &self.fuzz {
-            let mine: Vec<String> = f.findings.iter().filter(|x| x.key.odd_backend == Some(self.backend)).map(|x| format!("{} {}", x.key.op, x.key.kind)).collect();
+            let mine: Vec<String> =
+                f.findings.iter().filter(|x| x.key.odd_backend == Some(self.backend) && !x.key.kind.starts_with("refused")).map(|x| format!("{} {}", x.key.op, x.key.kind)).collect();
+            let refused = f.findings.iter().filter(|x| x.key.odd_backend == Some(self.backend) && x.key.kind.starts_with("refused")).count();
             s += &format!(
-                "fuzz: {} generated programs over its ops, {} agreed, findings about {}: {}\n",
+                "fuzz: {} generated programs over its ops, {} agreed; wrong answers from {}: {}; distinct refusals: {refused}\n",
                 f.cases,
                 f.agreed,
                 self.backend,
@@ -113,6 +133,10 @@ impl OwnCheck {
         }
         let unsupported: Vec<&str> = self.unsupported_ops.iter().map(|(o, _)| *o).collect();
         s += &format!("skipped ops (not supported): {}\n", if unsupported.is_empty() { "none".into() } else { unsupported.join(", ") });
+        let refused = self.refused_ops();
+        if !refused.is_empty() {
+            s += &format!("refuses some cases of: {} (see the ops rows)\n", refused.join(", "));
+        }
         s += &format!("verdict: {}", if self.agrees() { "agrees with the references on everything it supports".to_string() } else { format!("wrong on {}", self.wrong_ops().join(", ")) });
         s
     }

@@ -1,0 +1,43 @@
+//! The example of a user's own engine (examples/own_engine.rs), plugged in through the
+//! open backend interface: the harness must find it right where it is right, wrong
+//! where a bug was planted, and skip (with the reason) what it does not declare.
+
+#[path = "../examples/own_engine.rs"]
+mod own_engine;
+
+use backprop_parity::study::own::OwnCheckOptions;
+use own_engine::{check_tiny, register_tiny, TINY_OPS};
+
+fn quick() -> OwnCheckOptions {
+    OwnCheckOptions { op_cases: 8, fuzz_cases: 120, ..OwnCheckOptions::default() }
+}
+
+#[test]
+fn the_example_engine_agrees_where_it_is_right_and_skips_what_it_lacks() {
+    let check = check_tiny(false, &quick()).unwrap();
+    assert!(check.agrees(), "{}", check.summary());
+    assert_eq!(check.supported_ops.len(), TINY_OPS.len());
+    assert!(check.unsupported_ops.iter().any(|(op, why)| *op == "conv2d" && why == "has no conv2d"));
+    // Every seed model needs an op it lacks: skipped with the reason, not failed.
+    assert_eq!(check.models.len(), 9);
+    assert!(check.models.iter().all(|m| m.agree.is_none() && m.skipped.as_deref().is_some_and(|s| s.starts_with("tiny has no "))));
+    // Its matmul takes matrices only: refused batched cases are reported as refusals.
+    assert_eq!(check.refused_ops(), ["matmul"]);
+    let fuzz = check.fuzz.as_ref().unwrap();
+    assert!(fuzz.agreed > 0 && fuzz.ops.iter().all(|op| TINY_OPS.contains(op)));
+}
+
+#[test]
+fn a_planted_tanh_bug_is_found_by_the_op_check_and_by_the_fuzzer() {
+    let check = check_tiny(true, &quick()).unwrap();
+    assert!(!check.agrees());
+    let wrong = check.wrong_ops();
+    assert!(wrong.iter().all(|w| w.starts_with("tanh")), "{wrong:?}");
+    assert!(wrong.iter().any(|w| w == "tanh") && wrong.iter().any(|w| w.starts_with("tanh (fuzz")), "{wrong:?}");
+}
+
+fn tiny() -> backprop_parity::backends::BackendKind {
+    register_tiny("tiny", false)
+}
+
+backprop_parity::check_backend_tests!(tiny);
