@@ -2,6 +2,8 @@
 //! definition (`models::Program`) with its framework's own autograd; it never carries a
 //! model of its own.
 
+#[cfg(feature = "burn")]
+mod burn;
 mod candle;
 mod engine;
 pub mod executor;
@@ -26,6 +28,8 @@ pub use self::guard::guarded;
 pub use self::engine::EngineBackend;
 #[cfg(feature = "torch")]
 pub use self::torch::TorchBackend;
+#[cfg(feature = "burn")]
+pub use self::burn::BurnBackend;
 
 /// What one backend computed over a training run.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
@@ -189,31 +193,48 @@ pub trait Backend {
     }
 }
 
-/// The backends this crate knows; `torch` exists only in builds with `--features torch`.
+/// The backends this crate knows; `torch` exists only in builds with `--features torch`,
+/// `burn` only with `--features burn`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     Engine,
     Candle,
     Torch,
+    Burn,
 }
 
 pub const TORCH_BUILD_HINT: &str = "run `scripts/setup-torch` once, then build with `--features torch`, \
     e.g. `cargo run --release --features torch -- ...` (`make report` and `make test` do both)";
 
+pub const BURN_BUILD_HINT: &str = "build with `--features burn`, e.g. `cargo run --release --features burn -- ...`";
+
 impl BackendKind {
-    pub const ALL: [BackendKind; 3] = [BackendKind::Engine, BackendKind::Candle, BackendKind::Torch];
+    pub const ALL: [BackendKind; 4] = [BackendKind::Engine, BackendKind::Candle, BackendKind::Torch, BackendKind::Burn];
 
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Engine => "engine",
             BackendKind::Candle => "candle",
             BackendKind::Torch => "torch",
+            BackendKind::Burn => "burn",
         }
     }
 
     pub fn is_built(self) -> bool {
-        self != BackendKind::Torch || cfg!(feature = "torch")
+        match self {
+            BackendKind::Engine | BackendKind::Candle => true,
+            BackendKind::Torch => cfg!(feature = "torch"),
+            BackendKind::Burn => cfg!(feature = "burn"),
+        }
+    }
+
+    /// How to get a build with this backend.
+    pub fn build_hint(self) -> &'static str {
+        match self {
+            BackendKind::Burn => BURN_BUILD_HINT,
+            _ => TORCH_BUILD_HINT,
+        }
     }
 
     /// Every backend compiled into this build, engine first.
@@ -234,6 +255,10 @@ impl BackendKind {
             BackendKind::Torch => Ok(Box::new(TorchBackend::new())),
             #[cfg(not(feature = "torch"))]
             BackendKind::Torch => Err(Error::Unavailable("torch".into(), TORCH_BUILD_HINT.into())),
+            #[cfg(feature = "burn")]
+            BackendKind::Burn => Ok(Box::new(BurnBackend)),
+            #[cfg(not(feature = "burn"))]
+            BackendKind::Burn => Err(Error::Unavailable("burn".into(), BURN_BUILD_HINT.into())),
         }
     }
 
@@ -246,7 +271,7 @@ impl BackendKind {
                 return Err(Error::Invalid(format!("--backends names '{part}' twice")));
             }
             if !kind.is_built() {
-                return Err(Error::Unavailable(part.into(), TORCH_BUILD_HINT.into()));
+                return Err(Error::Unavailable(part.into(), kind.build_hint().into()));
             }
             out.push(kind);
         }
@@ -266,7 +291,7 @@ impl FromStr for BackendKind {
         Self::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| format!("--backends: unknown backend '{s}': expected engine, candle or torch"))
+            .ok_or_else(|| format!("--backends: unknown backend '{s}': expected engine, candle, torch or burn"))
     }
 }
 

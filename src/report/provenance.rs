@@ -109,6 +109,7 @@ impl Framework {
             BackendKind::Engine => ("backprop-parity engine", env!("CARGO_PKG_VERSION").to_string(), None),
             BackendKind::Candle => ("candle-core", env!("BP_CANDLE_VERSION").to_string(), None),
             BackendKind::Torch => ("libtorch", env!("BP_LIBTORCH_VERSION").to_string(), Some(format!("tch {}", env!("BP_TCH_VERSION")))),
+            BackendKind::Burn => ("burn", env!("BP_BURN_VERSION").to_string(), Some("burn-ndarray under burn-autodiff".to_string())),
         };
         Framework { backend: kind, name: name.into(), version, binding }
     }
