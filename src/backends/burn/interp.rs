@@ -58,6 +58,9 @@ pub struct BurnExecutor {
     dtype: DType,
     device: NdArrayDevice,
     slots: Vec<Slot>,
+    /// Per input: the shape of its current value (a batch may differ from the
+    /// program's declared size: the models feed batches of any size).
+    slot_shapes: Vec<Vec<usize>>,
     grads: Vec<Option<InnerFt>>,
     velocity: Vec<Option<InnerFt>>,
     /// Per input: whether the program's dataflow carries it to the differentiated scalar
@@ -122,6 +125,7 @@ impl BurnExecutor {
             dtype,
             device: NdArrayDevice::Cpu,
             slots: vec![Slot::Empty; n],
+            slot_shapes: program.inputs.iter().map(|d| d.shape.clone()).collect(),
             grads: vec![None; n],
             velocity: vec![None; n],
             reaches_root: program.reaches_root(),
@@ -143,7 +147,7 @@ impl BurnExecutor {
     /// One forward pass. Returns the reported values, the differentiated scalar, the
     /// autodiff leaves of the inputs that need gradients, and running-statistics updates.
     #[allow(clippy::type_complexity)]
-    fn forward(&self, req: Request) -> R<(Vec<Ft>, Option<Ft>, Vec<Option<Ft>>, Vec<(usize, InnerFt)>)> {
+    fn forward(&self, req: Request) -> R<(Vec<(Ft, Vec<usize>)>, Option<Ft>, Vec<Option<Ft>>, Vec<(usize, InnerFt)>)> {
         let n_inputs = self.program.inputs.len();
         let mut values: Vec<Value> = Vec::with_capacity(n_inputs + self.program.nodes.len());
         let mut leaves: Vec<Option<Ft>> = vec![None; n_inputs];
@@ -164,11 +168,13 @@ impl BurnExecutor {
             });
         }
         let mut updates: Vec<(usize, InnerFt)> = Vec::new();
-        let shapes = &self.checked.shapes;
+        // The shapes of this execution's values (inferred from the inputs' actual shapes).
+        let mut shapes: Vec<Vec<usize>> = self.slot_shapes.clone();
         for (k, node) in self.program.nodes.iter().enumerate() {
             let args = &self.checked.args[k];
             let op = if req.eval { node.op.in_eval_mode() } else { node.op.clone() };
-            let out_shape = &shapes[n_inputs + k];
+            let given: Vec<Option<&[usize]>> = args.iter().map(|a| a.map(|v| shapes[v].as_slice())).collect();
+            let out_shape = &crate::models::program::infer(&op, &given).map_err(|e| format!("{}: {e}", op.name()))?;
             let arg = |i: usize| args.get(i).copied().flatten();
             let f = |i: usize| -> R<Ft> { values[arg(i).ok_or("a required input is absent")?].float() };
             let fo = |i: usize| -> R<Option<Ft>> { arg(i).map(|v| values[v].float()).transpose() };
@@ -401,11 +407,12 @@ impl BurnExecutor {
             })()
             .map_err(|e| format!("{name}: {e}"))?;
             values.push(Value::Float(y));
+            shapes.push(out_shape.clone());
         }
-        let out: Vec<Ft> = if req.all_values {
-            values[n_inputs..].iter().map(Value::float).collect::<R<_>>()?
+        let out: Vec<(Ft, Vec<usize>)> = if req.all_values {
+            (n_inputs..values.len()).map(|v| Ok((values[v].float()?, shapes[v].clone()))).collect::<R<_>>()?
         } else {
-            self.checked.outputs.iter().map(|(v, _)| values[*v].float()).collect::<R<_>>()?
+            self.checked.outputs.iter().map(|(v, _)| Ok((values[*v].float()?, shapes[*v].clone()))).collect::<R<_>>()?
         };
         let root = match self.checked.loss {
             Some(l) => Some(values[l].float()?),
@@ -425,25 +432,15 @@ impl BurnExecutor {
         Ok((out, root, leaves, updates))
     }
 
-    fn value_shapes(&self, req: Request) -> Vec<Vec<usize>> {
-        let n = self.program.inputs.len();
-        if req.all_values {
-            self.checked.shapes[n..].to_vec()
-        } else {
-            self.checked.outputs.iter().map(|(v, _)| self.checked.shapes[*v].clone()).collect()
-        }
-    }
-
     fn run_unguarded(&mut self, req: Request) -> Result<Outcome> {
         let n = self.program.inputs.len();
         let (values, root, leaves, updates) = self.forward(req).map_err(err)?;
         for (i, t) in updates {
             self.slots[i] = Slot::Float(t);
         }
-        let shapes = self.value_shapes(req);
         let mut out = Outcome {
             loss: None,
-            values: values.into_iter().zip(&shapes).map(|(v, s)| to_host(v, s)).collect::<Result<_>>()?,
+            values: values.into_iter().map(|(v, s)| to_host(v, &s)).collect::<Result<_>>()?,
             grads: vec![None; n],
         };
         if self.checked.loss.is_some() {
@@ -462,10 +459,10 @@ impl BurnExecutor {
                     None if self.reaches_root[i] => {
                         return Err(err(format!("gradient missing: no gradient reached input '{}' (an op on its path to the loss has no backward)", self.program.inputs[i].name)))
                     }
-                    None => to_inner(&HostTensor::filled(&self.program.inputs[i].shape, 0.0), self.dtype),
+                    None => to_inner(&HostTensor::filled(&self.slot_shapes[i], 0.0), self.dtype),
                 };
                 if req.host_grads {
-                    out.grads[i] = Some(inner_to_host(g.clone(), &self.checked.shapes[i])?);
+                    out.grads[i] = Some(inner_to_host(g.clone(), &self.slot_shapes[i])?);
                 }
                 self.grads[i] = Some(g);
             }
@@ -626,11 +623,12 @@ impl Executor for BurnExecutor {
         } else {
             Slot::Float(crate::backends::guarded("burn", || Ok(to_inner(value, self.dtype)))?)
         };
+        self.slot_shapes[index] = value.shape.clone();
         Ok(())
     }
 
     fn input(&self, index: usize) -> Result<HostTensor> {
-        let shape = &self.program.inputs[index].shape;
+        let shape = &self.slot_shapes[index];
         match &self.slots[index] {
             Slot::Float(t) => inner_to_host(t.clone(), shape),
             Slot::Index(t) => Ok(HostTensor { shape: shape.clone(), data: super::to_host_int(B::int_from_inner(t.clone())).into_iter().map(|v| v as f64).collect() }),
@@ -647,7 +645,7 @@ impl Executor for BurnExecutor {
     }
 
     fn velocity(&self, index: usize) -> Result<Option<HostTensor>> {
-        let shape = &self.program.inputs[index].shape;
+        let shape = &self.slot_shapes[index];
         self.velocity.get(index).and_then(|v| v.clone()).map(|v| inner_to_host(v, shape)).transpose()
     }
 
