@@ -2,7 +2,7 @@
 //! - with `--features torch`, libtorch's directory as an rpath, so binaries run without
 //!   LD_LIBRARY_PATH (torch-sys reports it as `cargo:libtorch_lib=...`, which reaches us
 //!   as DEP_TCH_LIBTORCH_LIB), and the libtorch version it found;
-//! - the versions of candle-core and tch from Cargo.lock and the git commit, which every
+//! - the versions of candle-core, tch and burn from Cargo.lock and the git commit, which every
 //!   report's provenance block records.
 
 use std::path::Path;
@@ -17,7 +17,7 @@ fn main() {
     println!("cargo:rustc-env=BP_LIBTORCH_VERSION={}", libtorch_version().unwrap_or_else(|| "unknown".into()));
     println!("cargo:rerun-if-changed=Cargo.lock");
     let lock = std::fs::read_to_string("Cargo.lock").unwrap_or_default();
-    for (krate, var) in [("candle-core", "BP_CANDLE_VERSION"), ("tch", "BP_TCH_VERSION")] {
+    for (krate, var) in [("candle-core", "BP_CANDLE_VERSION"), ("tch", "BP_TCH_VERSION"), ("burn-autodiff", "BP_BURN_VERSION")] {
         println!("cargo:rustc-env={var}={}", locked_version(&lock, krate).unwrap_or_else(|| "unknown".into()));
     }
     println!("cargo:rustc-env=BP_GIT_COMMIT={}", git_commit().unwrap_or_else(|| "unknown".into()));

@@ -1,5 +1,5 @@
-//! The backends this crate brings: its own engine, candle, and libtorch (with
-//! `--features torch`). Each is registered like a user's backend would be; the only
+//! The backends this crate brings: its own engine, candle, libtorch (with
+//! `--features torch`) and burn (with `--features burn`). Each is registered like a user's backend would be; the only
 //! difference is that these are there from the start.
 
 use std::str::FromStr;
@@ -23,7 +23,26 @@ pub(super) fn registrations() -> Vec<Registration> {
     if !cfg!(feature = "torch") {
         torch.unavailable = Some(TORCH_BUILD_HINT.into());
     }
-    vec![engine, candle, torch]
+    let mut burn = Registration::new("burn", "burn", env!("BP_BURN_VERSION"), burn_factory);
+    burn.trust = 2;
+    burn.binding = Some("burn-ndarray under burn-autodiff".into());
+    if !cfg!(feature = "burn") {
+        burn.unavailable = Some(BURN_BUILD_HINT.into());
+    }
+    vec![engine, candle, torch, burn]
+}
+
+pub const BURN_BUILD_HINT: &str = "build with `--features burn` (with torch: `--features torch,burn`), \
+    e.g. `cargo run --release --features torch,burn -- ...`";
+
+#[cfg(feature = "burn")]
+fn burn_factory(_: &Settings) -> Result<Box<dyn Backend>> {
+    Ok(Box::new(super::BurnBackend))
+}
+
+#[cfg(not(feature = "burn"))]
+fn burn_factory(_: &Settings) -> Result<Box<dyn Backend>> {
+    Err(Error::Unavailable("burn".into(), BURN_BUILD_HINT.into()))
 }
 
 fn candle_from(settings: &Settings) -> Result<CandleBackend> {

@@ -3,6 +3,8 @@
 //! model of its own.
 
 mod builtin;
+#[cfg(feature = "burn")]
+mod burn;
 mod candle;
 mod engine;
 pub mod executor;
@@ -27,6 +29,8 @@ pub use self::builtin::TORCH_BUILD_HINT;
 pub use self::registry::{register, BackendKind, BackendOptions, Registration, Settings};
 #[cfg(feature = "torch")]
 pub use self::torch::TorchBackend;
+#[cfg(feature = "burn")]
+pub use self::burn::BurnBackend;
 
 /// What one backend computed over a training run.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]

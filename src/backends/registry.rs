@@ -139,6 +139,7 @@ impl BackendKind {
     pub const ENGINE: BackendKind = BackendKind { order: 0, name: "engine" };
     pub const CANDLE: BackendKind = BackendKind { order: 1, name: "candle" };
     pub const TORCH: BackendKind = BackendKind { order: 2, name: "torch" };
+    pub const BURN: BackendKind = BackendKind { order: 3, name: "burn" };
 
     pub fn name(self) -> &'static str {
         self.name
@@ -161,6 +162,11 @@ impl BackendKind {
 
     pub fn is_built(self) -> bool {
         with_entry(self, |r| r.unavailable.is_none())
+    }
+
+    /// Why this build cannot run it, when it cannot (how to get a build that can).
+    pub fn build_hint(self) -> String {
+        with_entry(self, |r| r.unavailable.clone().unwrap_or_default())
     }
 
     /// How much its gradients are trusted (`Registration::trust`).

@@ -808,7 +808,7 @@ fn suite_config(c: &Common, baseline: Option<&Baseline>) -> Result<SuiteConfig> 
         anyhow::ensure!(
             k.is_built(),
             "the baseline needs backend '{k}', which is not in this build: {}",
-            backprop_parity::backends::TORCH_BUILD_HINT
+            k.build_hint()
         );
     }
     anyhow::ensure!(c.dtype.is_none(), "--dtype: the suite always runs both f32 and f64");
