@@ -2,8 +2,8 @@
 import torch
 import torch.nn.functional as F
 
-v_x = torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([1, 1, 2, 2]).detach().requires_grad_(True)
-v_n1 = torch.amax(v_x, [], keepdim=True)
+v_x = torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([2, 1, 2]).detach().requires_grad_(True)
+v_n1 = torch.amax(v_x, [0], keepdim=False)
 v_n1_sum = v_n1.sum()
 v_n1_sum.backward()
 print('loss', v_n1_sum.item())
@@ -14,7 +14,7 @@ opt = torch.optim.SGD([v_x], lr=0.1, momentum=0.9)
 for step in range(2):
     if step > 0:
         opt.zero_grad()
-        v_n1 = torch.amax(v_x, [], keepdim=True)
+        v_n1 = torch.amax(v_x, [0], keepdim=False)
         v_n1_sum = v_n1.sum()
         v_n1_sum.backward()
     opt.step()

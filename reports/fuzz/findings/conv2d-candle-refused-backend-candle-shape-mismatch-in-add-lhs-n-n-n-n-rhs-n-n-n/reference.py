@@ -2,11 +2,14 @@
 import torch
 import torch.nn.functional as F
 
-v_x = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([1, 1, 3, 4]).detach().requires_grad_(True)
-v_p1 = torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([1, 1, 2, 2]).detach().requires_grad_(True)
-v_n0 = F.conv2d(v_x, v_p1, None, 2, 0)
-v_n0_sum = v_n0.sum()
-v_n0_sum.backward()
-print('loss', v_n0_sum.item())
+v_x = torch.tensor([1.0, 1.0], dtype=torch.float64).reshape([2, 1, 1, 1]).detach().requires_grad_(True)
+v_p1 = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([2, 1, 3, 1]).detach().requires_grad_(True)
+v_p2 = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([1, 1, 3, 3]).detach().requires_grad_(True)
+v_n2 = torch.cat([v_p1, v_x], 2)
+v_n3 = F.conv2d(v_n2, v_p2, None, 2, 1, 1, 1)
+v_n3_sum = v_n3.sum()
+v_n3_sum.backward()
+print('loss', v_n3_sum.item())
 print('d/dx', v_x.grad.flatten().tolist())
 print('d/dp1', v_p1.grad.flatten().tolist())
+print('d/dp2', v_p2.grad.flatten().tolist())

@@ -2,12 +2,11 @@
 import torch
 import torch.nn.functional as F
 
-v_x = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([2, 1, 5, 5]).detach().requires_grad_(True)
+v_x = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([2, 3, 3]).detach().requires_grad_(True)
 v_index1 = torch.tensor([1.0], dtype=torch.float64).reshape([]).detach().requires_grad_(False)
-v_n0 = v_x.reshape([2, -1])
-v_n1 = v_n0.transpose(0, 1)
-v_n2 = F.embedding(v_index1.long(), v_n1, padding_idx=21)
-v_n2_sum = v_n2.sum()
-v_n2_sum.backward()
-print('loss', v_n2_sum.item())
+v_n1 = v_x.reshape([18, 1])
+v_n3 = F.embedding(v_index1.long(), v_n1, padding_idx=15)
+v_n3_sum = v_n3.sum()
+v_n3_sum.backward()
+print('loss', v_n3_sum.item())
 print('d/dx', v_x.grad.flatten().tolist())

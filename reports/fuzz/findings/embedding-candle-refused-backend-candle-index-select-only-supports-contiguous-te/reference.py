@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 v_x = torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([2, 2]).detach().requires_grad_(True)
-v_index1 = torch.tensor([1.0], dtype=torch.float64).reshape([1, 1]).detach().requires_grad_(False)
-v_n0 = v_x.transpose(-1, 0)
+v_index1 = torch.tensor([1.0], dtype=torch.float64).reshape([]).detach().requires_grad_(False)
+v_n0 = v_x.narrow(-1, -2, 1)
 v_n1 = F.embedding(v_index1.long(), v_n0, padding_idx=None)
 v_n1_sum = v_n1.sum()
 v_n1_sum.backward()

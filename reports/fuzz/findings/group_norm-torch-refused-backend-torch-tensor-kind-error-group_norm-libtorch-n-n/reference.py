@@ -2,11 +2,11 @@
 import torch
 import torch.nn.functional as F
 
-v_x = torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([1, 2, 1, 2]).detach().requires_grad_(True)
-v_p1 = torch.tensor([1.0, 1.0], dtype=torch.float64).reshape([2]).detach().requires_grad_(True)
-v_n2 = F.group_norm(v_x, 2, None, v_p1, 1e-5)
-v_n2_sum = v_n2.sum()
-v_n2_sum.backward()
-print('loss', v_n2_sum.item())
+v_x = torch.tensor([1.0, 1.0], dtype=torch.float64).reshape([1, 1, 2, 1]).detach().requires_grad_(True)
+v_p2 = torch.tensor([1.0], dtype=torch.float64).reshape([1]).detach().requires_grad_(True)
+v_n3 = F.group_norm(v_x, 1, None, v_p2, 1e-5)
+v_n3_sum = v_n3.sum()
+v_n3_sum.backward()
+print('loss', v_n3_sum.item())
 print('d/dx', v_x.grad.flatten().tolist())
-print('d/dp1', v_p1.grad.flatten().tolist())
+print('d/dp2', v_p2.grad.flatten().tolist())

@@ -4,9 +4,9 @@ use candle_core::{DType, Device, Tensor, Var};
 
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
-    let v_x_var = Var::from_tensor(&Tensor::new(&[1.0, 1.0, 1.0, 1.0], &dev)?.reshape((1, 1, 2, 2))?)?;
+    let v_x_var = Var::from_tensor(&Tensor::new(&[1.0], &dev)?.reshape((1, 1, 1, 1))?)?;
     let v_x = v_x_var.as_tensor();
-    let v_n1 = &v_x.max_pool2d_with_stride(2, 1)?;
+    let v_n1 = &v_x.max_pool2d_with_stride(1, 2)?;
     let v_n1_sum = &v_n1.sum_all()?;
     println!("loss {}", v_n1_sum.to_dtype(DType::F64)?.to_scalar::<f64>()?);
     let grads = v_n1_sum.backward()?;

@@ -2,8 +2,8 @@
 import torch
 import torch.nn.functional as F
 
-v_x = torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([1, 1, 2, 2]).detach().requires_grad_(True)
-v_n1 = F.max_pool2d(v_x, 2, 1, 0)
+v_x = torch.tensor([1.0], dtype=torch.float64).reshape([1, 1, 1, 1]).detach().requires_grad_(True)
+v_n1 = F.max_pool2d(v_x, 1, 2, 0, ceil_mode=False)
 v_n1_sum = v_n1.sum()
 v_n1_sum.backward()
 print('loss', v_n1_sum.item())

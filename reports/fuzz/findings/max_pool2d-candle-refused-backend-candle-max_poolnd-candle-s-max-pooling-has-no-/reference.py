@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 v_x = torch.tensor([1.0], dtype=torch.float64).reshape([1, 1, 1, 1]).detach().requires_grad_(True)
-v_n2 = F.max_pool2d(v_x, 3, 3, 1)
-v_n2_sum = v_n2.sum()
-v_n2_sum.backward()
-print('loss', v_n2_sum.item())
+v_n1 = F.max_pool2d(v_x, 3, 3, 1, ceil_mode=False)
+v_n1_sum = v_n1.sum()
+v_n1_sum.backward()
+print('loss', v_n1_sum.item())
 print('d/dx', v_x.grad.flatten().tolist())

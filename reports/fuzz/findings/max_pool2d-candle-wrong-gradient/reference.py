@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 v_x = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([1, 1, 3, 3]).detach().requires_grad_(True)
-v_n1 = F.max_pool2d(v_x, 3, 3, 0)
+v_n1 = F.max_pool2d(v_x, 3, 3, 0, ceil_mode=False)
 v_n1_sum = v_n1.sum()
 v_n1_sum.backward()
 print('loss', v_n1_sum.item())

@@ -2,20 +2,12 @@
 import torch
 import torch.nn.functional as F
 
-v_x = torch.tensor([1.0], dtype=torch.float64).reshape([1, 1]).detach().requires_grad_(True)
-v_n0 = F.mse_loss(v_x, v_x, reduction='sum')
-v_n0_sum = v_n0.sum()
-v_n0_sum.backward()
-print('loss', v_n0_sum.item())
+v_x = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([2, 3, 6, 1]).detach().requires_grad_(True)
+v_p1 = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([6, 3, 1, 2]).detach().requires_grad_(True)
+v_n0 = v_x.permute([2, 1, 3, -4])
+v_n1 = F.mse_loss(v_n0, v_p1, reduction='sum')
+v_n1_sum = v_n1.sum()
+v_n1_sum.backward()
+print('loss', v_n1_sum.item())
 print('d/dx', v_x.grad.flatten().tolist())
-
-# 2 SGD step(s), lr 0.1, momentum 0.9: the first uses the gradient above.
-opt = torch.optim.SGD([v_x], lr=0.1, momentum=0.9)
-for step in range(2):
-    if step > 0:
-        opt.zero_grad()
-        v_n0 = F.mse_loss(v_x, v_x, reduction='sum')
-        v_n0_sum = v_n0.sum()
-        v_n0_sum.backward()
-    opt.step()
-print('x after training', v_x.detach().flatten().tolist())
+print('d/dp1', v_p1.grad.flatten().tolist())

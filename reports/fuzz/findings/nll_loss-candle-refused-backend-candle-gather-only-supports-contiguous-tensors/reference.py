@@ -2,13 +2,10 @@
 import torch
 import torch.nn.functional as F
 
-v_x = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([3, 2]).detach().requires_grad_(True)
-v_p1 = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([3, 2]).detach().requires_grad_(True)
-v_labels2 = torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([4]).detach().requires_grad_(False)
-v_n1 = torch.cat([v_p1, v_x], -1)
-v_n3 = v_n1.transpose(-2, 1)
-v_n4 = F.nll_loss(v_n3, v_labels2.long(), reduction='mean')
-v_n4.backward()
-print('loss', v_n4.item())
+v_x = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([2, 6]).detach().requires_grad_(True)
+v_labels1 = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64).reshape([6]).detach().requires_grad_(False)
+v_n0 = v_x.transpose(-2, 1)
+v_n1 = F.nll_loss(v_n0, v_labels1.long(), reduction='mean')
+v_n1.backward()
+print('loss', v_n1.item())
 print('d/dx', v_x.grad.flatten().tolist())
-print('d/dp1', v_p1.grad.flatten().tolist())

@@ -2,14 +2,13 @@
 import torch
 import torch.nn.functional as F
 
-v_x = torch.tensor([-1.0, 1.0, 1.0, 1.0, 2.0, 2.0, -1.0, 1.0, 2.0, 2.0], dtype=torch.float64).reshape([2, 5]).detach().requires_grad_(True)
-v_p1 = torch.tensor([1.0, 2.0, 0.0, 2.0, 1.0, -1.0, 0.0, 2.0, -1.0, 2.0], dtype=torch.float64).reshape([2, 5]).detach().requires_grad_(True)
-v_n0 = F.mse_loss(v_x, v_p1, reduction='mean')
-v_n1 = v_n0 * v_n0
-v_n3 = F.gelu(v_n1, approximate='tanh')
-v_n3_sum = v_n3.sum()
-v_n3_sum.backward()
-print('loss', v_n3_sum.item())
+v_x = torch.tensor([-62.70961929374348, -61.37369289814718, -46.706782285954, 9.200204361114217, -23.691733640302388, -26.564186133824947, -79.96279757662029, -47.20314276566455, 97.24596841338337, 6.916933051347883, 60.14080165760927, 85.99701805415708], dtype=torch.float64).reshape([3, 4]).detach().requires_grad_(True)
+v_p1 = torch.tensor([44.604979870627204, -20.49947805887946, 58.730317946233214, 30.283271268472447, 16.210018029515183, -41.08574531958542, 53.12688525969892, -46.26980027878387, 74.64768214181734, 64.44275718930925, 44.38967782564097, 77.8535606789759], dtype=torch.float64).reshape([3, 4]).detach().requires_grad_(True)
+v_n0 = F.gelu(v_x, approximate='none')
+v_n1 = v_n0 * v_p1
+v_n1_sum = v_n1.sum()
+v_n1_sum.backward()
+print('loss', v_n1_sum.item())
 print('d/dx', v_x.grad.flatten().tolist())
 print('d/dp1', v_p1.grad.flatten().tolist())
 
@@ -18,11 +17,10 @@ opt = torch.optim.SGD([v_x, v_p1], lr=0.1, momentum=0.9)
 for step in range(2):
     if step > 0:
         opt.zero_grad()
-        v_n0 = F.mse_loss(v_x, v_p1, reduction='mean')
-        v_n1 = v_n0 * v_n0
-        v_n3 = F.gelu(v_n1, approximate='tanh')
-        v_n3_sum = v_n3.sum()
-        v_n3_sum.backward()
+        v_n0 = F.gelu(v_x, approximate='none')
+        v_n1 = v_n0 * v_p1
+        v_n1_sum = v_n1.sum()
+        v_n1_sum.backward()
     opt.step()
 print('x after training', v_x.detach().flatten().tolist())
 print('p1 after training', v_p1.detach().flatten().tolist())

@@ -4,8 +4,8 @@ import torch.nn.functional as F
 
 v_x = torch.tensor([69.42152410944283], dtype=torch.float64).reshape([1, 1, 1, 1]).detach().requires_grad_(True)
 v_n0 = torch.exp(v_x)
-v_n1 = F.silu(v_n0)
-v_n1_sum = v_n1.sum()
-v_n1_sum.backward()
-print('loss', v_n1_sum.item())
+v_n2 = F.silu(v_n0)
+v_n2_sum = v_n2.sum()
+v_n2_sum.backward()
+print('loss', v_n2_sum.item())
 print('d/dx', v_x.grad.flatten().tolist())
