@@ -169,6 +169,16 @@ impl Capabilities {
     }
 
     /// Why `op` in `dtype` is out of reach, if it is.
+    ///
+    /// ```
+    /// use backprop_parity::backends::Capabilities;
+    /// use backprop_parity::DType;
+    ///
+    /// let caps = Capabilities { ops: Some(vec!["add", "matmul", "sum"]), dtypes: Some(vec![DType::F64]) };
+    /// assert_eq!(caps.lacks("conv2d", DType::F64).as_deref(), Some("has no conv2d"));
+    /// assert_eq!(caps.lacks("add", DType::F32).as_deref(), Some("does not compute in f32"));
+    /// assert!(caps.lacks("matmul", DType::F64).is_none());
+    /// ```
     pub fn lacks(&self, op: &str, dtype: DType) -> Option<String> {
         if let Some(ops) = &self.ops {
             if !ops.contains(&op) {
@@ -197,6 +207,20 @@ pub trait BenchHooks {
 /// A framework (or your own engine) that runs programs of the program format with its
 /// own automatic differentiation. Implement `kind` and `executor`; everything else has a
 /// default. Register it (`registry::register`) to make every study take it by name.
+///
+/// ```
+/// use backprop_parity::backends::{Backend, BackendKind};
+/// use backprop_parity::models::{Op, Program};
+/// use backprop_parity::{DType, HostTensor};
+///
+/// // Any backend evaluates any program: here the engine, d/dx sum(tanh(x)).
+/// let engine = BackendKind::ENGINE.create().unwrap();
+/// let program = Program::single(Op::Tanh {}, &[Some(vec![2])]);
+/// let x = HostTensor { shape: vec![2], data: vec![0.0, 1.0] };
+/// let e = engine.evaluate(&program, &[x], DType::F64).unwrap();
+/// assert_eq!(e.grads[0].data[0], 1.0);
+/// assert!(engine.capabilities().lacks("conv2d", DType::F64).is_none());
+/// ```
 pub trait Backend {
     /// Its name in the registry.
     fn kind(&self) -> BackendKind;

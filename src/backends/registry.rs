@@ -310,6 +310,19 @@ impl BackendOptions {
     }
 
     /// Parses `NAME.KEY=VALUE` (one `--backend-option`).
+    ///
+    /// ```
+    /// use backprop_parity::backends::{BackendKind, BackendOptions};
+    ///
+    /// let mut o = BackendOptions::default();
+    /// o.parse_one("candle.maxpool=exact").unwrap();
+    /// assert_eq!(o.of("candle").get("maxpool").map(String::as_str), Some("exact"));
+    /// let candle = BackendKind::CANDLE.create_with(&o).unwrap();
+    /// assert_eq!(candle.settings(), [("maxpool".to_string(), "exact".to_string())]);
+    /// // A setting the backend does not have is refused, naming it.
+    /// let bad = BackendOptions::default().with("candle", "speed", "max");
+    /// assert!(bad.validate().unwrap_err().to_string().contains("no setting 'speed'"));
+    /// ```
     pub fn parse_one(&mut self, s: &str) -> Result<()> {
         let bad = || Error::Invalid(format!("--backend-option '{s}': expected BACKEND.KEY=VALUE (e.g. candle.maxpool=exact)"));
         let (lhs, value) = s.split_once('=').ok_or_else(bad)?;

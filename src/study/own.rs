@@ -143,6 +143,16 @@ impl OwnCheck {
 }
 
 /// Compares `kind` (registered with `backends::register`) with the references.
+///
+/// ```no_run
+/// use backprop_parity::backends::BackendKind;
+/// use backprop_parity::study::own::{check_backend, OwnCheckOptions};
+///
+/// // Your registered engine's kind; here the built-in engine against candle.
+/// let opts = OwnCheckOptions { references: Some(vec![BackendKind::CANDLE]), models: false, ..Default::default() };
+/// let check = check_backend(BackendKind::ENGINE, &opts).unwrap();
+/// println!("{}", check.summary());
+/// ```
 pub fn check_backend(kind: BackendKind, opts: &OwnCheckOptions) -> Result<OwnCheck> {
     let backend = kind.create_with(&opts.backend_options)?;
     let caps = backend.capabilities();
