@@ -72,6 +72,31 @@ pub struct ImplRow {
     pub unsupported: Option<String>,
 }
 
+impl ImplRow {
+    /// A row with nothing counted yet.
+    fn empty(op: &str, backend: BackendKind, implementation: &str, cases: usize) -> Self {
+        ImplRow {
+            op: op.to_string(),
+            backend,
+            implementation: implementation.to_string(),
+            cases,
+            refused: 0,
+            first_refusal: None,
+            missing_or_non_finite: 0,
+            fd_checked: 0,
+            fd_agree: 0,
+            compared: BTreeMap::new(),
+            agree: BTreeMap::new(),
+            worst_scaled: 0.0,
+            worst_fd_scaled: 0.0,
+            findings: 0,
+            odd_one_out: 0,
+            first_disagreement: None,
+            unsupported: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct OpsReport {
     pub cases: usize,
@@ -136,25 +161,7 @@ pub fn run(opts: &OpsOptions, mut progress: impl FnMut(&str, usize, usize)) -> R
         let skipped: Vec<(usize, String)> = concerned.iter().filter_map(|&i| lacks(i).map(|why| (i, why))).collect();
         let mut op_rows: Vec<ImplRow> = here
             .iter()
-            .map(|&i| ImplRow {
-                op: name.to_string(),
-                backend: impls[i].0,
-                implementation: impls[i].1.to_string(),
-                cases: cases.len(),
-                refused: 0,
-                first_refusal: None,
-                missing_or_non_finite: 0,
-                fd_checked: 0,
-                fd_agree: 0,
-                compared: BTreeMap::new(),
-                agree: BTreeMap::new(),
-                worst_scaled: 0.0,
-                worst_fd_scaled: 0.0,
-                findings: 0,
-                odd_one_out: 0,
-                first_disagreement: None,
-                unsupported: None,
-            })
+            .map(|&i| ImplRow::empty(name, impls[i].0, impls[i].1, cases.len()))
             .collect();
         for (case_index, (op, given)) in cases.iter().enumerate() {
             let (program, inputs) = program_of(op, given)?;
@@ -247,25 +254,7 @@ pub fn run(opts: &OpsOptions, mut progress: impl FnMut(&str, usize, usize)) -> R
             }
         }
         for (i, why) in skipped {
-            op_rows.push(ImplRow {
-                op: name.to_string(),
-                backend: impls[i].0,
-                implementation: impls[i].1.to_string(),
-                cases: 0,
-                refused: 0,
-                first_refusal: None,
-                missing_or_non_finite: 0,
-                fd_checked: 0,
-                fd_agree: 0,
-                compared: BTreeMap::new(),
-                agree: BTreeMap::new(),
-                worst_scaled: 0.0,
-                worst_fd_scaled: 0.0,
-                findings: 0,
-                odd_one_out: 0,
-                first_disagreement: None,
-                unsupported: Some(format!("{} {why}", impls[i].0)),
-            });
+            op_rows.push(ImplRow { unsupported: Some(format!("{} {why}", impls[i].0)), ..ImplRow::empty(name, impls[i].0, impls[i].1, 0) });
         }
         rows.extend(op_rows);
     }
