@@ -291,7 +291,7 @@ fn backward(op: &Op, args: &[&HostTensor], y: &HostTensor, g: &[f64], planted_bu
 
 /// Registers the engine and compares it with every other backend of this build.
 pub fn check_tiny(planted_bug: bool, opts: &OwnCheckOptions) -> Result<OwnCheck> {
-    let kind = register_tiny(if planted_bug { "tiny-buggy" } else { "tiny" }, planted_bug);
+    let kind = register_tiny(if planted_bug { "tiny_buggy" } else { "tiny" }, planted_bug);
     check_backend(kind, opts)
 }
 

@@ -36,6 +36,13 @@ fn a_planted_tanh_bug_is_found_by_the_op_check_and_by_the_fuzzer() {
     assert!(wrong.iter().any(|w| w == "tanh") && wrong.iter().any(|w| w.starts_with("tanh (fuzz")), "{wrong:?}");
 }
 
+#[test]
+fn a_name_with_a_dash_is_refused_since_pairs_are_named_a_dash_b() {
+    let reg = backprop_parity::backends::Registration::new("my-engine", "x", "0", |_| unreachable!());
+    let err = backprop_parity::backends::register(reg).unwrap_err().to_string();
+    assert!(err.contains("my-engine") && err.contains("'-'"), "{err}");
+}
+
 fn tiny() -> backprop_parity::backends::BackendKind {
     register_tiny("tiny", false)
 }

@@ -40,21 +40,21 @@ pub type Settings = BTreeMap<String, String>;
 /// # use backprop_parity::{dtype::DType, host::HostTensor, models::Program, error::Result};
 /// # struct Mine;
 /// # impl Backend for Mine {
-/// #     fn kind(&self) -> BackendKind { BackendKind::named("doc-mine").unwrap() }
+/// #     fn kind(&self) -> BackendKind { BackendKind::named("doc_mine").unwrap() }
 /// #     fn executor(&self, p: &Program, i: &[HostTensor], d: DType) -> Result<Box<dyn Executor>> {
 /// #         BackendKind::ENGINE.create()?.executor(p, i, d)
 /// #     }
 /// # }
-/// let kind = register(Registration::new("doc-mine", "my engine", "0.1", |_settings| {
+/// let kind = register(Registration::new("doc_mine", "my engine", "0.1", |_settings| {
 ///     Ok(Box::new(Mine) as Box<dyn Backend>)
 /// }))
 /// .unwrap();
-/// assert_eq!(kind.name(), "doc-mine");
+/// assert_eq!(kind.name(), "doc_mine");
 /// assert!(kind.is_built());
 /// ```
 #[derive(Clone)]
 pub struct Registration {
-    /// The name on the command line and in reports (lower case, no spaces or commas).
+    /// The name on the command line and in reports (letters, digits and `_`).
     pub name: &'static str,
     /// The framework it runs, as a report names it (`candle-core`, `libtorch`).
     pub framework: String,
@@ -118,11 +118,9 @@ fn with_entry<T>(kind: BackendKind, f: impl FnOnce(&Registration) -> T) -> T {
 /// Adds a backend; from then on `BackendKind::named(name)`, `--backends` and every study
 /// take it. Fails when the name is taken or malformed.
 pub fn register(reg: Registration) -> Result<BackendKind> {
-    if reg.name.is_empty() || !reg.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(Error::Invalid(format!(
-            "backend name '{}': expected letters, digits, '-' or '_'",
-            reg.name
-        )));
+    // No '-': pairs of backends are named `a-b` in every report and split on it.
+    if reg.name.is_empty() || !reg.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(Error::Invalid(format!("backend name '{}': expected letters, digits or '_' ('-' joins the names of a pair)", reg.name)));
     }
     let mut entries = registry().write().unwrap_or_else(|e| e.into_inner());
     if entries.iter().any(|e| e.kind.name == reg.name) {
