@@ -13,11 +13,12 @@ CARGO ?= cargo
 
 .PHONY: report test test-default test-torch setup-torch golden check mutants
 
-## The default report on every backend (engine, candle, libtorch) into reports/.
+## The default report on the default backends (engine, candle, libtorch) into reports/.
+## burn (a default cargo feature) runs where it is named: --backends ...,burn.
 report: setup-torch
 	$(TORCH_ENV) $(CARGO) run --release --features torch --bin parity-report --
 
-## The whole suite: default features (no libtorch), then with libtorch.
+## The whole suite: default features (burn, no libtorch), then with libtorch.
 test: setup-torch test-default test-torch
 
 test-default:
@@ -34,7 +35,8 @@ golden: setup-torch
 	$(VENV)/bin/python reference/make_golden.py
 	$(VENV)/bin/python reference/make_state_dict.py
 
-## The CI gate: the quick parity suite against reference/baseline.json, with libtorch.
+## The CI gate: the quick parity suite against reference/baseline.json (engine, candle,
+## libtorch and burn: the backends the baseline lists), with libtorch.
 check: setup-torch
 	$(TORCH_ENV) $(CARGO) run --release --features torch --bin parity-report -- check
 

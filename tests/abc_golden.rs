@@ -80,7 +80,7 @@ fn the_seed_settings_reproduce_the_seed_study_trace() {
 
 #[test]
 fn study_pairs_every_backend_and_agrees() {
-    let kinds = BackendKind::built();
+    let kinds = BackendKind::defaults();
     for dtype in backprop_parity::DType::ALL {
         let spec = AbcSpec::new(InitSource::Seed(7), Some(4), 0.01, 30).unwrap();
         let s = study::abc::run(&spec, dtype, &kinds, Tolerance::torch_default(dtype)).unwrap();

@@ -36,7 +36,7 @@ fn grads_options(models: Vec<ModelSpec>, dtype: DType, backends: Vec<BackendKind
 
 #[test]
 fn step_zero_gradients_of_every_model_agree_across_backends_in_f64() {
-    let study = grads::run(mnist(), &grads_options(ModelSpec::all_seed(), DType::F64, BackendKind::built(), MaxPoolMode::Exact), |_| {}).unwrap();
+    let study = grads::run(mnist(), &grads_options(ModelSpec::all_seed(), DType::F64, BackendKind::defaults(), MaxPoolMode::Exact), |_| {}).unwrap();
     assert_eq!(study.models.len(), 9);
     for (name, m) in &study.models {
         for (pair, worst) in &m.worst_scaled {
@@ -49,7 +49,7 @@ fn step_zero_gradients_of_every_model_agree_across_backends_in_f64() {
 
 #[test]
 fn step_zero_gradients_agree_in_f32_within_the_f32_tolerance() {
-    let study = grads::run(mnist(), &grads_options(ModelSpec::all_seed(), DType::F32, BackendKind::built(), MaxPoolMode::Exact), |_| {}).unwrap();
+    let study = grads::run(mnist(), &grads_options(ModelSpec::all_seed(), DType::F32, BackendKind::defaults(), MaxPoolMode::Exact), |_| {}).unwrap();
     for (name, m) in &study.models {
         assert!(m.agree, "{name}: {:?}", m.worst_scaled);
     }
@@ -58,7 +58,7 @@ fn step_zero_gradients_agree_in_f32_within_the_f32_tolerance() {
 #[test]
 fn candles_max_pool_is_found_by_measurement() {
     let models = vec!["CNN".parse().unwrap(), "MLP".parse().unwrap()];
-    let study = grads::run(mnist(), &grads_options(models, DType::F64, BackendKind::built(), MaxPoolMode::Builtin), |_| {}).unwrap();
+    let study = grads::run(mnist(), &grads_options(models, DType::F64, BackendKind::defaults(), MaxPoolMode::Builtin), |_| {}).unwrap();
     let cnn = &study.models["CNN"];
     assert!(!cnn.agree, "candle 0.11.1's max-pool backward should make the CNN disagree");
     let d = cnn.diagnosis.as_ref().unwrap();
@@ -78,7 +78,7 @@ fn lockstep_training_keeps_backends_together() {
     let opts = MnistOptions {
         models: vec!["MLP_Dropout".parse().unwrap(), "CNN_BatchNorm".parse().unwrap()],
         dtype: DType::F64,
-        backends: BackendKind::built(),
+        backends: BackendKind::defaults(),
         backend_options: BackendOptions::default().with("candle", "maxpool", "exact"),
         dataset: DatasetKind::Mnist,
         epochs: 2,

@@ -2,7 +2,8 @@
 //! (strides, paddings, bias or not, affine or not, training or eval, masks), checked two
 //! ways on random shapes and values (256 cases each): the engine's handwritten gradient
 //! against central finite differences in f64, and its forward and backward against
-//! candle (and libtorch with `--features torch`) in f32 and f64. Adding an op means one
+//! candle (and libtorch with `--features torch`, burn with `--features burn`, 64 cases
+//! each) in f32 and f64. Adding an op means one
 //! line in `op_tests!` and one arm in `case_for` (`src/study/ops/cases.rs`, shared with
 //! `parity-report ops`).
 
@@ -71,6 +72,13 @@ fn check_finite_differences(op: &Op, inputs: &[Option<HostTensor>]) -> Result<()
 /// convolution sum 1.2e-5 away from libtorch's, just past PyTorch's atol of 1e-5).
 fn config() -> ProptestConfig {
     ProptestConfig { cases: 256, rng_seed: proptest::test_runner::RngSeed::Fixed(0x5eed_0f_0b5), ..ProptestConfig::default() }
+}
+
+/// burn's ndarray backend is the slowest of the references on convolutions: 64 cases
+/// per op keep the suite's time (the same fixed seed, so the first 64 of the 256).
+#[cfg(feature = "burn")]
+fn burn_config() -> ProptestConfig {
+    ProptestConfig { cases: 64, ..config() }
 }
 
 /// Where candle fails instead of computing: its max-pooling has no padding and the
@@ -149,13 +157,89 @@ fn candle_may_refuse(op: &Op, inputs: &[HostTensor]) -> bool {
     }
 }
 
+/// Where burn 0.22.1 has no implementation (API gaps, see the README's burn section):
+/// no nll_loss; burn-nn's CrossEntropyLoss averages only; its Embedding has no
+/// padding_idx; burn-nn's group_norm refuses inputs of at most two elements (a rank
+/// check that counts elements).
+fn burn_refuses(op: &Op, inputs: &[HostTensor]) -> bool {
+    match op {
+        Op::NllLoss { .. } => true,
+        Op::CrossEntropy { reduction, .. } => *reduction != Reduction::Mean,
+        Op::Embedding { padding_idx } => padding_idx.is_some(),
+        Op::GroupNorm { .. } => inputs[0].data.len() <= 2,
+        _ => false,
+    }
+}
+
 /// `given`: the op's inputs as drawn (an absent optional input is `None`).
 fn refuses(other: BackendKind, op: &Op, inputs: &[HostTensor], given: &[Option<HostTensor>]) -> bool {
     match other {
         BackendKind::CANDLE => candle_refuses(op, inputs),
         BackendKind::TORCH => torch_refuses(op, given),
+        BackendKind::BURN => burn_refuses(op, inputs),
         _ => false,
     }
+}
+
+/// burn findings where an f64 run computes part of the op in f32 (README, burn
+/// section): its sigmoid (and silu through it) casts to f32 and back, burn-nn's
+/// RmsNorm takes the mean of squares in f32, the exponent of `powf_scalar` is an f32, a
+/// division by a scalar differentiates with an f32 reciprocal (softplus with beta ≠ 1),
+/// and the label smoothing of burn-nn's CrossEntropyLoss is an f32. In f64 those cases
+/// are held to 1e-6 of scale (output and gradients) instead of 1e-12 and 1e-10.
+fn burn_known_f32_inside(op: &Op) -> bool {
+    match op {
+        Op::Sigmoid {} | Op::Silu {} | Op::RmsNorm { .. } => true,
+        Op::Pow { exponent } => *exponent != (*exponent as f32) as f64,
+        Op::Softplus { beta, .. } => *beta != 1.0,
+        Op::CrossEntropy { label_smoothing, .. } => *label_smoothing != 0.0,
+        _ => false,
+    }
+}
+
+/// burn findings where only the output is compared (README, burn section):
+/// - the erf GELU's backward is the tanh approximation's derivative;
+/// - amax over tied maxima: burn's `max_dim` backward sends the whole gradient to one
+///   maximum, PyTorch's amax shares it evenly;
+/// - elu where `exp(x)` overflows (x > 709 in f64, 88 in f32): a NaN gradient from the
+///   discarded branch (inf · 0).
+fn burn_known_wrong_gradient(op: &Op, inputs: &[HostTensor], dtype: DType) -> bool {
+    match op {
+        Op::Gelu { approximate: GeluApproximate::None } => true,
+        Op::Amax { dim, .. } => has_tied_maxima(&inputs[0], dim),
+        Op::Elu { .. } => {
+            let limit = if dtype == DType::F64 { 709.0 } else { 88.0 };
+            inputs[0].data.iter().any(|&x| x > limit)
+        }
+        _ => false,
+    }
+}
+
+/// A finding: burn's clamp with min > max returns min; PyTorch returns max.
+fn burn_known_wrong_value(op: &Op) -> bool {
+    matches!(op, Op::Clamp { min: Some(lo), max: Some(hi) } if lo > hi)
+}
+
+/// Whether some slice that amax reduces (over `dims`) has its maximum more than once.
+fn has_tied_maxima(x: &HostTensor, dims: &[i64]) -> bool {
+    let rank = x.shape.len() as i64;
+    let reduced: Vec<usize> = if dims.is_empty() { (0..x.shape.len()).collect() } else { dims.iter().map(|&d| if d < 0 { d + rank } else { d } as usize).collect() };
+    let mut groups: std::collections::BTreeMap<Vec<usize>, (f64, usize)> = std::collections::BTreeMap::new();
+    for (flat, &v) in x.data.iter().enumerate() {
+        let mut rest = flat;
+        let mut key = vec![0; x.shape.len()];
+        for d in (0..x.shape.len()).rev() {
+            key[d] = if reduced.contains(&d) { 0 } else { rest % x.shape[d] };
+            rest /= x.shape[d];
+        }
+        let e = groups.entry(key).or_insert((f64::NEG_INFINITY, 0));
+        if v > e.0 {
+            *e = (v, 1);
+        } else if v == e.0 {
+            e.1 += 1;
+        }
+    }
+    groups.values().any(|&(_, n)| n > 1)
 }
 
 /// A finding: candle-core 0.11.1's GELU backward (both forms) is written with six-digit
@@ -201,10 +285,22 @@ fn check_against(op: &Op, other: BackendKind, given: &[Option<HostTensor>]) -> R
             }
         };
         prop_assert!(!refuses(other, op, &inputs, given), "{other} was expected to refuse {}", describe(op, &inputs));
+        let f32_inside = other == BackendKind::BURN && dtype == DType::F64 && burn_known_f32_inside(op);
+        // The output is a weighted sum that can cancel: an f32 rounding of each term is
+        // bounded by the weights' total times the largest input magnitude.
+        let f32_bound = || {
+            let weights: f64 = inputs.last().map_or(1.0, |w| w.data.iter().map(|v| v.abs()).sum());
+            let largest = inputs.iter().flat_map(|t| t.data.iter()).fold(1.0f64, |m, v| m.max(v.abs()));
+            1e-6 * weights * largest
+        };
         let tol = match dtype {
+            DType::F64 if f32_inside => Tolerance { rtol: 1e-6, atol: f32_bound() },
             DType::F64 => Tolerance { rtol: 1e-12, atol: 1e-12 },
             DType::F32 => Tolerance::torch_default(DType::F32),
         };
+        if other == BackendKind::BURN && burn_known_wrong_value(op) {
+            continue;
+        }
         prop_assert!(
             tol.holds(ours.output, theirs.output),
             "{} {dtype}: output engine {} vs {other} {}; {}",
@@ -217,11 +313,15 @@ fn check_against(op: &Op, other: BackendKind, given: &[Option<HostTensor>]) -> R
         // made of rounding noise: judge those relative to the largest gradient entry.
         let scale = largest_magnitude(&theirs.grads);
         let scaled_tol = match dtype {
+            DType::F64 if f32_inside => 1e-6,
             DType::F64 => 1e-10,
             DType::F32 => 1e-4,
         };
         prop_assert_eq!(ours.grads.len(), theirs.grads.len());
         if other == BackendKind::CANDLE && candle_known_wrong_gradient(op, &inputs) {
+            continue;
+        }
+        if other == BackendKind::BURN && burn_known_wrong_gradient(op, &inputs, dtype) {
             continue;
         }
         for (i, (a, b)) in ours.grads.iter().zip(&theirs.grads).enumerate() {
@@ -276,6 +376,14 @@ macro_rules! op_tests {
                     #[test]
                     fn engine_matches_libtorch((op, inputs) in case_for(stringify!($name))) {
                         check_against(&op, BackendKind::TORCH, &inputs)?;
+                    }
+                }
+                #[cfg(feature = "burn")]
+                proptest! {
+                    #![proptest_config(burn_config())]
+                    #[test]
+                    fn engine_matches_burn((op, inputs) in case_for(stringify!($name))) {
+                        check_against(&op, BackendKind::BURN, &inputs)?;
                     }
                 }
             }

@@ -37,6 +37,33 @@ pub struct Outcome {
 
 /// A program living inside one framework: its inputs' values (parameters, running
 /// statistics, optimiser state) stay there between executions.
+///
+/// Driving one by hand (the studies do this for you):
+///
+/// ```
+/// use backprop_parity::backends::{BackendKind, Request};
+/// use backprop_parity::models::{Op, Program};
+/// use backprop_parity::{DType, HostTensor};
+///
+/// // loss = sum(tanh(a)), with `a` a parameter.
+/// let mut p = Program::default();
+/// let a = p.param("a", &[2]);
+/// let t = p.op(Op::Tanh {}, &[&a]);
+/// let loss = p.op(Op::Sum {}, &[&t]);
+/// p.set_loss(&loss);
+///
+/// let x = HostTensor { shape: vec![2], data: vec![0.5, -1.0] };
+/// let engine = BackendKind::ENGINE.create()?;
+/// let mut exec = engine.executor(&p, &[x], DType::F64)?;
+/// let out = exec.run(Request { backward: true, host_grads: true, ..Request::default() })?;
+/// let g = out.grads[0].clone().expect("a parameter has a gradient");
+/// assert!((g.data[0] - (1.0 - 0.5f64.tanh().powi(2))).abs() < 1e-15);
+///
+/// // Plain SGD: a <- a - 0.1 * g, kept inside the executor.
+/// exec.sgd_step(0.1, None)?;
+/// assert_eq!(exec.input(0)?.data[0], 0.5 - 0.1 * g.data[0]);
+/// # Ok::<(), backprop_parity::Error>(())
+/// ```
 pub trait Executor {
     /// Replaces input `index`'s value (a batch, a mask, reset parameters).
     fn set_input(&mut self, index: usize, value: &HostTensor) -> Result<()>;

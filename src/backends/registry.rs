@@ -68,6 +68,10 @@ pub struct Registration {
     pub unavailable: Option<String>,
     /// The settings it accepts, with their values (`maxpool` → `builtin|exact`).
     pub settings: Vec<(&'static str, &'static str)>,
+    /// Whether a study without `--backends` runs it (`BackendKind::defaults`). A built
+    /// backend left out still runs wherever it is named, and the gate runs every
+    /// backend its baseline lists.
+    pub in_default_runs: bool,
     pub factory: Factory,
 }
 
@@ -87,6 +91,7 @@ impl Registration {
             trust: 0,
             unavailable: None,
             settings: Vec::new(),
+            in_default_runs: true,
             factory: Arc::new(factory),
         }
     }
@@ -117,6 +122,16 @@ fn with_entry<T>(kind: BackendKind, f: impl FnOnce(&Registration) -> T) -> T {
 
 /// Adds a backend; from then on `BackendKind::named(name)`, `--backends` and every study
 /// take it. Fails when the name is taken or malformed.
+///
+/// ```
+/// use backprop_parity::backends::{register, BackendKind, Registration};
+///
+/// // A name is taken once, and has no '-' (reports name pairs `a-b`).
+/// let again = register(Registration::new("engine", "again", "0", |_| BackendKind::ENGINE.create()));
+/// assert!(again.unwrap_err().to_string().contains("already registered"));
+/// let dashed = register(Registration::new("my-engine", "mine", "0", |_| BackendKind::ENGINE.create()));
+/// assert!(dashed.unwrap_err().to_string().contains("'-'"));
+/// ```
 pub fn register(reg: Registration) -> Result<BackendKind> {
     // No '-': pairs of backends are named `a-b` in every report and split on it.
     if reg.name.is_empty() || !reg.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -144,6 +159,13 @@ impl BackendKind {
     }
 
     /// The registered backend called `name`.
+    ///
+    /// ```
+    /// use backprop_parity::backends::BackendKind;
+    ///
+    /// assert_eq!(BackendKind::named("candle"), Some(BackendKind::CANDLE));
+    /// assert_eq!(BackendKind::named("nope"), None);
+    /// ```
     pub fn named(name: &str) -> Option<BackendKind> {
         registry().read().unwrap_or_else(|e| e.into_inner()).iter().find(|e| e.kind.name == name).map(|e| e.kind)
     }
@@ -156,6 +178,22 @@ impl BackendKind {
     /// Every backend this build can run, engine first.
     pub fn built() -> Vec<BackendKind> {
         Self::all().into_iter().filter(|k| k.is_built()).collect()
+    }
+
+    /// What a study runs when no `--backends` is given: every built backend whose
+    /// registration asks to be in default runs.
+    ///
+    /// ```
+    /// use backprop_parity::backends::BackendKind;
+    ///
+    /// let defaults = BackendKind::defaults();
+    /// assert_eq!(defaults[0], BackendKind::ENGINE);
+    /// // burn is built by default but runs only where it is named (README, burn section).
+    /// assert!(!defaults.contains(&BackendKind::BURN));
+    /// assert!(defaults.iter().all(|k| BackendKind::built().contains(k)));
+    /// ```
+    pub fn defaults() -> Vec<BackendKind> {
+        Self::built().into_iter().filter(|k| with_entry(*k, |r| r.in_default_runs)).collect()
     }
 
     pub fn is_built(self) -> bool {
@@ -179,6 +217,13 @@ impl BackendKind {
 
     /// The autograd that judges the others: the most trusted of `kinds` (libtorch when
     /// built, else candle or burn, else the engine).
+    ///
+    /// ```
+    /// use backprop_parity::backends::BackendKind;
+    ///
+    /// let kinds = [BackendKind::ENGINE, BackendKind::CANDLE];
+    /// assert_eq!(BackendKind::reference_among(&kinds), Some(BackendKind::CANDLE));
+    /// ```
     pub fn reference_among(kinds: &[BackendKind]) -> Option<BackendKind> {
         kinds.iter().copied().max_by_key(|k| (k.trust(), std::cmp::Reverse(*k)))
     }
@@ -223,6 +268,14 @@ impl BackendKind {
     }
 
     /// Parses `engine,candle,torch`; rejects unknown, repeated and unbuilt backends.
+    ///
+    /// ```
+    /// use backprop_parity::backends::BackendKind;
+    ///
+    /// assert_eq!(BackendKind::parse_list("engine, candle").unwrap(), [BackendKind::ENGINE, BackendKind::CANDLE]);
+    /// assert!(BackendKind::parse_list("engine,engine").is_err());
+    /// assert!(BackendKind::parse_list("tensorflow").is_err());
+    /// ```
     pub fn parse_list(s: &str) -> Result<Vec<BackendKind>> {
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim) {
@@ -292,7 +345,17 @@ impl schemars::JsonSchema for BackendKind {
 pub struct BackendOptions(pub BTreeMap<String, Settings>);
 
 impl BackendOptions {
-    /// These options with `backend.key = value`.
+    /// These options with `backend.key = value` (checked when the backend is created).
+    ///
+    /// ```
+    /// use backprop_parity::backends::{BackendKind, BackendOptions};
+    ///
+    /// let opts = BackendOptions::default().with("candle", "maxpool", "exact");
+    /// assert_eq!(opts.of("candle").get("maxpool").map(String::as_str), Some("exact"));
+    /// assert!(BackendKind::CANDLE.create_with(&opts).is_ok());
+    /// let typo = BackendOptions::default().with("candle", "maxpol", "exact");
+    /// assert!(BackendKind::CANDLE.create_with(&typo).is_err());
+    /// ```
     pub fn with(mut self, backend: &str, key: &str, value: &str) -> Self {
         self.set(backend, key, value);
         self

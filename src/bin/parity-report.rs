@@ -327,7 +327,7 @@ struct MutantsArgs {
 #[derive(Args, Clone, Default)]
 struct Common {
     /// Comma-separated backends to run (default: every backend built).
-    #[arg(long, value_name = "LIST", help = format!("Comma-separated backends to run, of {} (default: every backend built: {})", names(BackendKind::all().iter().map(|k| k.name())), names(BackendKind::built().iter().map(|k| k.name()))))]
+    #[arg(long, value_name = "LIST", help = format!("Comma-separated backends to run, of {} (default: {}; a backend built but not listed here runs when named)", names(BackendKind::all().iter().map(|k| k.name())), names(BackendKind::defaults().iter().map(|k| k.name()))))]
     backends: Option<String>,
     /// Element type of every backend's computation (default: f64 for abc, grads and run, f32 for mnist).
     #[arg(long, value_name = "f32|f64")]
@@ -359,7 +359,7 @@ impl Common {
     fn backends(&self) -> Result<Vec<BackendKind>> {
         Ok(match &self.backends {
             Some(list) => BackendKind::parse_list(list)?,
-            None => BackendKind::built(),
+            None => BackendKind::defaults(),
         })
     }
 

@@ -18,6 +18,15 @@ use crate::models::mnist::ModelSpec;
 use crate::models::Op;
 
 /// How much of each check to run.
+///
+/// ```
+/// use backprop_parity::backends::BackendKind;
+/// use backprop_parity::study::own::OwnCheckOptions;
+///
+/// // Quick: 5 cases per op, no fuzzing, no MNIST models, judged against candle only.
+/// let quick = OwnCheckOptions { op_cases: 5, fuzz_cases: 0, models: false, references: Some(vec![BackendKind::CANDLE]), ..Default::default() };
+/// assert_eq!(quick.dtype, backprop_parity::DType::F64);
+/// ```
 #[derive(Clone, Debug)]
 pub struct OwnCheckOptions {
     /// Random cases per op (`parity-report ops --cases`).
@@ -28,7 +37,8 @@ pub struct OwnCheckOptions {
     pub models: bool,
     pub seed: u64,
     pub dtype: DType,
-    /// The backends it is compared with (default: every other backend in this build).
+    /// The backends it is compared with (default: the other backends of default runs,
+    /// `BackendKind::defaults`).
     pub references: Option<Vec<BackendKind>>,
     pub backend_options: BackendOptions,
 }
@@ -49,6 +59,17 @@ pub struct ModelCheck {
 }
 
 /// What one call found.
+///
+/// ```
+/// use backprop_parity::backends::BackendKind;
+/// use backprop_parity::study::own::{check_backend, OwnCheckOptions};
+///
+/// let opts = OwnCheckOptions { op_cases: 2, fuzz_cases: 0, models: false, references: Some(vec![BackendKind::CANDLE]), ..Default::default() };
+/// let check = check_backend(BackendKind::ENGINE, &opts).unwrap();
+/// assert!(check.supported_ops.contains(&"conv2d"));
+/// assert!(check.wrong_ops().is_empty(), "{}", check.summary());
+/// assert!(check.summary().ends_with("verdict: agrees with the references on everything it supports"));
+/// ```
 #[derive(Clone, Debug, Serialize)]
 pub struct OwnCheck {
     pub backend: BackendKind,
@@ -158,7 +179,7 @@ pub fn check_backend(kind: BackendKind, opts: &OwnCheckOptions) -> Result<OwnChe
     let caps = backend.capabilities();
     let references: Vec<BackendKind> = match &opts.references {
         Some(r) => r.clone(),
-        None => BackendKind::built().into_iter().filter(|&k| k != kind).collect(),
+        None => BackendKind::defaults().into_iter().filter(|&k| k != kind).collect(),
     };
     if references.is_empty() {
         return Err(Error::Invalid(format!("checking {kind} needs at least one reference backend")));
@@ -260,6 +281,17 @@ fn check_models(kind: BackendKind, backends: &[BackendKind], caps: &crate::backe
 /// asserts one part of `check_backend`: every declared op agrees with the references
 /// and with finite differences, and generated programs over its ops find nothing
 /// about it.
+///
+/// ```
+/// use backprop_parity::backends::BackendKind;
+///
+/// // In your crate's tests/ (here the built-in engine stands in for yours).
+/// fn register_mine() -> BackendKind {
+///     BackendKind::ENGINE
+/// }
+/// backprop_parity::check_backend_tests!(register_mine);
+/// # fn main() {}
+/// ```
 #[macro_export]
 macro_rules! check_backend_tests {
     ($register:expr) => {

@@ -25,7 +25,25 @@ fn bad(node: &str, op: &Op, msg: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("node '{node}' ({}): {msg}", op.name()))
 }
 
-/// Checks `program` and resolves its references.
+/// Checks `program` and resolves its references: what an interpreter of your own reads.
+///
+/// ```
+/// use backprop_parity::models::program::check;
+/// use backprop_parity::models::{Op, Program};
+///
+/// let mut p = Program::default();
+/// let x = p.param("x", &[2, 3]);
+/// let w = p.param("w", &[3, 4]);
+/// let y = p.op(Op::MatMul {}, &[&x, &w]);
+/// let loss = p.op(Op::Sum {}, &[&y]);
+/// p.set_loss(&loss);
+///
+/// let c = check(&p).unwrap();
+/// // Values are numbered inputs first (x = 0, w = 1), then nodes (y = 2, loss = 3).
+/// assert_eq!(c.args[0], [Some(0), Some(1)]);
+/// assert_eq!(c.shapes[2], [2, 4]);
+/// assert_eq!(c.loss, Some(3));
+/// ```
 pub fn check(program: &Program) -> Result<Checked> {
     let mut index: HashMap<&str, usize> = HashMap::new();
     let mut shapes: Vec<Vec<usize>> = Vec::new();
@@ -598,9 +616,11 @@ pub fn infer(op: &Op, shapes: &[Option<&[usize]>]) -> std::result::Result<Vec<us
                 vec![]
             }
         }
-        Op::Dropout { p, .. } => {
+        Op::Dropout { p, training } => {
             let m = s(1).expect("required");
-            if m != x {
+            // Off (evaluation), the mask is not read: it may still hold a training
+            // batch's shape.
+            if *training && m != x {
                 return Err(format!("mask {m:?} must have the input's shape {x:?}"));
             }
             if !(0.0..1.0).contains(p) {

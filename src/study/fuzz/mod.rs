@@ -130,7 +130,66 @@ fn judge_timed(program: &Program, inputs: &[crate::HostTensor], opts: &FuzzOptio
     if agreed && !study.backend_failed {
         return Ok((None, times));
     }
-    Ok((Some((key_of(program, &study, agreed), study)), times))
+    let key = key_of(program, &study, agreed);
+    if key.odd_backend.is_none() {
+        if let Some(found) = split_attribution(program, inputs, &study, opts)? {
+            return Ok((Some(found), times));
+        }
+    }
+    Ok((Some((key, study)), times))
+}
+
+/// With four or more voices, two backends can each be wrong in their own way in one
+/// program (one at a tie, another by rounding): then no single backend is the odd one
+/// out. When the others form one camp that agrees within itself and is larger than any
+/// other, each backend outside it is judged again with the camp alone, in registration
+/// order; the first that the camp then singles out is the finding. Never decided by
+/// picking a side: an even split (`parity::no_majority`) stays unattributed.
+fn split_attribution(program: &Program, inputs: &[crate::HostTensor], study: &RunStudy, opts: &FuzzOptions) -> Result<Option<(FindingKey, RunStudy)>> {
+    let ran: Vec<BackendKind> = study.backends.iter().filter(|(_, r)| r.ok).map(|(k, _)| *k).collect();
+    if ran.len() < 4 || ran.len() != opts.backends.len() {
+        return Ok(None);
+    }
+    let tol = study.settings.scaled_tolerance;
+    let floor = noise_floor(opts.dtype);
+    let fails = |a: BackendKind, b: BackendKind| {
+        let (ab, ba) = (super::pair_name(a, b), super::pair_name(b, a));
+        study.compared.iter().any(|c| c.pairs.get(&ab).or_else(|| c.pairs.get(&ba)).is_some_and(|d| d.non_finite || (!(d.scaled <= tol) && !(d.max_abs <= floor))))
+    };
+    // The camps: backends that agree with every other member.
+    let mut camps: Vec<Vec<BackendKind>> = Vec::new();
+    for &k in &ran {
+        match camps.iter_mut().find(|c| c.iter().all(|&m| !fails(m, k))) {
+            Some(c) => c.push(k),
+            None => camps.push(vec![k]),
+        }
+    }
+    camps.sort_by_key(|c| std::cmp::Reverse(c.len()));
+    let (camp, rest) = (&camps[0], &camps[1..]);
+    if camp.len() < 2 || rest.first().is_some_and(|c| c.len() >= camp.len()) || rest.iter().map(Vec::len).sum::<usize>() < 2 {
+        return Ok(None);
+    }
+    let mut outsiders: Vec<BackendKind> = rest.iter().flatten().copied().collect();
+    outsiders.sort();
+    for odd in outsiders {
+        let mut backends = camp.clone();
+        backends.push(odd);
+        backends.sort();
+        let narrowed = FuzzOptions { backends, ..opts.clone() };
+        if let (Some((key, s)), _) = judge_timed(program, inputs, &narrowed)? {
+            if key.odd_backend == Some(odd) {
+                return Ok(Some((key, s)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn noise_floor(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => 1e-10,
+        DType::F32 => 1e-5,
+    }
 }
 
 /// Differences no larger than rounding noise in absolute terms are not findings: a value
@@ -138,10 +197,7 @@ fn judge_timed(program: &Program, inputs: &[crate::HostTensor], opts: &FuzzOptio
 /// saturated softmax's gradient) is rounding noise on every backend, and measured
 /// against its own scale that noise looks like total disagreement.
 fn within_noise(study: &RunStudy, dtype: DType) -> bool {
-    let floor = match dtype {
-        DType::F64 => 1e-10,
-        DType::F32 => 1e-5,
-    };
+    let floor = noise_floor(dtype);
     // Item by item: every one agrees in scaled terms or differs by noise alone.
     let tol = study.settings.scaled_tolerance;
     study.compared.iter().all(|c| c.pairs.values().all(|d| !d.non_finite && (d.scaled <= tol || d.max_abs <= floor)))
