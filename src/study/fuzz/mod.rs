@@ -212,13 +212,10 @@ fn key_of(program: &Program, study: &RunStudy, agreed: bool) -> FindingKey {
     // coarse to judge) is reported as the refusal, which can.
     let unattributed = study.diagnosis.as_ref().is_some_and(|d| d.odd_one_out.is_none() && d.at_fault.is_empty());
     if study.backend_failed && (agreed || study.diagnosis.is_none() || unattributed) {
-        let (kind, failed) = study.backends.iter().find(|(_, r)| !r.ok).map(|(k, r)| (*k, first_line(r.error.as_deref().unwrap_or_default()))).expect("one failed");
+        let (kind, failed) = study.backends.iter().find(|(_, r)| !r.ok).map(|(k, r)| (*k, r.error.as_deref().unwrap_or_default())).expect("one failed");
         // The op is found by `attribute`: the first node whose prefix already fails.
         let op = program.nodes.last().map_or("graph", |n| n.op.name()).to_string();
-        let kind_name = if failed.contains("panicked") { "failed (panic)" } else { "refused" };
-        // Refusals differ by what is refused: the message without its numbers.
-        let detail: String = failed.chars().map(|c| if c.is_ascii_digit() { 'N' } else { c }).collect();
-        return FindingKey { op, odd_backend: Some(kind), kind: format!("{kind_name}: {detail}") };
+        return FindingKey { op, odd_backend: Some(kind), kind: failure_kind(failed) };
     }
     let d = study.diagnosis.as_ref();
     // Only what an op writes besides its output (running statistics), or only the
@@ -423,15 +420,35 @@ fn accepted() -> &'static [Accepted] {
 /// program (that node's ancestors, summed) on which the same backend fails the same way.
 fn attribute(case: &Case, key: FindingKey, opts: &FuzzOptions) -> Result<FindingKey> {
     let whole = shrink::Shrunk { program: case.program.clone(), inputs: case.inputs.clone() };
+    let Some(failing) = key.odd_backend else { return Ok(key) };
     for k in 0..case.program.nodes.len() {
         let prefix = shrink::ancestors_of(&whole, k);
-        if let Some((found, _)) = judge(&prefix.program, &prefix.inputs, opts)? {
-            if found.odd_backend == key.odd_backend && found.kind == key.kind {
-                return Ok(FindingKey { op: case.program.nodes[k].op.name().to_string(), ..key });
-            }
+        // The same backend failing the same way, whatever else the prefix shows (another
+        // backend's disagreement may outrank the failure in the prefix's own key).
+        let study = run_program(&RunOptions {
+            program: prefix.program.clone(),
+            origin: "fuzz".into(),
+            inputs: prefix.inputs.to_vec(),
+            dtype: opts.dtype,
+            backends: opts.backends.clone(),
+            backend_options: opts.backend_options.clone(),
+            implementation: None,
+        })?;
+        let same = study.backends.get(&failing).is_some_and(|r| !r.ok && r.unsupported.is_none() && failure_kind(r.error.as_deref().unwrap_or_default()) == key.kind);
+        if same {
+            return Ok(FindingKey { op: case.program.nodes[k].op.name().to_string(), ..key });
         }
     }
     Ok(key)
+}
+
+/// A refusal's or crash's kind: its first line with every digit written N (refusals
+/// differ by what is refused, not by the sizes in the message).
+fn failure_kind(error: &str) -> String {
+    let failed = first_line(error);
+    let kind_name = if failed.contains("panicked") { "failed (panic)" } else { "refused" };
+    let detail: String = failed.chars().map(|c| if c.is_ascii_digit() { 'N' } else { c }).collect();
+    format!("{kind_name}: {detail}")
 }
 
 /// A backend's message without the backtrace frameworks append to it.
