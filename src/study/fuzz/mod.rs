@@ -141,10 +141,11 @@ fn judge_timed(program: &Program, inputs: &[crate::HostTensor], opts: &FuzzOptio
 
 /// With four or more voices, two backends can each be wrong in their own way in one
 /// program (one at a tie, another by rounding): then no single backend is the odd one
-/// out. When the others form one camp that agrees within itself and is larger than any
-/// other, each backend outside it is judged again with the camp alone, in registration
-/// order; the first that the camp then singles out is the finding. Never decided by
-/// picking a side: an even split (`parity::no_majority`) stays unattributed.
+/// out. When the others form one camp that agrees within itself, is larger than any
+/// other and holds the reference (the most trusted backend), each backend outside it is
+/// judged again with the camp alone, in registration order; the first that the camp
+/// then singles out is the finding (its evidence is that narrowed run). Never decided
+/// by picking a side: an even split (`parity::no_majority`) stays unattributed.
 fn split_attribution(program: &Program, inputs: &[crate::HostTensor], study: &RunStudy, opts: &FuzzOptions) -> Result<Option<(FindingKey, RunStudy)>> {
     let ran: Vec<BackendKind> = study.backends.iter().filter(|(_, r)| r.ok).map(|(k, _)| *k).collect();
     if ran.len() < 4 || ran.len() != opts.backends.len() {
@@ -166,7 +167,15 @@ fn split_attribution(program: &Program, inputs: &[crate::HostTensor], study: &Ru
     }
     camps.sort_by_key(|c| std::cmp::Reverse(c.len()));
     let (camp, rest) = (&camps[0], &camps[1..]);
-    if camp.len() < 2 || rest.first().is_some_and(|c| c.len() >= camp.len()) || rest.iter().map(Vec::len).sum::<usize>() < 2 {
+    // The camp must hold the run's reference (the most trusted backend): two backends
+    // that happen to agree (both exactly 0 where the others differ by rounding noise)
+    // are no camp to judge the reference by.
+    let reference = BackendKind::reference_among(&ran);
+    if camp.len() < 2
+        || rest.first().is_some_and(|c| c.len() >= camp.len())
+        || rest.iter().map(Vec::len).sum::<usize>() < 2
+        || !reference.is_some_and(|r| camp.contains(&r))
+    {
         return Ok(None);
     }
     let mut outsiders: Vec<BackendKind> = rest.iter().flatten().copied().collect();
