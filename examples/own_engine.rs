@@ -289,7 +289,8 @@ fn backward(op: &Op, args: &[&HostTensor], y: &HostTensor, g: &[f64], planted_bu
     }
 }
 
-/// Registers the engine and compares it with every other backend of this build.
+/// Registers the engine and compares it with the references (default: the other
+/// backends of default runs).
 pub fn check_tiny(planted_bug: bool, opts: &OwnCheckOptions) -> Result<OwnCheck> {
     let kind = register_tiny(if planted_bug { "tiny_buggy" } else { "tiny" }, planted_bug);
     check_backend(kind, opts)

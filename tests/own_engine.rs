@@ -48,3 +48,22 @@ fn tiny() -> backprop_parity::backends::BackendKind {
 }
 
 backprop_parity::check_backend_tests!(tiny);
+
+/// burn computes its sigmoid in f32: with it among the references, a program holding
+/// both burn's sigmoid and the planted tanh bug has two wrong backends. The planted bug
+/// must still be the only thing blamed on the example engine.
+#[cfg(feature = "burn")]
+#[test]
+fn with_burn_among_the_references_only_the_planted_bug_is_blamed() {
+    use backprop_parity::backends::BackendKind;
+    let mut references = vec![BackendKind::ENGINE, BackendKind::CANDLE, BackendKind::BURN];
+    if BackendKind::TORCH.is_built() {
+        references.push(BackendKind::TORCH);
+    }
+    let opts = OwnCheckOptions { references: Some(references), models: false, ..quick() };
+    let clean = check_tiny(false, &opts).unwrap();
+    assert!(clean.agrees(), "{}", clean.summary());
+    let planted = check_tiny(true, &opts).unwrap();
+    let wrong = planted.wrong_ops();
+    assert!(!wrong.is_empty() && wrong.iter().all(|w| w.starts_with("tanh")), "{}", planted.summary());
+}

@@ -243,10 +243,14 @@ fn key_of(program: &Program, study: &RunStudy, agreed: bool) -> FindingKey {
         }
     }
     // The first culprit node that is not a documented difference names the finding (a
-    // case may hold an accepted kink and a real disagreement further on).
+    // case may hold an accepted kink and a real disagreement further on); among those,
+    // first one where the backend at fault is itself the odd one out (with four or more
+    // voices another backend can disagree at an earlier node for a reason of its own).
     let culprit = d.and_then(|d| {
         let culprits: Vec<&super::run::NodeCheck> = d.culprits.iter().filter_map(|c| d.nodes.iter().find(|n| &n.node == c)).collect();
-        culprits.iter().find(|n| accepted_node(n, accepted()).is_none()).or(culprits.first()).copied()
+        let real = |n: &&&super::run::NodeCheck| accepted_node(n, accepted()).is_none();
+        let at_fault_here = |n: &&&super::run::NodeCheck| odd.is_some_and(|k| node_singles_out(n, k, tol));
+        culprits.iter().find(|n| real(n) && at_fault_here(n)).or(culprits.iter().find(real)).or(culprits.first()).copied()
     });
     let op = culprit.map_or_else(|| "graph".to_string(), |n| n.op.clone());
     // The culprit node's own output decides between a wrong forward and a wrong backward;
@@ -267,6 +271,16 @@ fn key_of(program: &Program, study: &RunStudy, agreed: bool) -> FindingKey {
         (false, false) => "wrong gradient",
     };
     FindingKey { op, odd_backend: odd, kind: kind.into() }
+}
+
+/// Whether every pair with `kind` disagrees on the node's output or on its gradients
+/// (NaN counts as disagreement), so that the node alone points at `kind`.
+fn node_singles_out(node: &super::run::NodeCheck, kind: BackendKind, tol: f64) -> bool {
+    let singles = |m: &BTreeMap<String, f64>| {
+        let mine: Vec<f64> = m.iter().filter(|(pair, _)| pair.split('-').any(|b| b == kind.name())).map(|(_, v)| *v).collect();
+        !mine.is_empty() && mine.iter().all(|v| !(*v <= tol))
+    };
+    singles(&node.output_scaled) || singles(&node.grad_scaled)
 }
 
 /// Runs the campaign; `progress(done, total)` after every case.
