@@ -165,12 +165,12 @@ impl OwnCheck {
 
 /// Compares `kind` (registered with `backends::register`) with the references.
 ///
-/// ```no_run
+/// ```
 /// use backprop_parity::backends::BackendKind;
 /// use backprop_parity::study::own::{check_backend, OwnCheckOptions};
 ///
-/// // Your registered engine's kind; here the built-in engine against candle.
-/// let opts = OwnCheckOptions { references: Some(vec![BackendKind::CANDLE]), models: false, ..Default::default() };
+/// // Your registered engine's kind; here the built-in engine against candle, briefly.
+/// let opts = OwnCheckOptions { op_cases: 2, fuzz_cases: 20, references: Some(vec![BackendKind::CANDLE]), models: false, ..Default::default() };
 /// let check = check_backend(BackendKind::ENGINE, &opts).unwrap();
 /// println!("{}", check.summary());
 /// ```
