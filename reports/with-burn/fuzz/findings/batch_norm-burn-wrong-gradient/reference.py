@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-v_x = torch.tensor([48.63148564643842, 62.85039230877655], dtype=torch.float64).reshape([2, 1]).detach().requires_grad_(True)
+v_x = torch.tensor([-72.7621954458559, 50.40618795565905, -37.273217572117034, -11.354042338439868, 71.29356231915011, -24.202752558434653], dtype=torch.float64).reshape([2, 3]).detach().requires_grad_(True)
 v_n0 = F.batch_norm(v_x, None, None, None, None, True, 0.5, 0.00001)
 v_n1 = F.silu(v_n0)
 v_n1_sum = v_n1.sum()

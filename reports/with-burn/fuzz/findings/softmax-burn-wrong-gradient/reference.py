@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-v_x = torch.tensor([48.63148564643842, 62.85039230877655], dtype=torch.float64).reshape([1, 2, 1]).detach().requires_grad_(True)
+v_x = torch.tensor([-45.18500796263003, -10.25156382663694, 53.96241788773972, -51.74787710072728, -93.83970804319696, -96.37058263710941, 75.83237484649081, 92.6032975720822], dtype=torch.float64).reshape([1, 4, 2]).detach().requires_grad_(True)
 v_n1 = F.softmax(v_x, 1)
 v_n3 = F.silu(v_n1)
 v_n3_sum = v_n3.sum()
