@@ -244,7 +244,7 @@ fn key_of(program: &Program, study: &RunStudy, agreed: bool) -> FindingKey {
     }
     // The first culprit node that is not a documented difference names the finding (a
     // case may hold an accepted kink and a real disagreement further on); among those,
-    // first one where the backend at fault is itself the odd one out (with four or more
+    // the first one where the backend at fault is itself the odd one out (with four or more
     // voices another backend can disagree at an earlier node for a reason of its own).
     let culprit = d.and_then(|d| {
         let culprits: Vec<&super::run::NodeCheck> = d.culprits.iter().filter_map(|c| d.nodes.iter().find(|n| &n.node == c)).collect();
@@ -535,4 +535,34 @@ fn summary(study: &RunStudy) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(pairs: &[(&str, f64)]) -> super::super::run::NodeCheck {
+        super::super::run::NodeCheck {
+            node: "n0".into(),
+            op: "sigmoid".into(),
+            output_scaled: pairs.iter().map(|(p, v)| (p.to_string(), *v)).collect(),
+            grad_scaled: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            agree: false,
+            finite_differences: None,
+        }
+    }
+
+    #[test]
+    fn a_node_points_at_a_backend_only_when_every_pair_with_it_fails() {
+        // burn apart from everyone (its f32 sigmoid): the node points at burn, not at the
+        // engine, although the pair engine-burn fails too.
+        let n = node(&[("engine-candle", 0.0), ("engine-burn", 1e-7), ("candle-burn", 1e-7)]);
+        assert!(node_singles_out(&n, BackendKind::BURN, 1e-10));
+        assert!(!node_singles_out(&n, BackendKind::ENGINE, 1e-10));
+        // NaN is disagreement; a backend absent from the node is never pointed at.
+        let n = node(&[("engine-burn", f64::NAN), ("candle-burn", f64::NAN), ("engine-candle", 0.0)]);
+        assert!(node_singles_out(&n, BackendKind::BURN, 1e-10));
+        assert!(!node_singles_out(&n, BackendKind::TORCH, 1e-10));
+    }
 }
