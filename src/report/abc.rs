@@ -53,8 +53,13 @@ pub fn loss_svg(study: &AbcStudy) -> Result<String> {
         series: study
             .parity
             .values()
-            .filter(|p| p.b == reference)
-            .map(|p| Series::new(format!("{} vs {}", p.a, p.b), per_step(&p.loss.rel)).like(look_of(p.a)))
+            // Pairs are named in registration order, so the reference can be either side
+            // (torch-burn): every backend's curve against it.
+            .filter(|p| p.a == reference || p.b == reference)
+            .map(|p| {
+                let other = if p.b == reference { p.a } else { p.b };
+                Series::new(format!("{other} vs {reference}"), per_step(&p.loss.rel)).like(look_of(other))
+            })
             .chain(study.faulty.iter().map(|f| {
                 Series::new(format!("engine with fault {} vs {reference}", f.fault.name()), per_step(&f.vs_reference.rel)).like(study.backends.len())
             }))
