@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use backprop_parity::report::schema;
-use common::{parity_report, repo_path, temp_dir};
+use common::{parity_report, repo_path, temp_dir, TempDir};
 use serde_json::Value;
 
 fn committed_schema(kind: &str) -> Value {
@@ -90,7 +90,7 @@ fn check_provenance(kind: &str, doc: &Value, backends: &[&str]) {
 }
 
 /// Runs `args` into a fresh folder; returns (exit code, the set's folder).
-fn run(name: &str, args: &[&str]) -> (i32, PathBuf) {
+fn run(name: &str, args: &[&str]) -> (i32, TempDir) {
     let out = temp_dir(&format!("json-{name}"));
     let mut full: Vec<&str> = args.to_vec();
     full.extend(["--out", out.to_str().unwrap()]);
