@@ -5,10 +5,11 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{parity_report, rejects, repo_path, temp_dir};
+use common::{parity_report, rejects, repo_path, temp_dir, TempDir};
 
-/// Exit code and stderr of a run into a fresh `--out`.
-fn code_and_stderr(args: &[&str]) -> (i32, String, std::path::PathBuf) {
+/// Exit code and stderr of a run into a fresh `--out`: the folder `out` of the returned
+/// one (removed when that is dropped).
+fn code_and_stderr(args: &[&str]) -> (i32, String, TempDir) {
     let dir = temp_dir(&format!("sweep-{}", args.join("-").chars().filter(|c| c.is_alphanumeric()).take(40).collect::<String>()));
     let out = dir.join("out");
     let mut full = args.to_vec();
@@ -16,7 +17,7 @@ fn code_and_stderr(args: &[&str]) -> (i32, String, std::path::PathBuf) {
     let o = parity_report(&full);
     let stderr = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
-    (o.status.code().unwrap_or(-1), stderr, out)
+    (o.status.code().unwrap_or(-1), stderr, dir)
 }
 
 #[test]
@@ -55,7 +56,7 @@ fn a_folder_holding_the_other_dataset_is_refused() {
 fn a_run_that_goes_non_finite_disagrees() {
     let (code, stderr, out) = code_and_stderr(&["abc", "--lr", "1e308", "--steps", "5"]);
     assert_eq!(code, 1, "NaN never counts as agreement: {stderr}");
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("abc/abc.json")).unwrap()).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("out/abc/abc.json")).unwrap()).unwrap();
     assert_eq!(doc["agree"], false);
 }
 
