@@ -85,13 +85,14 @@ fn shards_merged_give_the_unsharded_report() {
     let args = ["--models", "Softmax,Softmax_Dropout", "--seeds", "0,1", "--epochs", "2", "--train-limit", "300", "--test-limit", "100", "--backends", "engine"];
     let whole = temp_dir("study-unsharded");
     assert!(study(&args, &whole).status().unwrap().success());
+    // The shards' folders live until the merge has read them.
+    let shard_outs: Vec<_> = (1..=3).map(|i| temp_dir(&format!("study-shard-{i}"))).collect();
     let mut shard_dirs = Vec::new();
-    for i in 1..=3 {
-        let out = temp_dir(&format!("study-shard-{i}"));
+    for (i, out) in (1..=3).zip(&shard_outs) {
         let mut a = args.to_vec();
         let shard = format!("{i}/3");
         a.extend(["--shard", &shard]);
-        assert!(study(&a, &out).status().unwrap().success(), "shard {i}");
+        assert!(study(&a, out).status().unwrap().success(), "shard {i}");
         shard_dirs.push(out.join("study-records"));
     }
     let merged = temp_dir("study-merged");
