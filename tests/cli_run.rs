@@ -35,6 +35,31 @@ fn the_example_program_agrees_on_every_backend() {
     }
 }
 
+/// Batch norm over two samples: each channel normalises to ±1 (almost exactly), and its
+/// gradient, about 1e-10, is what is left after the backward's terms cancel. The backends
+/// scatter at that rounding floor and finite differences move when the step doubles:
+/// nobody may be blamed (the fuzzer's unattributed `batch_norm` case, shrunk).
+#[test]
+fn a_gradient_at_its_rounding_floor_blames_no_backend() {
+    let dir = temp_dir("run-rounding-floor");
+    let x = [-66.46545531513269, -35.449101974454194, 22.05195445906692, 88.34243642750684, 27.429784387608123, 43.88928464638428, -21.884334611808015, 84.80520603775062, -39.8439291547033, 2.312523550376767, 39.463145664757405, 24.544961084172655];
+    let program = json!({
+        "format": "backprop-parity/program", "version": 1,
+        "inputs": [{"name": "x", "shape": [2, 6], "role": "param", "dtype": "float", "values": x}],
+        "nodes": [{"id": "n0", "op": "batch_norm", "inputs": ["x", null, null, null, null], "attrs": {"eps": 1e-5, "momentum": 0.1, "training": true}}],
+        "outputs": [{"value": "n0", "cotangent": [0.3, -0.7, 0.1, 0.9, -0.2, 0.5, -0.4, 0.8, -0.6, 0.2, 0.7, -0.1]}]
+    });
+    let path = dir.join("rounding_floor.json");
+    std::fs::write(&path, program.to_string()).unwrap();
+    let (code, v, stderr) = run_json(&path, &[], &dir);
+    assert_eq!(code, 1, "the backends round apart: {stderr}");
+    let d = &v["diagnosis"];
+    assert_eq!(d["at_fault"], json!([]), "{d}");
+    assert_eq!(d["odd_one_out"], Value::Null, "{d}");
+    let fd = &d["nodes"][0]["finite_differences"];
+    assert!(fd["skipped"].as_str().is_some_and(|s| s.contains("move with the step")), "{fd}");
+}
+
 #[test]
 fn a_candle_max_pool_in_the_program_is_found_and_named() {
     let dir = temp_dir("run-pool");

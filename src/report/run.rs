@@ -19,7 +19,8 @@ fn verdict(study: &RunStudy) -> String {
             v.push_str(&format!("; **no majority**: {} against {}", super::fmt::names(a), super::fmt::names(b)));
         }
         if !d.culprits.is_empty() {
-            v.push_str(&format!("; run alone, node(s) {} ({}) disagree", d.culprits.join(", "), d.culprit_ops.join(", ")));
+            let trained = d.nodes.iter().any(|n| !n.agree && n.at_trained_params);
+            v.push_str(&format!("; run alone{}, node(s) {} ({}) disagree", if trained { " at the trained parameters" } else { "" }, d.culprits.join(", "), d.culprit_ops.join(", ")));
         }
         if !d.at_fault.is_empty() && d.odd_one_out.is_none() {
             let names: Vec<String> = d.at_fault.iter().map(|k| k.to_string()).collect();
@@ -94,7 +95,7 @@ fn markdown(study: &RunStudy) -> String {
             .nodes
             .iter()
             .map(|n| {
-                let mut row = vec![format!("`{}`", n.node), n.op.clone()];
+                let mut row = vec![format!("`{}`{}", n.node, trained_label(n)), n.op.clone()];
                 row.extend(node_pairs.iter().map(|p| format!("{} / {}", n.output_scaled.get(p).map_or("-".into(), |v| sci(*v)), n.grad_scaled.get(p).map_or("-".into(), |v| sci(*v)))));
                 let refusals: Vec<String> = n.refused.iter().map(|(k, m)| format!("{k} refused: {m}")).collect();
                 row.push(if n.agree { "agree".into() } else if refusals.is_empty() { "**disagree**".into() } else { refusals.join("; ") });
@@ -105,12 +106,13 @@ fn markdown(study: &RunStudy) -> String {
         for n in d.nodes.iter().filter(|n| n.finite_differences.is_some()) {
             let fd = n.finite_differences.as_ref().expect("filtered");
             match &fd.skipped {
-                Some(why) => md.push_str(&format!("\nNode `{}`: no finite differences ({why}).\n", n.node)),
+                Some(why) => md.push_str(&format!("\nNode `{}`{}: no finite differences ({why}).\n", n.node, trained_label(n))),
                 None => {
                     let each: Vec<String> = fd.scaled.iter().map(|(k, v)| format!("{k} {}", sci(*v))).collect();
                     md.push_str(&format!(
-                        "\nNode `{}` against central finite differences in f64 (max|analytic - numeric| / max|numeric|, tolerance {:.0e}): {}.\n",
+                        "\nNode `{}`{} against central finite differences in f64 (max|analytic - numeric| / max|numeric|, tolerance {:.0e}): {}.\n",
                         n.node,
+                        trained_label(n),
                         fd.tolerance,
                         each.join(", ")
                     ));
@@ -119,4 +121,13 @@ fn markdown(study: &RunStudy) -> String {
         }
     }
     md
+}
+
+/// How a node check at the trained parameters is told apart from the one at the start.
+fn trained_label(n: &crate::study::run::NodeCheck) -> &'static str {
+    if n.at_trained_params {
+        " (at the trained parameters)"
+    } else {
+        ""
+    }
 }

@@ -108,6 +108,10 @@ pub struct NodeCheck {
     /// Backends that refused the node alone, with their message.
     pub refused: BTreeMap<String, String>,
     pub agree: bool,
+    /// Checked at the parameters the program's training reached (the reference's), not at
+    /// its start: a program that trains can go apart only from its second step on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub at_trained_params: bool,
     /// For a node that disagrees: every backend's input gradients against central
     /// finite differences of the node in f64.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -309,7 +313,17 @@ pub fn run(opts: &RunOptions) -> Result<RunStudy> {
         let no_majority = no_majority(&names, pair_fails).map(|(a, b)| [kinds_of(a), kinds_of(b)]);
         // The node checks read the forward values of a backend that is not the odd one.
         let values_from = BackendKind::reference_among(&ran.iter().copied().filter(|k| Some(*k) != odd).collect::<Vec<_>>()).expect("two backends ran");
-        let nodes = node_checks(opts, &inputs, &ran, values_from, tol, patterns)?;
+        let mut nodes = node_checks(opts, &inputs, &ran, values_from, tol, patterns)?;
+        // A program that trains can agree at its start and go apart from the second step
+        // on (a wrong gradient at the updated parameters, seen only in what training
+        // reached): then every node is checked again at the parameters the reference
+        // trained to, so that the op is named rather than the optimiser.
+        if opts.program.train.is_some() && nodes.iter().all(|n| n.agree) {
+            let trained = &backends[&values_from].trained;
+            let at_trained: Vec<HostTensor> = opts.program.inputs.iter().zip(&inputs).map(|(d, t)| trained.get(&d.name).cloned().unwrap_or_else(|| t.clone())).collect();
+            let again = node_checks(opts, &at_trained, &ran, values_from, tol, patterns)?;
+            nodes.extend(again.into_iter().map(|n| NodeCheck { at_trained_params: true, ..n }));
+        }
         let culprits: Vec<&NodeCheck> = nodes.iter().filter(|n| !n.agree).collect();
         let mut culprit_ops: Vec<String> = culprits.iter().map(|n| n.op.clone()).collect();
         culprit_ops.dedup();
@@ -431,7 +445,7 @@ fn node_checks(opts: &RunOptions, inputs: &[HostTensor], kinds: &[BackendKind], 
         }
         let agree = refused.is_empty() && output_scaled.values().chain(grad_scaled.values()).all(|&v| v <= tol);
         let finite_differences = if agree { None } else { Some(finite_differences(opts, &single, &feed, source, &results)?) };
-        out.push(NodeCheck { node: node.id.clone(), op: node.op.name().to_string(), output_scaled, grad_scaled, refused, agree, finite_differences });
+        out.push(NodeCheck { node: node.id.clone(), op: node.op.name().to_string(), output_scaled, grad_scaled, refused, agree, at_trained_params: false, finite_differences });
     }
     Ok(out)
 }

@@ -530,7 +530,8 @@ fn summary(study: &RunStudy) -> Vec<String> {
                     Some(why) => format!("finite differences skipped: {why}"),
                     None => format!("finite differences agree with {:?}, contradict {:?}", fd.agree, fd.disagree),
                 };
-                out.push(format!("node {} ({}) alone: {fd_line}", n.node, n.op));
+                let when = if n.at_trained_params { " at the trained parameters" } else { "" };
+                out.push(format!("node {} ({}) alone{when}: {fd_line}", n.node, n.op));
             }
         }
     }
@@ -549,6 +550,7 @@ mod tests {
             grad_scaled: BTreeMap::new(),
             refused: BTreeMap::new(),
             agree: false,
+            at_trained_params: false,
             finite_differences: None,
         }
     }
