@@ -2,25 +2,28 @@
 import torch
 import torch.nn.functional as F
 
-v_x = torch.tensor([-62.70961929374348, -61.37369289814718, -46.706782285954, 9.200204361114217, -23.691733640302388, -26.564186133824947, -79.96279757662029, -47.20314276566455, 97.24596841338337, 6.916933051347883, 60.14080165760927, 85.99701805415708], dtype=torch.float64).reshape([3, 4]).detach().requires_grad_(True)
-v_p1 = torch.tensor([44.604979870627204, -20.49947805887946, 58.730317946233214, 30.283271268472447, 16.210018029515183, -41.08574531958542, 53.12688525969892, -46.26980027878387, 74.64768214181734, 64.44275718930925, 44.38967782564097, 77.8535606789759], dtype=torch.float64).reshape([3, 4]).detach().requires_grad_(True)
-v_n0 = F.gelu(v_x, approximate='none')
-v_n1 = v_n0 * v_p1
-v_n1_sum = v_n1.sum()
-v_n1_sum.backward()
-print('loss', v_n1_sum.item())
+v_x = torch.tensor([87.02167104829738, -32.6023806448936, -26.472697069567857, -69.747439439441, -66.45072188740338, 40.52526187917579, -40.59537577747576, -86.97410198568048, 10.620258358241045, -48.417857790172405, -7.849240581041485, 60.58901592704515, 83.52280792777461, -69.55085405995239, -3.5279411077896725, 10.831570122669817, 50.28026340484081, -26.60283445347467, -44.79081793623991, -19.09423415417602, -65.45799938078949, 99.32195185415213, 64.52066829676684, -91.9872750334392], dtype=torch.float64).reshape([2, 3, 4, 1]).detach().requires_grad_(True)
+v_p1 = torch.tensor([-19.536156769202748, -85.92050777305874, -8.975236206615108, 30.83310969668983, -60.22670147762381, -36.441618621215625], dtype=torch.float64).reshape([3, 2, 1, 1]).detach().requires_grad_(True)
+v_p2 = torch.tensor([-5.70915180692144, 20.17555216742666], dtype=torch.float64).reshape([2]).detach().requires_grad_(True)
+v_n0 = F.conv_transpose2d(v_x, v_p1, v_p2, 1, 0, 0, 1, 1)
+v_n2 = F.gelu(v_n0, approximate='none')
+v_n2_sum = v_n2.sum()
+v_n2_sum.backward()
+print('loss', v_n2_sum.item())
 print('d/dx', v_x.grad.flatten().tolist())
 print('d/dp1', v_p1.grad.flatten().tolist())
+print('d/dp2', v_p2.grad.flatten().tolist())
 
 # 2 SGD step(s), lr 0.1, momentum 0.9: the first uses the gradient above.
-opt = torch.optim.SGD([v_x, v_p1], lr=0.1, momentum=0.9)
+opt = torch.optim.SGD([v_x, v_p1, v_p2], lr=0.1, momentum=0.9)
 for step in range(2):
     if step > 0:
         opt.zero_grad()
-        v_n0 = F.gelu(v_x, approximate='none')
-        v_n1 = v_n0 * v_p1
-        v_n1_sum = v_n1.sum()
-        v_n1_sum.backward()
+        v_n0 = F.conv_transpose2d(v_x, v_p1, v_p2, 1, 0, 0, 1, 1)
+        v_n2 = F.gelu(v_n0, approximate='none')
+        v_n2_sum = v_n2.sum()
+        v_n2_sum.backward()
     opt.step()
 print('x after training', v_x.detach().flatten().tolist())
 print('p1 after training', v_p1.detach().flatten().tolist())
+print('p2 after training', v_p2.detach().flatten().tolist())
